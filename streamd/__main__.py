@@ -1,0 +1,3 @@
+from streamd.cli.main import main
+
+main()

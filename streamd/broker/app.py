@@ -1,0 +1,176 @@
+"""Broker wiring and lifecycle: config -> log manager -> Kafka server, admin API, housekeeping.
+
+Startup order: open (and recover) every partition log, then listen. Shutdown on SIGINT/SIGTERM:
+stop accepting, let in-flight requests finish briefly, then close the logs (final fsync and the
+clean-shutdown marker). The cluster id is generated once and kept in ``data_dir/cluster.json``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from streamd.broker.admin_api import AdminServer, json_reply, text_reply
+from streamd.config import BrokerConfig, split_hostport
+from streamd.kafka.context import KafkaContext
+from streamd.kafka.server import start_kafka_server
+from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.metrics import Metrics
+
+log = logging.getLogger("streamd")
+
+
+def _cluster_id(data_dir: Path, configured: str) -> str:
+    path = data_dir / "cluster.json"
+    if configured:
+        return configured
+    try:
+        return str(json.loads(path.read_text())["cluster_id"])
+    except (OSError, ValueError, KeyError):
+        pass
+    cid = uuid.uuid4().hex[:22]
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"cluster_id": cid}))
+    os.replace(tmp, path)
+    return cid
+
+
+class Broker:
+    def __init__(self, config: BrokerConfig) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.stopping = asyncio.Event()
+        self.servers: list[asyncio.Server] = []
+        self.tasks: list[asyncio.Task[None]] = []
+        self.logs: LogManager | None = None
+        self.ctx: KafkaContext | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        data_dir = cfg.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        self.logs = LogManager(
+            data_dir, defaults=dict(cfg.topic_defaults), fsync=FsyncPolicy.parse(cfg["fsync"])
+        )
+        await asyncio.to_thread(self.logs.load)
+        log.info(
+            "opened %d topics from %s in %.2fs",
+            len(self.logs.topics()), data_dir, time.monotonic() - started,
+        )
+        import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
+
+        host, port = cfg.advertised
+        self.ctx = KafkaContext(
+            logs=self.logs,
+            config=cfg,
+            node_id=cfg["node_id"],
+            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
+            advertised_host=host,
+            advertised_port=port,
+            metrics=self.metrics,
+        )
+        listen_host, listen_port = cfg.listen
+        self.servers.append(await start_kafka_server(self.ctx, listen_host, listen_port))
+        log.info("kafka listener on %s (advertised %s:%d)", cfg["kafka.listen"], host, port)
+        if cfg["admin.listen"]:
+            admin = self._admin_routes()
+            ahost, aport = split_hostport(cfg["admin.listen"])
+            self.servers.append(await admin.start(ahost, aport))
+            log.info("admin API on http://%s", cfg["admin.listen"])
+        self.tasks.append(asyncio.create_task(self._housekeeping()))
+        policy = FsyncPolicy.parse(cfg["fsync"])
+        if policy.interval_ms:
+            self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
+
+    def _admin_routes(self) -> AdminServer:
+        admin = AdminServer()
+
+        async def health(query: Any) -> Any:
+            return json_reply({"status": "ok", "node_id": self.config["node_id"]})
+
+        async def metrics(query: Any) -> Any:
+            return text_reply(self.metrics.render(), content_type="text/plain; version=0.0.4")
+
+        async def cluster(query: Any) -> Any:
+            assert self.ctx is not None and self.logs is not None
+            return json_reply(
+                {
+                    "cluster_id": self.ctx.cluster_id,
+                    "node_id": self.ctx.node_id,
+                    "kafka": f"{self.ctx.advertised_host}:{self.ctx.advertised_port}",
+                    "topics": len(self.logs.topics()),
+                }
+            )
+
+        admin.route("GET", "/v1/health", health)
+        admin.route("GET", "/metrics", metrics)
+        admin.route("GET", "/v1/cluster", cluster)
+        self.admin = admin
+        return admin
+
+    async def _housekeeping(self) -> None:
+        interval = self.config["log.housekeeping_interval_ms"] / 1000
+        assert self.logs is not None
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.logs.run_housekeeping(int(time.time() * 1000))
+            except Exception:
+                log.exception("housekeeping failed; will retry")
+
+    async def _flusher(self, interval_ms: int) -> None:
+        assert self.logs is not None
+        while True:
+            await asyncio.sleep(interval_ms / 1000)
+            try:
+                await self.logs.flush_all()
+            except Exception:
+                log.exception("periodic fsync failed; will retry")
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for server in self.servers:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+        if self.logs is not None:
+            await self.logs.close()
+        log.info("streamd stopped")
+
+
+async def serve(config: BrokerConfig) -> None:
+    broker = Broker(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await broker.start()
+    log.info("streamd ready")
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await broker.stop()
+
+
+def run(config: BrokerConfig) -> None:
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+    else:
+        uvloop.run(serve(config))

@@ -1,0 +1,3 @@
+"""One module per Kafka API family; importing this package registers every handler."""
+
+from streamd.kafka.handlers import admin, configs, fetch, meta, produce  # noqa: F401

@@ -1,0 +1,158 @@
+"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamd.errors import ErrorCode, StreamdError
+from streamd.kafka.apis import api
+from streamd.kafka.context import Request
+from streamd.kafka.handlers.configs import describe_topic_configs
+from streamd.kafka.handlers.meta import create_topic
+from streamd.log.names import validate_topic_name
+from streamd.log.topic_config import TopicConfig
+
+
+def _error(exc: StreamdError) -> dict[str, Any]:
+    return {"error_code": exc.code, "error_message": str(exc)}
+
+
+@api(19, "CreateTopics", 2, 7)
+async def create_topics(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    results = []
+    for t in req.body.topics:
+        entry: dict[str, Any] = {"name": t.name, "error_code": ErrorCode.NONE}
+        try:
+            results.append(entry)
+            validate_topic_name(t.name)
+            count = t.num_partitions
+            if t.assignments:
+                if count != -1:
+                    raise StreamdError(
+                        "give either num_partitions or assignments",
+                        code=ErrorCode.INVALID_REQUEST,
+                    )
+                count = len(t.assignments)
+            if count == -1:
+                count = ctx.config["default_partitions"]
+            if count < 1:
+                raise StreamdError(
+                    f"num_partitions must be >= 1, got {count}", code=ErrorCode.INVALID_PARTITIONS
+                )
+            if t.replication_factor not in (-1, 1):
+                raise StreamdError(
+                    f"replication factor {t.replication_factor} > 1 broker available",
+                    code=ErrorCode.INVALID_REPLICATION_FACTOR,
+                )
+            overrides = {c.name: c.value for c in t.configs}
+            for name, value in overrides.items():
+                if value is None:
+                    raise StreamdError(f"config {name} has no value", code=ErrorCode.INVALID_CONFIG)
+            if ctx.logs.get(t.name) is not None:
+                raise StreamdError(
+                    f"topic {t.name!r} already exists", code=ErrorCode.TOPIC_ALREADY_EXISTS
+                )
+            if req.body.validate_only:
+                TopicConfig.from_overrides(dict(ctx.config.topic_defaults), overrides)
+                topic = None
+            else:
+                topic = await create_topic(ctx, t.name, count, overrides)
+            entry.update(num_partitions=count, replication_factor=1)
+            if topic is not None:
+                entry["topic_id"] = topic.topic_id
+                entry["configs"] = [
+                    {
+                        "name": c["name"],
+                        "value": c["value"],
+                        "read_only": False,
+                        "config_source": c["config_source"],
+                        "is_sensitive": False,
+                    }
+                    for c in describe_topic_configs(ctx, topic, None)
+                ]
+        except StreamdError as exc:
+            entry.update(_error(exc))
+    return {"topics": results}
+
+
+@api(20, "DeleteTopics", 1, 6)
+async def delete_topics(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    body = req.body
+    if req.version >= 6:
+        wanted = [(t.name, t.topic_id) for t in body.topics]
+    else:
+        wanted = [(name, None) for name in body.topic_names]
+    by_id = {t.topic_id: t for t in ctx.logs.topics().values()}
+    responses = []
+    for name, topic_id in wanted:
+        entry: dict[str, Any] = {"name": name, "error_code": ErrorCode.NONE}
+        responses.append(entry)
+        topic = ctx.logs.get(name) if name is not None else by_id.get(topic_id)
+        if topic is None:
+            code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION if name else ErrorCode.UNKNOWN_TOPIC_ID
+            entry.update(error_code=code, error_message="no such topic")
+            continue
+        entry.update(name=topic.name, topic_id=topic.topic_id)
+        try:
+            if ctx.tiering is not None:
+                await ctx.tiering.on_topic_deleted(topic)
+            await ctx.logs.delete_topic(topic.name)
+            if ctx.groups is not None and hasattr(ctx.groups, "on_topic_deleted"):
+                ctx.groups.on_topic_deleted(topic.name)
+        except StreamdError as exc:
+            entry.update(_error(exc))
+    return {"responses": responses}
+
+
+@api(37, "CreatePartitions", 0, 3)
+async def create_partitions(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    results = []
+    for t in req.body.topics:
+        entry: dict[str, Any] = {"name": t.name, "error_code": ErrorCode.NONE}
+        results.append(entry)
+        topic = ctx.logs.get(t.name)
+        if topic is None:
+            entry.update(error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic")
+            continue
+        current = len(topic.partitions)
+        if t.count <= current:
+            entry.update(
+                error_code=ErrorCode.INVALID_PARTITIONS,
+                error_message=f"topic has {current} partitions; new count must be larger",
+            )
+            continue
+        if req.body.validate_only:
+            continue
+        try:
+            ctx.logs.add_partitions(t.name, t.count)
+            if ctx.tiering is not None:
+                await ctx.tiering.on_topic_changed(ctx.logs.get(t.name))
+        except StreamdError as exc:
+            entry.update(_error(exc))
+    return {"results": results}
+
+
+@api(21, "DeleteRecords", 0, 2)
+async def delete_records(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    topics = []
+    for t in req.body.topics:
+        parts = []
+        topic = ctx.logs.get(t.name)
+        for p in t.partitions:
+            entry: dict[str, Any] = {"partition_index": p.partition_index, "low_watermark": -1}
+            parts.append(entry)
+            if topic is None or not 0 <= p.partition_index < len(topic.partitions):
+                entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            try:
+                plog = topic.partitions[p.partition_index]
+                entry["low_watermark"] = plog.delete_records_before(p.offset)
+                entry["error_code"] = ErrorCode.NONE
+            except StreamdError as exc:
+                entry["error_code"] = exc.code
+        topics.append({"name": t.name, "partitions": parts})
+    return {"topics": topics}

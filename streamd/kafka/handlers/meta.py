@@ -1,0 +1,111 @@
+"""ApiVersions, Metadata and DescribeCluster: what the broker is and what it hosts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamd.errors import ErrorCode, StreamdError
+from streamd.kafka.apis import REGISTRY, api
+from streamd.kafka.context import Request
+from streamd.log.names import validate_topic_name
+
+
+def api_versions_body(error: ErrorCode = ErrorCode.NONE) -> dict[str, Any]:
+    return {
+        "error_code": error,
+        "api_keys": [
+            {"api_key": a.key, "min_version": a.min_version, "max_version": a.max_version}
+            for a in sorted(REGISTRY.values(), key=lambda a: a.key)
+        ],
+    }
+
+
+@api(18, "ApiVersions", 0, 3)
+async def api_versions(req: Request) -> dict[str, Any]:
+    return api_versions_body()
+
+
+def _broker(ctx: Any) -> dict[str, Any]:
+    return {"node_id": ctx.node_id, "host": ctx.advertised_host, "port": ctx.advertised_port}
+
+
+def topic_metadata(ctx: Any, topic: Any) -> dict[str, Any]:
+    node = ctx.node_id
+    return {
+        "error_code": ErrorCode.NONE,
+        "name": topic.name,
+        "topic_id": topic.topic_id,
+        "is_internal": False,
+        "partitions": [
+            {
+                "error_code": ErrorCode.NONE,
+                "partition_index": i,
+                "leader_id": node,
+                "leader_epoch": 0,
+                "replica_nodes": (node,),
+                "isr_nodes": (node,),
+                "offline_replicas": (),
+            }
+            for i in range(len(topic.partitions))
+        ],
+    }
+
+
+@api(3, "Metadata", 0, 12)
+async def metadata(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    body = req.body
+    requested = body.topics
+    if requested is None or (req.version == 0 and not requested):
+        names = None
+    else:
+        names = [t.name for t in requested]
+    topics = []
+    if names is None:
+        topics = [topic_metadata(ctx, t) for t in ctx.logs.topics().values()]
+    else:
+        allow_create = getattr(body, "allow_auto_topic_creation", True)
+        for name in names:
+            topics.append(await _lookup(ctx, name, allow_create))
+    return {
+        "brokers": [_broker(ctx)],
+        "cluster_id": ctx.cluster_id,
+        "controller_id": ctx.node_id,
+        "topics": topics,
+    }
+
+
+async def _lookup(ctx: Any, name: str | None, allow_create: bool) -> dict[str, Any]:
+    if name is None:
+        return {"error_code": ErrorCode.INVALID_TOPIC_EXCEPTION, "name": ""}
+    topic = ctx.logs.get(name)
+    if topic is None:
+        try:
+            validate_topic_name(name)
+            if not (allow_create and ctx.config["auto_create_topics"]):
+                return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
+            topic = await create_topic(ctx, name, ctx.config["default_partitions"], {})
+        except StreamdError as exc:
+            return {"error_code": exc.code, "name": name}
+    return topic_metadata(ctx, topic)
+
+
+async def create_topic(ctx: Any, name: str, partitions: int, overrides: dict[str, str]) -> Any:
+    """The one path to topic creation, so tiering hears about every new topic."""
+    topic = ctx.logs.create_topic(name, partitions, overrides)
+    if ctx.tiering is not None:
+        await ctx.tiering.on_topic_changed(topic)
+    return topic
+
+
+@api(60, "DescribeCluster", 0, 1)
+async def describe_cluster(req: Request) -> dict[str, Any]:
+    ctx = req.ctx
+    return {
+        "error_code": ErrorCode.NONE,
+        "cluster_id": ctx.cluster_id,
+        "controller_id": ctx.node_id,
+        "brokers": [
+            {"broker_id": ctx.node_id, "host": ctx.advertised_host, "port": ctx.advertised_port}
+        ],
+    }

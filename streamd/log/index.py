@@ -1,0 +1,155 @@
+"""Sparse per-segment indexes, kept in memory and appended to a file.
+
+Offset index (``<base>.index``): 8-byte entries ``(offset - base) u32, file position u32``, one
+per ``index.interval.bytes`` of log, each pointing at the start of a batch. Both columns are
+strictly increasing, so a floor lookup gives a batch at or before any wanted offset.
+
+Time index (``<base>.timeindex``): 12-byte entries ``max timestamp so far i64, offset - base
+u32``, where the offset is the base offset of the batch that brought the maximum; timestamps are
+strictly increasing. Every record at or before that batch has a timestamp <= the entry's, so
+scanning from the last entry *below* a target timestamp never skips a match.
+
+Indexes are derived data: recovery rebuilds them from the log whenever they are missing or
+disagree with it, so they are written without fsync.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from array import array
+from bisect import bisect_left, bisect_right
+from pathlib import Path
+
+
+class _SparseIndex:
+    ENTRY: struct.Struct
+    KEY_TYPE: str
+    VALUE_TYPE: str
+
+    def __init__(self, path: Path, base_offset: int) -> None:
+        self.path = path
+        self.base_offset = base_offset
+        self.keys = array(self.KEY_TYPE)
+        self.values = array(self.VALUE_TYPE)
+        self._fd: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def _append(self, key: int, value: int) -> None:
+        self.keys.append(key)
+        self.values.append(value)
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(self._fd, self.ENTRY.pack(key, value))
+
+    def entries(self) -> list[tuple[int, int]]:
+        return list(zip(self.keys, self.values, strict=True))
+
+    def encode(self) -> bytes:
+        return b"".join(self.ENTRY.pack(k, v) for k, v in zip(self.keys, self.values, strict=True))
+
+    def _load(self, data: bytes) -> bool:
+        if len(data) % self.ENTRY.size:
+            return False
+        for key, value in self.ENTRY.iter_unpack(data):
+            self.keys.append(key)
+            self.values.append(value)
+        return True
+
+    def rewrite(self) -> None:
+        """Replace the file with the in-memory entries (tmp + rename)."""
+        self.close()
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_bytes(self.encode())
+        os.replace(tmp, self.path)
+
+    def fsync(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def delete(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+
+class OffsetIndex(_SparseIndex):
+    ENTRY = struct.Struct(">II")
+    KEY_TYPE = "I"
+    VALUE_TYPE = "I"
+
+    def append(self, offset: int, position: int) -> None:
+        self._append(offset - self.base_offset, position)
+
+    def lookup(self, offset: int) -> tuple[int, int]:
+        """Floor entry for ``offset`` as (indexed offset, position); (base, 0) if none."""
+        i = bisect_right(self.keys, offset - self.base_offset) - 1
+        if i < 0:
+            return self.base_offset, 0
+        return self.base_offset + self.keys[i], self.values[i]
+
+    @classmethod
+    def load(
+        cls, path: Path, base_offset: int, *, log_size: int, next_offset: int | None
+    ) -> OffsetIndex | None:
+        """Read an index file; None when missing or inconsistent with the log."""
+        index = cls(path, base_offset)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not index._load(data):
+            return None
+        if any(a >= b for a, b in zip(index.keys, index.keys[1:], strict=False)):
+            return None
+        if any(a >= b for a, b in zip(index.values, index.values[1:], strict=False)):
+            return None
+        if index.values and index.values[-1] >= log_size:
+            return None
+        if index.keys and next_offset is not None and base_offset + index.keys[-1] >= next_offset:
+            return None
+        return index
+
+
+class TimeIndex(_SparseIndex):
+    ENTRY = struct.Struct(">qI")
+    KEY_TYPE = "q"
+    VALUE_TYPE = "I"
+
+    @property
+    def last_timestamp(self) -> int | None:
+        return self.keys[-1] if self.keys else None
+
+    def maybe_append(self, max_timestamp: int, offset: int) -> None:
+        if not self.keys or max_timestamp > self.keys[-1]:
+            self._append(max_timestamp, offset - self.base_offset)
+
+    def offset_before(self, timestamp: int) -> int:
+        """Base offset of a batch from which scanning finds the first record >= ``timestamp``."""
+        i = bisect_left(self.keys, timestamp) - 1
+        if i < 0:
+            return self.base_offset
+        return self.base_offset + self.values[i]
+
+    @classmethod
+    def load(cls, path: Path, base_offset: int, *, next_offset: int | None) -> TimeIndex | None:
+        index = cls(path, base_offset)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        if not index._load(data):
+            return None
+        if any(a >= b for a, b in zip(index.keys, index.keys[1:], strict=False)):
+            return None
+        if any(a > b for a, b in zip(index.values, index.values[1:], strict=False)):
+            return None
+        if index.keys and next_offset is not None and base_offset + index.values[-1] >= next_offset:
+            return None
+        return index

@@ -1,0 +1,242 @@
+"""One log segment: ``<base>.log`` holding whole v2 batches, plus its two sparse indexes.
+
+Invariants:
+- The file is append-only while active and immutable once sealed; bytes at a position never
+  change, so a :class:`FileSlice` handed to a reader stays valid even after the segment is
+  deleted (the descriptor lives as long as any slice refers to it).
+- Offsets are dense: batches follow each other with ``base_offset == previous last + 1`` and the
+  first batch starts at the segment's ``base_offset``; ``next_offset`` is last offset + 1.
+- ``size`` is the logical end of the file: every byte below it belongs to a validated batch.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamd.errors import StorageError
+from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, BatchHeader, iter_record_timestamps
+from streamd.log.batch import parse_header as _parse_header
+from streamd.log.index import OffsetIndex, TimeIndex
+
+NO_TIMESTAMP = -1
+
+
+def segment_path(directory: Path, base_offset: int, suffix: str) -> Path:
+    return directory / f"{base_offset:020d}{suffix}"
+
+
+class SegmentFile:
+    """An open segment file descriptor; closed explicitly or when the last user drops it."""
+
+    __slots__ = ("path", "fd")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def pread(self, length: int, position: int) -> bytes:
+        if self.fd < 0:
+            raise StorageError(f"{self.path} is closed")
+        data = os.pread(self.fd, length, position)
+        while len(data) < length:
+            more = os.pread(self.fd, length - len(data), position + len(data))
+            if not more:
+                raise StorageError(f"short read of {self.path} at {position}")
+            data += more
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+@dataclass(frozen=True, slots=True)
+class FileSlice:
+    """Whole batches ``[position, position + length)`` of one segment file."""
+
+    file: SegmentFile
+    position: int
+    length: int
+
+    @property
+    def path(self) -> Path:
+        return self.file.path
+
+    @property
+    def fd(self) -> int:
+        return self.file.fd
+
+    def read_bytes(self) -> bytes:
+        return self.file.pread(self.length, self.position)
+
+
+class Segment:
+    def __init__(
+        self,
+        directory: Path,
+        base_offset: int,
+        *,
+        index_interval_bytes: int,
+        created_ms: int,
+        file: SegmentFile | None = None,
+        offset_index: OffsetIndex | None = None,
+        time_index: TimeIndex | None = None,
+    ) -> None:
+        self.directory = directory
+        self.base_offset = base_offset
+        self.path = segment_path(directory, base_offset, ".log")
+        self.index_path = segment_path(directory, base_offset, ".index")
+        self.timeindex_path = segment_path(directory, base_offset, ".timeindex")
+        self.file = file or SegmentFile(self.path)
+        self.offset_index = offset_index or OffsetIndex(self.index_path, base_offset)
+        self.time_index = time_index or TimeIndex(self.timeindex_path, base_offset)
+        self.index_interval_bytes = index_interval_bytes
+        self.size = 0
+        self.next_offset = base_offset
+        self.first_timestamp = NO_TIMESTAMP
+        self.max_timestamp = NO_TIMESTAMP
+        self.created_ms = created_ms
+        self.last_append_ms = created_ms
+        self.sealed = False
+        self.last_batch_base = base_offset
+        self._bytes_since_index = 0
+
+    def __repr__(self) -> str:
+        return (f"Segment({self.path.name}, offsets [{self.base_offset}, {self.next_offset}), "
+                f"size={self.size}, sealed={self.sealed})")
+
+    @property
+    def is_empty(self) -> bool:
+        return self.size == 0
+
+    @property
+    def last_offset(self) -> int:
+        return self.next_offset - 1
+
+    def track(self, header: BatchHeader, position: int) -> None:
+        """Account for a batch now stored at ``position`` (append and index rebuild share this)."""
+        if self.size == 0:
+            self.first_timestamp = header.first_timestamp
+        self.max_timestamp = max(self.max_timestamp, header.max_timestamp)
+        if self._bytes_since_index >= self.index_interval_bytes:
+            self.offset_index.append(header.base_offset, position)
+            self.time_index.maybe_append(self.max_timestamp, header.base_offset)
+            self._bytes_since_index = 0
+        self._bytes_since_index += header.size
+        self.last_batch_base = header.base_offset
+        self.next_offset = header.next_offset
+        self.size = position + header.size
+
+    def append(self, data: bytes | bytearray, headers: Sequence[BatchHeader], now_ms: int) -> None:
+        """Write contiguous, already offset-patched batches at the end of the file."""
+        start = self.size
+        view = memoryview(data)
+        written = 0
+        try:
+            while written < len(view):
+                written += os.write(self.file.fd, view[written:])
+        except OSError as exc:
+            try:
+                os.ftruncate(self.file.fd, start)
+            finally:
+                raise StorageError(f"write to {self.path} failed: {exc}") from exc
+        finally:
+            view.release()
+        position = start
+        for header in headers:
+            self.track(header, position)
+            position += header.size
+        self.last_append_ms = now_ms
+
+    def iter_headers(self, position: int = 0) -> Iterator[tuple[int, BatchHeader]]:
+        while position + HEADER_SIZE <= self.size:
+            header = _parse_header(self.file.pread(HEADER_SIZE, position))
+            yield position, header
+            position += header.size
+
+    def find_position(self, offset: int) -> tuple[int, int] | None:
+        """(position, base offset) of the batch holding ``offset``; None if not in here."""
+        if not self.base_offset <= offset < self.next_offset:
+            return None
+        _, position = self.offset_index.lookup(offset)
+        for pos, header in self.iter_headers(position):
+            if header.last_offset >= offset:
+                return pos, header.base_offset
+        return None
+
+    def read(
+        self, position: int, max_bytes: int, min_one: bool = True, end_offset: int | None = None
+    ) -> FileSlice | None:
+        """Whole batches from ``position`` totalling at most ``max_bytes``, stopping at batches
+        whose base offset is ``>= end_offset``. With ``min_one`` the first batch is returned even
+        when it alone exceeds ``max_bytes`` (KIP-74)."""
+        pos = position
+        while pos + LOG_OVERHEAD <= self.size:
+            base, batch_length = PREFIX.unpack(self.file.pread(LOG_OVERHEAD, pos))
+            if end_offset is not None and base >= end_offset:
+                break
+            total = batch_length + LOG_OVERHEAD
+            if pos - position + total > max_bytes and not (pos == position and min_one):
+                break
+            pos += total
+        if pos == position:
+            return None
+        return FileSlice(self.file, position, pos - position)
+
+    def read_batch(self, position: int, header: BatchHeader) -> bytes:
+        return self.file.pread(header.size, position)
+
+    def offset_for_timestamp(
+        self, timestamp: int, min_offset: int, end_offset: int
+    ) -> tuple[int, int] | None:
+        """First (offset, timestamp) in ``[min_offset, end_offset)`` with timestamp >= target."""
+        if self.max_timestamp < timestamp:
+            return None
+        start = max(self.time_index.offset_before(timestamp), min_offset, self.base_offset)
+        found = self.find_position(start)
+        if found is None:
+            return None
+        for pos, header in self.iter_headers(found[0]):
+            if header.base_offset >= end_offset:
+                return None
+            if header.max_timestamp < timestamp or header.last_offset < min_offset:
+                continue
+            for offset, ts in iter_record_timestamps(self.read_batch(pos, header)):
+                if ts >= timestamp and min_offset <= offset < end_offset:
+                    return offset, ts
+        return None
+
+    def seal(self) -> None:
+        """Make the segment immutable: final time-index entry, index files closed."""
+        if self.sealed:
+            return
+        if self.size:
+            self.time_index.maybe_append(self.max_timestamp, self.last_batch_base)
+        self.offset_index.close()
+        self.time_index.close()
+        self.sealed = True
+
+    def fsync(self) -> None:
+        os.fsync(self.file.fd)
+
+    def fsync_indexes(self) -> None:
+        self.offset_index.fsync()
+        self.time_index.fsync()
+
+    def close(self) -> None:
+        self.offset_index.close()
+        self.time_index.close()
+        self.file.close()
+
+    def delete(self) -> None:
+        """Remove the files; open slices keep reading from the unlinked file until dropped."""
+        self.offset_index.delete()
+        self.time_index.delete()
+        self.path.unlink(missing_ok=True)
