@@ -160,7 +160,7 @@ def load(
     """Build the broker config; raises ConfigError naming the offending key."""
     from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
 
-    topic_keys = [k.name for k in TOPIC_CONFIG_KEYS]
+    topic_keys = list(TOPIC_CONFIG_KEYS)
     raw: dict[str, Any] = {}
     if path is not None:
         try:

@@ -18,16 +18,13 @@ from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
 
 TOPIC, BROKER, BROKER_LOGGER = 2, 4, 8
 DYNAMIC_TOPIC, STATIC_BROKER, DEFAULT = 1, 4, 5
-_TYPE_CODES = {"bool": 1, "string": 2, "int": 3, "long": 5, "double": 6, "list": 7}
-_DOCS = {k.name: k for k in TOPIC_CONFIG_KEYS}
+_TYPE_CODES = {"boolean": 1, "string": 2, "int": 3, "long": 5, "double": 6, "list": 7}
+_DOCS = TOPIC_CONFIG_KEYS
 
 
 def _config_type(name: str) -> int:
     key = _DOCS.get(name)
-    kind = getattr(key, "type", "string") if key is not None else "string"
-    if isinstance(kind, type):
-        kind = {bool: "bool", int: "long", str: "string", float: "double"}.get(kind, "string")
-    return _TYPE_CODES.get(str(kind), 2)
+    return _TYPE_CODES.get(key.type, 2) if key is not None else 2
 
 
 def describe_topic_configs(ctx: Any, topic: Any, keys: Any) -> list[dict[str, Any]]:

@@ -1,0 +1,126 @@
+"""Object keys: the one place that names what streamd stores in the bucket.
+
+Layout (all keys relative to the store root, i.e. under the ``s3://bucket/prefix``)::
+
+    <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>.log     segment bytes, verbatim
+    <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>.index   its offset index
+    <h>/<topic>/<topic_id>/<partition>/manifest.json                  partition manifest
+    <t>/<topic>/<topic_id>/topic.json                                 topic manifest
+    cluster/metadata.json                                             topics, configs, ACLs, users
+    cluster/offsets.json                                              committed group offsets
+    cluster/<name>                                                    other cluster-wide documents
+
+``<h>`` is the first 8 hex digits of SHA-256 over ``"<topic>/<topic_id>/<partition>"`` and ``<t>``
+the same over ``"<topic>/<topic_id>"``: partitions of one topic land under different prefixes so
+a real S3 bucket does not hot-spot one prefix, yet every key is computable from
+(topic, topic id, partition, offsets) alone, without listing. Keys are deterministic: a retried
+upload of the same segment writes the same key (invariant 3). The topic id is part of the path
+so that a topic deleted and re-created under the same name never mixes objects.
+
+Topic names are validated with Kafka's rules (invariant 8) and topic ids must be a UUID or a
+base64url/hex token, so no key component can be ``..``, empty, or contain ``/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+
+from streamd.errors import InvalidTopic
+
+CLUSTER_PREFIX = "cluster/"
+CLUSTER_METADATA_KEY = "cluster/metadata.json"
+CLUSTER_OFFSETS_KEY = "cluster/offsets.json"
+PARTITION_MANIFEST_NAME = "manifest.json"
+TOPIC_MANIFEST_NAME = "topic.json"
+SEGMENT_SUFFIX = ".log"
+INDEX_SUFFIX = ".index"
+
+_TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+_TOPIC_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+_CLUSTER_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,128}")
+_SEGMENT_NAME_RE = re.compile(r"(\d{20})-(\d{20})\.log")
+
+
+def validate_topic(topic: str) -> str:
+    """Return ``topic`` if it satisfies Kafka's naming rules, else raise :class:`InvalidTopic`."""
+    if not isinstance(topic, str) or not _TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
+        raise InvalidTopic(
+            f"invalid topic name {topic!r}: use 1-249 characters of [a-zA-Z0-9._-], "
+            "not '.' or '..'"
+        )
+    return topic
+
+
+def topic_id_text(topic_id: str | uuid.UUID) -> str:
+    """Key form of a topic id: a UUID in canonical form, or a base64url/hex token as given."""
+    if isinstance(topic_id, uuid.UUID):
+        return str(topic_id)
+    if not isinstance(topic_id, str) or not _TOPIC_ID_RE.fullmatch(topic_id):
+        raise ValueError(f"invalid topic id {topic_id!r}")
+    return topic_id
+
+
+def _check_partition(partition: int) -> int:
+    if isinstance(partition, bool) or not isinstance(partition, int) or partition < 0:
+        raise ValueError(f"invalid partition {partition!r}")
+    return partition
+
+
+def _hash8(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def topic_prefix(topic: str, topic_id: str | uuid.UUID) -> str:
+    """``<t>/<topic>/<topic_id>/``: the topic manifest lives here (partitions live elsewhere)."""
+    tid = topic_id_text(topic_id)
+    validate_topic(topic)
+    return f"{_hash8(f'{topic}/{tid}')}/{topic}/{tid}/"
+
+
+def partition_prefix(topic: str, topic_id: str | uuid.UUID, partition: int) -> str:
+    """``<h>/<topic>/<topic_id>/<partition>/``: every object of one partition."""
+    tid = topic_id_text(topic_id)
+    validate_topic(topic)
+    _check_partition(partition)
+    return f"{_hash8(f'{topic}/{tid}/{partition}')}/{topic}/{tid}/{partition}/"
+
+
+def topic_manifest_key(topic: str, topic_id: str | uuid.UUID) -> str:
+    return topic_prefix(topic, topic_id) + TOPIC_MANIFEST_NAME
+
+
+def partition_manifest_key(topic: str, topic_id: str | uuid.UUID, partition: int) -> str:
+    return partition_prefix(topic, topic_id, partition) + PARTITION_MANIFEST_NAME
+
+
+def segment_key(
+    topic: str, topic_id: str | uuid.UUID, partition: int, base_offset: int, last_offset: int
+) -> str:
+    return partition_prefix(topic, topic_id, partition) + _segment_stem(base_offset, last_offset) + SEGMENT_SUFFIX
+
+
+def segment_index_key(
+    topic: str, topic_id: str | uuid.UUID, partition: int, base_offset: int, last_offset: int
+) -> str:
+    return partition_prefix(topic, topic_id, partition) + _segment_stem(base_offset, last_offset) + INDEX_SUFFIX
+
+
+def parse_segment_name(key: str) -> tuple[int, int] | None:
+    """``(base_offset, last_offset)`` of a segment object key, or ``None`` for other keys."""
+    match = _SEGMENT_NAME_RE.fullmatch(key.rsplit("/", 1)[-1])
+    return (int(match[1]), int(match[2])) if match else None
+
+
+def cluster_key(name: str) -> str:
+    """``cluster/<name>`` for a cluster-wide document (metadata, offsets, ...)."""
+    if not _CLUSTER_NAME_RE.fullmatch(name) or name in (".", ".."):
+        raise ValueError(f"invalid cluster document name {name!r}")
+    return CLUSTER_PREFIX + name
+
+
+def _segment_stem(base_offset: int, last_offset: int) -> str:
+    if base_offset < 0 or last_offset < base_offset:
+        raise ValueError(f"invalid segment offsets {base_offset}-{last_offset}")
+    return f"{base_offset:020d}-{last_offset:020d}"
