@@ -143,12 +143,12 @@ def _writer(cls: type) -> Callable[[Any, Any], None]:
 def build(cls: type, data: dict[str, Any]) -> Any:
     """Instantiate kio entity ``cls`` from a dict, filling what the dict omits with zeros."""
     kwargs = {}
-    for name, kind, sub, default in _plan(cls):
+    for name, kind, sub, default, zero in _plan(cls):
         value = data.get(name, MISSING)
         if value is MISSING:
             if default is not MISSING:
                 continue
-            value = _zero(kind, sub)
+            value = zero
         elif kind == "entities":
             value = tuple(build(sub, item) for item in value)
         elif kind == "entity":
@@ -167,7 +167,7 @@ def build(cls: type, data: dict[str, Any]) -> Any:
 
 
 @cache
-def _plan(cls: type) -> tuple[tuple[str, str, Any, Any], ...]:
+def _plan(cls: type) -> tuple[tuple[str, str, Any, Any, Any], ...]:
     plan = []
     for f in fields(cls):
         default = f.default
@@ -194,9 +194,8 @@ def _plan(cls: type) -> tuple[tuple[str, str, Any, Any], ...]:
             kind, sub = "timedelta", None
         else:
             kind, sub = "primitive", ktype
-        if default is MISSING and nullable and kind != "entities":
-            default = None
-        plan.append((f.name, kind, sub, default))
+        zero = None if nullable and kind not in ("entities", "array") else _zero(kind, sub)
+        plan.append((f.name, kind, sub, default, zero))
     return tuple(plan)
 
 

@@ -169,13 +169,15 @@ def patch_for_append(
     headers: Sequence[BatchHeader],
     base_offset: int,
     log_append_time_ms: int | None,
-) -> None:
+) -> list[BatchHeader]:
     """Assign offsets from ``base_offset`` to the contiguous batches in ``buf``, in place.
 
     With ``log_append_time_ms`` the batches become LogAppendTime batches, as Kafka does it:
     the timestamp-type attribute bit is set and ``maxTimestamp`` becomes the append time (record
     deltas untouched), then the CRC is recomputed. ``partitionLeaderEpoch`` is reset to 0.
+    Returns the patched headers.
     """
+    patched: list[BatchHeader] = []
     pos = 0
     offset = base_offset
     for header in headers:
@@ -185,8 +187,10 @@ def patch_for_append(
             _I16.pack_into(buf, pos + ATTRIBUTES_AT, header.attributes | TIMESTAMP_TYPE_LOG_APPEND)
             _I64.pack_into(buf, pos + MAX_TIMESTAMP_AT, log_append_time_ms)
             _U32.pack_into(buf, pos + CRC_AT, batch_crc(buf, pos, header.size))
+        patched.append(parse_header(buf, pos))
         offset += header.last_offset_delta + 1
         pos += header.size
+    return patched
 
 
 # ---- cold path: record-level decoding ---------------------------------------------------------
@@ -246,6 +250,8 @@ def iter_record_timestamps(batch: bytes | bytearray | memoryview) -> Iterator[tu
         end = pos + length
         ts_delta, p = read_varint(records, pos + 1)
         offset_delta, _ = read_varint(records, p)
-        timestamp = header.max_timestamp if header.log_append_time else header.base_timestamp + ts_delta
-        yield header.base_offset + offset_delta, timestamp
+        if header.log_append_time:
+            yield header.base_offset + offset_delta, header.max_timestamp
+        else:
+            yield header.base_offset + offset_delta, header.base_timestamp + ts_delta
         pos = end

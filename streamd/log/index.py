@@ -33,6 +33,8 @@ class _SparseIndex:
         self.keys = array(self.KEY_TYPE)
         self.values = array(self.VALUE_TYPE)
         self._fd: int | None = None
+        self.persist = True
+        """False while recovery rebuilds the entries in memory before one :meth:`rewrite`."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -40,6 +42,8 @@ class _SparseIndex:
     def _append(self, key: int, value: int) -> None:
         self.keys.append(key)
         self.values.append(value)
+        if not self.persist:
+            return
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         os.write(self._fd, self.ENTRY.pack(key, value))

@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -109,8 +110,10 @@ class Segment:
         self._bytes_since_index = 0
 
     def __repr__(self) -> str:
-        return (f"Segment({self.path.name}, offsets [{self.base_offset}, {self.next_offset}), "
-                f"size={self.size}, sealed={self.sealed})")
+        return (
+            f"Segment({self.path.name}, offsets [{self.base_offset}, {self.next_offset}), "
+            f"size={self.size}, sealed={self.sealed})"
+        )
 
     @property
     def is_empty(self) -> bool:
@@ -137,16 +140,17 @@ class Segment:
     def append(self, data: bytes | bytearray, headers: Sequence[BatchHeader], now_ms: int) -> None:
         """Write contiguous, already offset-patched batches at the end of the file."""
         start = self.size
+        if start == 0:
+            self.created_ms = now_ms
         view = memoryview(data)
         written = 0
         try:
             while written < len(view):
                 written += os.write(self.file.fd, view[written:])
         except OSError as exc:
-            try:
+            with contextlib.suppress(OSError):
                 os.ftruncate(self.file.fd, start)
-            finally:
-                raise StorageError(f"write to {self.path} failed: {exc}") from exc
+            raise StorageError(f"write to {self.path} failed: {exc}") from exc
         finally:
             view.release()
         position = start

@@ -79,37 +79,90 @@ def _cleanup_policy(name: str, raw: str) -> str:
 TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
     k.name: k
     for k in (
-        ConfigKey("cleanup.policy", "list", "delete",
-                  "delete or compact (compact is stored, only delete is enforced)",
-                  _cleanup_policy),
-        ConfigKey("segment.bytes", "int", str(1 << 30), "maximum size of one log segment file",
-                  _int(14, INT32_MAX)),
-        ConfigKey("segment.ms", "long", str(7 * DAY_MS),
-                  "roll the active segment after this long even if it is not full",
-                  _int(1, INT64_MAX)),
-        ConfigKey("retention.ms", "long", str(7 * DAY_MS),
-                  "delete data older than this (-1: keep forever)", _int(-1, INT64_MAX)),
-        ConfigKey("retention.bytes", "long", "-1",
-                  "delete the oldest segments while a partition is larger (-1: no limit)",
-                  _int(-1, INT64_MAX)),
-        ConfigKey("local.retention.ms", "long", "-2",
-                  "local-disk retention for tiered topics (-2: same as retention.ms)",
-                  _int(-2, INT64_MAX)),
-        ConfigKey("local.retention.bytes", "long", "-2",
-                  "local-disk size limit for tiered topics (-2: same as retention.bytes)",
-                  _int(-2, INT64_MAX)),
-        ConfigKey("remote.storage.enable", "boolean", "false",
-                  "archive sealed segments to the object store", _bool),
-        ConfigKey("max.message.bytes", "int", "1048588",
-                  "largest record batch accepted, in bytes", _int(0, INT32_MAX)),
-        ConfigKey("message.timestamp.type", "string", "CreateTime",
-                  "CreateTime keeps the producer timestamp; LogAppendTime uses the broker's",
-                  _choice("CreateTime", "LogAppendTime")),
-        ConfigKey("min.insync.replicas", "int", "1",
-                  "minimum in-sync replicas for acks=all (single-node: informational)",
-                  _int(1, INT32_MAX)),
-        ConfigKey("index.interval.bytes", "int", "4096",
-                  "log bytes between two offset-index entries", _int(0, INT32_MAX)),
+        ConfigKey(
+            "cleanup.policy",
+            "list",
+            "delete",
+            "delete or compact (compact is stored, only delete is enforced)",
+            _cleanup_policy,
+        ),
+        ConfigKey(
+            "segment.bytes",
+            "int",
+            str(1 << 30),
+            "maximum size of one log segment file",
+            _int(14, INT32_MAX),
+        ),
+        ConfigKey(
+            "segment.ms",
+            "long",
+            str(7 * DAY_MS),
+            "roll the active segment after this long even if it is not full",
+            _int(1, INT64_MAX),
+        ),
+        ConfigKey(
+            "retention.ms",
+            "long",
+            str(7 * DAY_MS),
+            "delete data older than this (-1: keep forever)",
+            _int(-1, INT64_MAX),
+        ),
+        ConfigKey(
+            "retention.bytes",
+            "long",
+            "-1",
+            "delete the oldest segments while a partition is larger (-1: no limit)",
+            _int(-1, INT64_MAX),
+        ),
+        ConfigKey(
+            "local.retention.ms",
+            "long",
+            "-2",
+            "local-disk retention for tiered topics (-2: same as retention.ms)",
+            _int(-2, INT64_MAX),
+        ),
+        ConfigKey(
+            "local.retention.bytes",
+            "long",
+            "-2",
+            "local-disk size limit for tiered topics (-2: same as retention.bytes)",
+            _int(-2, INT64_MAX),
+        ),
+        ConfigKey(
+            "remote.storage.enable",
+            "boolean",
+            "false",
+            "archive sealed segments to the object store",
+            _bool,
+        ),
+        ConfigKey(
+            "max.message.bytes",
+            "int",
+            "1048588",
+            "largest record batch accepted, in bytes",
+            _int(0, INT32_MAX),
+        ),
+        ConfigKey(
+            "message.timestamp.type",
+            "string",
+            "CreateTime",
+            "CreateTime keeps the producer timestamp; LogAppendTime uses the broker's",
+            _choice("CreateTime", "LogAppendTime"),
+        ),
+        ConfigKey(
+            "min.insync.replicas",
+            "int",
+            "1",
+            "minimum in-sync replicas for acks=all (single-node: informational)",
+            _int(1, INT32_MAX),
+        ),
+        ConfigKey(
+            "index.interval.bytes",
+            "int",
+            "4096",
+            "log bytes between two offset-index entries",
+            _int(0, INT32_MAX),
+        ),
     )
 }
 
@@ -151,8 +204,10 @@ class TopicConfig:
         return config
 
     def _check_consistency(self) -> None:
-        for local, total in (("local.retention.ms", "retention.ms"),
-                             ("local.retention.bytes", "retention.bytes")):
+        for local, total in (
+            ("local.retention.ms", "retention.ms"),
+            ("local.retention.bytes", "retention.bytes"),
+        ):
             lv, tv = self.get(local), self.get(total)
             assert isinstance(lv, int) and isinstance(tv, int)
             if lv >= 0 and tv >= 0 and lv > tv:

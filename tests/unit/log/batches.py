@@ -36,7 +36,10 @@ def _bytes_field(value: bytes | None) -> bytes:
 
 
 def encode_record(
-    offset_delta: int, timestamp_delta: int, key: bytes | None, value: bytes | None,
+    offset_delta: int,
+    timestamp_delta: int,
+    key: bytes | None,
+    value: bytes | None,
     headers: Sequence[Header],
 ) -> bytes:
     body = bytearray(b"\x00")
@@ -97,12 +100,20 @@ def build_batch(
     )
     attrs = attributes | CODECS[compression]
     tail = struct.pack(
-        ">hiqqqhii", attrs, len(records) - 1, base_ts, max_ts, producer_id, producer_epoch,
-        base_sequence, len(records),
+        ">hiqqqhii",
+        attrs,
+        len(records) - 1,
+        base_ts,
+        max_ts,
+        producer_id,
+        producer_epoch,
+        base_sequence,
+        len(records),
     ) + compress(compression, body)
     crc = crc32c.crc32c(tail)
     batch_length = 4 + 1 + 4 + len(tail)
-    return struct.pack(">qiibI", base_offset, batch_length, partition_leader_epoch, magic, crc) + tail
+    prefix = struct.pack(">qiibI", base_offset, batch_length, partition_leader_epoch, magic, crc)
+    return prefix + tail
 
 
 def simple_batch(n: int = 1, ts: int = 1_000, value_size: int = 10, **kw: object) -> bytes:

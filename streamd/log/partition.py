@@ -1,0 +1,451 @@
+"""The single-writer log of one partition.
+
+Offsets (invariants, in order)::
+
+    segments[0].base_offset <= log_start_offset <= high_watermark <= log_end_offset
+
+- ``log_end_offset`` is the next offset to assign; offsets are dense across segments.
+- ``high_watermark`` is what readers may see: with fsync "always" it advances only after the
+  fsync that covers it (group commit), otherwise it equals ``log_end_offset``.
+- ``log_start_offset`` only moves forward (DeleteRecords, retention) and is persisted in
+  ``log-start-offset`` before any segment below it is deleted. Reads below it fail. Reads
+  return whole batches, so a batch straddling the log start is returned whole (as Kafka does).
+
+Appends are serialized by construction: validation, offset assignment, patching, the write to
+the page cache and index updates run synchronously in one event-loop step; only waiting for the
+fsync yields. One flush task at a time runs ``os.fsync`` in the default executor and covers
+every byte written before it started, so concurrent appenders share fsyncs. A rejected payload
+writes nothing.
+
+Segments wholly below the log start are deleted by retention without asking ``may_delete``
+(that data is gone for every reader, local or remote).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from streamd.errors import OffsetOutOfRange, StorageError
+from streamd.log.batch import patch_for_append, validate_produce_batches
+from streamd.log.files import atomic_write, fsync_dir
+from streamd.log.fsync import FsyncPolicy
+from streamd.log.recovery import recover_partition, write_clean_marker
+from streamd.log.segment import FileSlice, Segment, SegmentFile
+from streamd.log.topic_config import TopicConfig
+
+log = logging.getLogger("streamd.log")
+
+LOG_START_FILE = "log-start-offset"
+MAX_RELATIVE_OFFSET = 2**31 - 1
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    base_offset: int
+    last_offset: int
+    log_append_time_ms: int
+    """-1 for CreateTime topics."""
+    log_start_offset: int
+
+
+class PartitionLog:
+    def __init__(
+        self,
+        directory: Path,
+        config: TopicConfig,
+        fsync: FsyncPolicy,
+        segments: list[Segment],
+        log_start_offset: int,
+    ) -> None:
+        self.directory = directory
+        self.config = config
+        self.fsync_policy = fsync
+        self._segments = segments
+        self._bases = [s.base_offset for s in segments]
+        self._log_start = log_start_offset
+        self._durable_offset = self.log_end_offset
+        self._unsynced: list[SegmentFile] = []
+        self._dir_dirty = False
+        self._sealed_this_session: list[Segment] = []
+        self._flush_task: asyncio.Task[None] | None = None
+        self.last_flush_ms = now_ms()
+        self._closed = False
+
+    @classmethod
+    def open(
+        cls,
+        directory: Path,
+        config: TopicConfig,
+        *,
+        fsync: FsyncPolicy | None = None,
+        now: int | None = None,
+    ) -> PartitionLog:
+        """Open (creating if needed) and recover the partition stored in ``directory``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        now = now_ms() if now is None else now
+        segments = recover_partition(
+            directory, index_interval_bytes=config.index_interval_bytes, now_ms=now
+        )
+        log_start = _read_log_start(directory)
+        if not segments:
+            segments = [
+                Segment(
+                    directory,
+                    log_start or 0,
+                    index_interval_bytes=config.index_interval_bytes,
+                    created_ms=now,
+                )
+            ]
+            fsync_dir(directory)
+        end = segments[-1].next_offset
+        if log_start is not None and log_start > end:
+            log.warning(
+                "%s: log start offset %d is past the recovered end %d; starting empty at %d",
+                directory,
+                log_start,
+                end,
+                log_start,
+            )
+            for segment in segments:
+                segment.close()
+                segment.delete()
+            segments = [
+                Segment(
+                    directory,
+                    log_start,
+                    index_interval_bytes=config.index_interval_bytes,
+                    created_ms=now,
+                )
+            ]
+            fsync_dir(directory)
+        if log_start is None or log_start < segments[0].base_offset:
+            log_start = segments[0].base_offset
+        return cls(directory, config, fsync or FsyncPolicy("never"), segments, log_start)
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    @property
+    def segments(self) -> list[Segment]:
+        """Ordered segments; the last one is the active segment. Do not mutate."""
+        return self._segments
+
+    @property
+    def active(self) -> Segment:
+        return self._segments[-1]
+
+    @property
+    def log_start_offset(self) -> int:
+        return self._log_start
+
+    @property
+    def log_end_offset(self) -> int:
+        return self._segments[-1].next_offset
+
+    @property
+    def high_watermark(self) -> int:
+        if self.fsync_policy.always:
+            return self._durable_offset
+        return self.log_end_offset
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(s.size for s in self._segments)
+
+    def update_config(self, config: TopicConfig) -> None:
+        self.config = config
+        self.active.index_interval_bytes = config.index_interval_bytes
+
+    # ---- append --------------------------------------------------------------------------------
+
+    async def append(self, payload: bytes | bytearray | memoryview, *, now_ms: int) -> AppendResult:
+        """Validate, assign offsets to and store a produce payload (one or more v2 batches).
+
+        Returns once the batches are in the log file, and with fsync "always" once they are
+        fsynced too. Raises CorruptMessage / InvalidRecord / MessageTooLarge, appending nothing.
+        """
+        self._check_open()
+        headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        count = sum(h.last_offset_delta + 1 for h in headers)
+        buf = bytearray(payload)
+        self._maybe_roll(len(buf), count, now_ms)
+        base = self.log_end_offset
+        append_time = now_ms if self.config.log_append_time else None
+        patched = patch_for_append(buf, headers, base, append_time)
+        segment = self.active
+        segment.append(buf, patched, now_ms)
+        if self.fsync_policy.mode != "never" and (
+            not self._unsynced or self._unsynced[-1] is not segment.file
+        ):
+            self._unsynced.append(segment.file)
+        last = base + count - 1
+        if self.fsync_policy.always:
+            await self._wait_durable(last + 1)
+        return AppendResult(base, last, -1 if append_time is None else append_time, self._log_start)
+
+    def _maybe_roll(self, incoming_bytes: int, incoming_count: int, now: int) -> None:
+        segment = self.active
+        if segment.is_empty:
+            return
+        if (
+            segment.size + incoming_bytes > self.config.segment_bytes
+            or now - segment.created_ms >= self.config.segment_ms
+            or self.log_end_offset + incoming_count - 1 - segment.base_offset > MAX_RELATIVE_OFFSET
+        ):
+            self._roll(now)
+
+    def _roll(self, now: int) -> None:
+        old = self.active
+        old.seal()
+        self._sealed_this_session.append(old)
+        new = Segment(
+            self.directory,
+            self.log_end_offset,
+            index_interval_bytes=self.config.index_interval_bytes,
+            created_ms=now,
+        )
+        self._segments.append(new)
+        self._bases.append(new.base_offset)
+        self._dir_dirty = True
+
+    def roll_if_due(self, now: int) -> bool:
+        """Roll a non-empty active segment older than ``segment.ms``."""
+        segment = self.active
+        if not segment.is_empty and now - segment.created_ms >= self.config.segment_ms:
+            self._roll(now)
+            return True
+        return False
+
+    def seal_active(self) -> Segment | None:
+        """Seal the active segment now (if it holds data) and return it."""
+        segment = self.active
+        if segment.is_empty:
+            return None
+        self._roll(now_ms())
+        return segment
+
+    # ---- durability ----------------------------------------------------------------------------
+
+    async def _wait_durable(self, target: int) -> None:
+        while self._durable_offset < target:
+            self._check_open()
+            await asyncio.shield(self._flush_runner())
+
+    def _flush_runner(self) -> asyncio.Task[None]:
+        if self._flush_task is None:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush_once())
+        return self._flush_task
+
+    async def _flush_once(self) -> None:
+        target = self.log_end_offset
+        files, self._unsynced = self._unsynced, []
+        dir_dirty, self._dir_dirty = self._dir_dirty, False
+        directory = self.directory if dir_dirty else None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, _fsync_all, files, directory)
+        except OSError as exc:
+            self._unsynced[:0] = files
+            self._dir_dirty |= dir_dirty
+            raise StorageError(f"fsync of {self.directory} failed: {exc}") from exc
+        else:
+            self._durable_offset = max(self._durable_offset, target)
+            self.last_flush_ms = now_ms()
+        finally:
+            self._flush_task = None
+
+    async def flush(self) -> None:
+        """Fsync everything written so far (the interval policy's timer calls this)."""
+        if self._flush_task is not None:
+            await asyncio.shield(self._flush_task)
+        if self._unsynced or self._dir_dirty or self._durable_offset < self.log_end_offset:
+            await asyncio.shield(self._flush_runner())
+
+    # ---- read ----------------------------------------------------------------------------------
+
+    def read(
+        self, offset: int, max_bytes: int, *, min_one: bool = True, upto: int | None = None
+    ) -> FileSlice | None:
+        """Whole batches starting with the one holding ``offset``, from one segment, below the
+        high watermark (and ``upto``). None when there is nothing to return yet."""
+        if offset < self._log_start or offset > self.log_end_offset:
+            raise OffsetOutOfRange(
+                f"offset {offset} is outside [{self._log_start}, {self.log_end_offset}] "
+                f"of {self.directory.name}"
+            )
+        limit = self.high_watermark if upto is None else min(upto, self.high_watermark)
+        if offset >= limit:
+            return None
+        segment = self._segment_for(offset)
+        found = segment.find_position(offset)
+        if found is None:
+            return None
+        return segment.read(found[0], max_bytes, min_one, end_offset=limit)
+
+    def _segment_for(self, offset: int) -> Segment:
+        return self._segments[max(0, bisect.bisect_right(self._bases, offset) - 1)]
+
+    def offset_for_timestamp(self, ts_ms: int) -> tuple[int, int] | None:
+        """(offset, timestamp) of the earliest visible record with timestamp >= ``ts_ms``."""
+        end = self.high_watermark
+        for segment in self._segments:
+            if segment.next_offset <= self._log_start or segment.max_timestamp < ts_ms:
+                continue
+            if segment.base_offset >= end:
+                break
+            found = segment.offset_for_timestamp(ts_ms, self._log_start, end)
+            if found is not None:
+                return found
+        return None
+
+    # ---- deletion ------------------------------------------------------------------------------
+
+    def delete_records_before(self, offset: int) -> int:
+        """Move the log start to ``offset`` (-1: the high watermark); return the new start."""
+        hw = self.high_watermark
+        if offset == -1:
+            offset = hw
+        if offset < 0 or offset > hw:
+            raise OffsetOutOfRange(f"cannot delete records before {offset}: high watermark {hw}")
+        if offset > self._log_start:
+            self._set_log_start(offset)
+            if not self.active.is_empty and self.active.next_offset <= offset:
+                self._roll(now_ms())
+            doomed = []
+            for segment in self._segments[:-1]:
+                if segment.next_offset > offset:
+                    break
+                doomed.append(segment)
+            self._remove(doomed)
+        return self._log_start
+
+    def apply_retention(
+        self,
+        now: int,
+        *,
+        retention_ms: int,
+        retention_bytes: int,
+        may_delete: Callable[[Segment], bool] = lambda s: True,
+    ) -> list[Segment]:
+        """Delete the oldest sealed segments that are below the log start, older than
+        ``retention_ms`` (by max timestamp) or beyond ``retention_bytes``; -1 disables a limit.
+        Stops at the first segment that is kept or vetoed by ``may_delete``."""
+        total = self.size_bytes
+        doomed: list[Segment] = []
+        for segment in self._segments[:-1]:
+            below_start = segment.next_offset <= self._log_start
+            expired = retention_ms >= 0 and now - segment.max_timestamp > retention_ms
+            oversize = retention_bytes >= 0 and total - segment.size >= retention_bytes
+            if not (below_start or expired or oversize):
+                break
+            if not below_start and not may_delete(segment):
+                break
+            doomed.append(segment)
+            total -= segment.size
+        if doomed:
+            new_start = max(self._log_start, doomed[-1].next_offset)
+            if new_start != self._log_start:
+                self._set_log_start(new_start)
+            self._remove(doomed)
+        return doomed
+
+    def truncate_fully_and_start_at(self, offset: int) -> None:
+        """Drop every local segment and restart the log empty at ``offset`` (restore, tiering)."""
+        self._check_open()
+        self._set_log_start(offset)
+        old = self._segments
+        self._segments = [
+            Segment(
+                self.directory,
+                offset,
+                index_interval_bytes=self.config.index_interval_bytes,
+                created_ms=now_ms(),
+            )
+        ]
+        self._bases = [offset]
+        for segment in old:
+            segment.delete()
+        self._unsynced.clear()
+        self._durable_offset = offset
+        self._dir_dirty = True
+
+    def _set_log_start(self, offset: int) -> None:
+        atomic_write(self.directory / LOG_START_FILE, b"%d\n" % offset)
+        self._log_start = offset
+
+    def _remove(self, doomed: list[Segment]) -> None:
+        if not doomed:
+            return
+        gone = {id(s) for s in doomed}
+        self._segments = [s for s in self._segments if id(s) not in gone]
+        self._bases = [s.base_offset for s in self._segments]
+        files = {id(s.file) for s in doomed}
+        self._unsynced = [f for f in self._unsynced if id(f) not in files]
+        for segment in doomed:
+            segment.delete()
+        self._dir_dirty = True
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StorageError(f"partition log {self.directory} is closed")
+
+    async def close(self) -> None:
+        """Fsync all data and indexes, write the clean-shutdown marker, release descriptors."""
+        if self._closed:
+            return
+        if self.fsync_policy.mode == "never":
+            self._unsynced = [s.file for s in self._segments]
+        await self.flush()
+        touched = [*self._sealed_this_session, self.active]
+        await asyncio.get_running_loop().run_in_executor(None, self._finish_close, touched)
+        self._closed = True
+
+    def _finish_close(self, touched: list[Segment]) -> None:
+        for segment in touched:
+            for path in (segment.index_path, segment.timeindex_path):
+                if path.exists():
+                    fd = os.open(path, os.O_RDONLY)
+                    try:
+                        os.fsync(fd)
+                    finally:
+                        os.close(fd)
+        for segment in self._segments:
+            segment.close()
+        write_clean_marker(self.directory)
+
+    def discard(self) -> None:
+        """Release descriptors without syncing (the partition is being deleted)."""
+        self._closed = True
+        for segment in self._segments:
+            segment.close()
+
+
+def _fsync_all(files: list[SegmentFile], directory: Path | None) -> None:
+    for file in files:
+        if file.fd >= 0:
+            os.fsync(file.fd)
+    if directory is not None:
+        fsync_dir(directory)
+
+
+def _read_log_start(directory: Path) -> int | None:
+    try:
+        return int((directory / LOG_START_FILE).read_text().strip())
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        log.warning(
+            "%s: unreadable %s, using the first segment's base offset", directory, LOG_START_FILE
+        )
+        return None

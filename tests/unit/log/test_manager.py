@@ -1,0 +1,143 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from streamd.errors import (
+    ConfigError,
+    InvalidConfig,
+    InvalidPartitions,
+    InvalidTopic,
+    TopicAlreadyExists,
+    UnknownTopicOrPartition,
+)
+from streamd.log.fsync import FsyncPolicy
+from streamd.log.manager import LogManager
+
+from .batches import simple_batch
+
+DEFAULTS = {"segment.bytes": "2048", "index.interval.bytes": "256"}
+
+
+def manager(tmp_path: Path, **defaults: str) -> LogManager:
+    m = LogManager(tmp_path, defaults=DEFAULTS | defaults, fsync=FsyncPolicy.parse("never"))
+    m.load()
+    return m
+
+
+async def test_persistence_across_reopen(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    topic = m.create_topic("orders", 3, {"retention.ms": "60000"})
+    for _ in range(10):
+        await m.partition("orders", 1).append(simple_batch(3), now_ms=1)
+    m.partition("orders", 1).delete_records_before(7)
+    m.add_partitions("orders", 5)
+    m.update_config("orders", {"cleanup.policy": "compact"}, ["retention.ms"])
+    await m.close()
+
+    meta = json.loads((tmp_path / "topics" / "orders" / "topic.json").read_text())
+    assert meta["format"] == 1 and meta["partitions"] == 5
+
+    m2 = manager(tmp_path)
+    again = m2.get("orders")
+    assert again is not None
+    assert again.topic_id == topic.topic_id
+    assert len(again.partitions) == 5
+    assert again.overrides == {"cleanup.policy": "compact"}
+    assert again.config.cleanup_policy == "compact"
+    assert again.config.retention_ms == 7 * 24 * 3600 * 1000
+    p1 = m2.partition("orders", 1)
+    assert (p1.log_start_offset, p1.log_end_offset) == (7, 30)
+    assert m2.partition("orders", 4).log_end_offset == 0
+    await m2.close()
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "../evil", "a/b", "x" * 250, "sp ace"])
+async def test_invalid_names_touch_nothing(tmp_path: Path, name: str) -> None:
+    m = manager(tmp_path)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    with pytest.raises(InvalidTopic):
+        m.create_topic(name, 1)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == before
+    await m.close()
+
+
+async def test_create_errors(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("t", 1)
+    with pytest.raises(TopicAlreadyExists):
+        m.create_topic("t", 2)
+    with pytest.raises(InvalidPartitions):
+        m.create_topic("u", 0)
+    with pytest.raises(InvalidConfig, match="retention.ms"):
+        m.create_topic("v", 1, {"retention.ms": "x"})
+    with pytest.raises(InvalidConfig, match="bogus"):
+        m.create_topic("w", 1, {"bogus": "1"})
+    assert sorted(m.topics()) == ["t"]
+    assert sorted(p.name for p in (tmp_path / "topics").iterdir()) == ["t"]
+    with pytest.raises(InvalidPartitions):
+        m.add_partitions("t", 1)
+    with pytest.raises(UnknownTopicOrPartition):
+        m.partition("t", 1)
+    with pytest.raises(UnknownTopicOrPartition):
+        m.partition("nope", 0)
+    with pytest.raises(InvalidConfig):
+        m.alter_config("t", {"segment.ms": "-3"})
+    assert m.get("t").overrides == {}  # type: ignore[union-attr]
+    await m.close()
+
+
+async def test_delete_topic(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("gone", 2)
+    await m.partition("gone", 0).append(simple_batch(1), now_ms=1)
+    await m.delete_topic("gone")
+    assert m.get("gone") is None
+    assert not (tmp_path / "topics" / "gone").exists()
+    with pytest.raises(UnknownTopicOrPartition):
+        await m.delete_topic("gone")
+    m.create_topic("gone", 1)
+    assert m.partition("gone", 0).log_end_offset == 0
+    await m.close()
+
+
+async def test_alter_config_and_defaults(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("t", 1, {"retention.bytes": "100"})
+    m.alter_config("t", {"retention.ms": "5"})
+    topic = m.get("t")
+    assert topic is not None and topic.overrides == {"retention.ms": "5"}
+    assert topic.config.retention_bytes == -1
+    m.set_defaults({"retention.bytes": "999"})
+    assert topic.config.retention_bytes == 999 and topic.partitions[0].config is topic.config
+    with pytest.raises(InvalidConfig):
+        m.set_defaults({"nope": "1"})
+    await m.close()
+
+
+async def test_housekeeping_retention_and_tiering_veto(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("plain", 1, {"retention.bytes": "2500"})
+    m.create_topic("tiered", 1, {"remote.storage.enable": "true", "local.retention.bytes": "2500"})
+    for name in ("plain", "tiered"):
+        for _ in range(20):
+            await m.partition(name, 0).append(simple_batch(3, value_size=100), now_ms=1)
+    m.get("tiered").may_delete = lambda seg: False  # type: ignore[union-attr]
+    removed = await m.run_housekeeping(now=2)
+    assert "plain-0" in removed and "tiered-0" not in removed
+    assert m.partition("plain", 0).size_bytes < 5000
+    m.get("tiered").may_delete = lambda seg: True  # type: ignore[union-attr]
+    removed = await m.run_housekeeping(now=3)
+    assert "tiered-0" in removed
+    assert m.partition("tiered", 0).log_start_offset > 0
+    await m.close()
+
+
+def test_fsync_policy_parse() -> None:
+    assert FsyncPolicy.parse("always").always
+    assert FsyncPolicy.parse("never").mode == "never"
+    assert FsyncPolicy.parse("250") == FsyncPolicy("interval", 250)
+    assert FsyncPolicy.parse("interval:100").interval_ms == 100
+    for bad in ("sometimes", "0", "-5", ""):
+        with pytest.raises(ConfigError):
+            FsyncPolicy.parse(bad)
