@@ -194,7 +194,8 @@ def _plan(cls: type) -> tuple[tuple[str, str, Any, Any, Any], ...]:
             kind, sub = "timedelta", None
         else:
             kind, sub = "primitive", ktype
-        zero = None if nullable and kind not in ("entities", "array") else _zero(kind, sub)
+        keep_empty = kind in ("entities", "array") or sub == "records"
+        zero = None if nullable and not keep_empty else _zero(kind, sub)
         plan.append((f.name, kind, sub, default, zero))
     return tuple(plan)
 
