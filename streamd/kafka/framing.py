@@ -3,9 +3,14 @@
 A frame is a 4-byte big-endian size followed by that many bytes. A negative size or one above
 ``max_bytes`` (``socket.request.max.bytes``) is a protocol violation: the decoder raises before
 allocating anything for it, and the connection is closed by the caller.
+
+Received chunks are kept as they arrive and each frame is assembled with at most one copy (none
+when a chunk is exactly one frame), since produce frames are often a megabyte or more.
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 from streamd.errors import InvalidRequest
 
@@ -15,38 +20,66 @@ class FrameTooLarge(InvalidRequest):
 
 
 class FrameDecoder:
-    __slots__ = ("_buf", "_max", "_need")
+    __slots__ = ("_chunks", "_offset", "_have", "_max", "_need")
 
     def __init__(self, max_bytes: int) -> None:
-        self._buf = bytearray()
+        self._chunks: deque[bytes] = deque()
+        self._offset = 0
+        self._have = 0
         self._max = max_bytes
         self._need = -1
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._have
 
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame (without its size prefix)."""
-        buf = self._buf
-        buf += data
+        if data:
+            self._chunks.append(bytes(data))
+            self._have += len(data)
         frames: list[bytes] = []
-        pos = 0
-        end = len(buf)
         while True:
             if self._need < 0:
-                if end - pos < 4:
+                if self._have < 4:
                     break
-                size = int.from_bytes(buf[pos : pos + 4], "big", signed=True)
+                size = int.from_bytes(self._take(4), "big", signed=True)
                 if size < 0 or size > self._max:
                     raise FrameTooLarge(f"invalid request size {size} (limit {self._max})")
                 self._need = size
-                pos += 4
-            if end - pos < self._need:
+            if self._have < self._need:
                 break
-            frames.append(bytes(buf[pos : pos + self._need]))
-            pos += self._need
+            frames.append(self._take(self._need))
             self._need = -1
-        if pos:
-            del buf[:pos]
         return frames
+
+    def _take(self, n: int) -> bytes:
+        if n == 0:
+            return b""
+        chunks = self._chunks
+        self._have -= n
+        first = chunks[0]
+        off = self._offset
+        avail = len(first) - off
+        if avail > n:
+            self._offset = off + n
+            return first[off : off + n]
+        if avail == n:
+            chunks.popleft()
+            self._offset = 0
+            return first if off == 0 else first[off:]
+        parts = [memoryview(first)[off:]]
+        chunks.popleft()
+        need = n - avail
+        while need:
+            chunk = chunks[0]
+            if len(chunk) <= need:
+                parts.append(memoryview(chunk))
+                chunks.popleft()
+                need -= len(chunk)
+                self._offset = 0
+            else:
+                parts.append(memoryview(chunk)[:need])
+                self._offset = need
+                need = 0
+        return b"".join(parts)

@@ -11,11 +11,15 @@ Offsets (invariants, in order)::
   ``log-start-offset`` before any segment below it is deleted. Reads below it fail. Reads
   return whole batches, so a batch straddling the log start is returned whole (as Kafka does).
 
-Appends are serialized by construction: validation, offset assignment, patching, the write to
-the page cache and index updates run synchronously in one event-loop step; only waiting for the
-fsync yields. One flush task at a time runs ``os.fsync`` in the default executor and covers
-every byte written before it started, so concurrent appenders share fsyncs. A rejected payload
-writes nothing.
+Appends are serialized by construction: validation, offset assignment, patching and index
+updates run synchronously in one event-loop step. With fsync "never" or an interval the bytes
+are written to the page cache in that same step. With fsync "always" the write is deferred:
+one flush task at a time writes every pending batch and then fsyncs, both in the default
+executor, so the event loop never waits on the disk (a write to a file being fsynced can block)
+and concurrent appenders share one fsync. The high watermark covers only written and fsynced
+bytes, so readers never see a deferred batch. A failed write or fsync fails the partition
+(every later append raises StorageError); restart recovery truncates whatever was torn.
+A rejected payload writes nothing.
 
 Segments wholly below the log start are deleted by retention without asking ``may_delete``
 (that data is gone for every reader, local or remote).
@@ -76,6 +80,8 @@ class PartitionLog:
         self._log_start = log_start_offset
         self._durable_offset = self.log_end_offset
         self._unsynced: list[SegmentFile] = []
+        self._pending: list[tuple[Segment, bytes | bytearray, int]] = []
+        self._failed: StorageError | None = None
         self._dir_dirty = False
         self._sealed_this_session: list[Segment] = []
         self._flush_task: asyncio.Task[None] | None = None
@@ -183,7 +189,11 @@ class PartitionLog:
         append_time = now_ms if self.config.log_append_time else None
         patched = patch_for_append(buf, headers, base, append_time)
         segment = self.active
-        segment.append(buf, patched, now_ms)
+        if self.fsync_policy.always:
+            segment.track_deferred(patched, now_ms)
+            self._pending.append((segment, buf, segment.size))
+        else:
+            segment.append(buf, patched, now_ms)
         if self.fsync_policy.mode != "never" and (
             not self._unsynced or self._unsynced[-1] is not segment.file
         ):
@@ -249,15 +259,20 @@ class PartitionLog:
     async def _flush_once(self) -> None:
         target = self.log_end_offset
         files, self._unsynced = self._unsynced, []
+        pending, self._pending = self._pending, []
         dir_dirty, self._dir_dirty = self._dir_dirty, False
         directory = self.directory if dir_dirty else None
         try:
-            await asyncio.get_running_loop().run_in_executor(None, _fsync_all, files, directory)
+            await asyncio.get_running_loop().run_in_executor(
+                None, _write_and_fsync, [(s.file, data) for s, data, _ in pending], files, directory
+            )
         except OSError as exc:
-            self._unsynced[:0] = files
-            self._dir_dirty |= dir_dirty
-            raise StorageError(f"fsync of {self.directory} failed: {exc}") from exc
+            self._failed = StorageError(f"write/fsync in {self.directory} failed: {exc}")
+            log.error("%s; the partition refuses writes until restart", self._failed)
+            raise self._failed from exc
         else:
+            for segment, _, end in pending:
+                segment.readable_size = max(segment.readable_size, end)
             self._durable_offset = max(self._durable_offset, target)
             self.last_flush_ms = now_ms()
         finally:
@@ -375,6 +390,7 @@ class PartitionLog:
         for segment in old:
             segment.delete()
         self._unsynced.clear()
+        self._pending.clear()
         self._durable_offset = offset
         self._dir_dirty = True
 
@@ -399,6 +415,8 @@ class PartitionLog:
     def _check_open(self) -> None:
         if self._closed:
             raise StorageError(f"partition log {self.directory} is closed")
+        if self._failed is not None:
+            raise self._failed
 
     async def close(self) -> None:
         """Fsync all data and indexes, write the clean-shutdown marker, release descriptors."""
@@ -429,6 +447,20 @@ class PartitionLog:
         self._closed = True
         for segment in self._segments:
             segment.close()
+
+
+def _write_and_fsync(
+    pending: list[tuple[SegmentFile, bytes | bytearray]],
+    files: list[SegmentFile],
+    directory: Path | None,
+) -> None:
+    for file, data in pending:
+        if file.fd < 0:
+            continue
+        view = memoryview(data)
+        while view:
+            view = view[os.write(file.fd, view) :]
+    _fsync_all(files, directory)
 
 
 def _fsync_all(files: list[SegmentFile], directory: Path | None) -> None:

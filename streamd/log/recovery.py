@@ -175,7 +175,7 @@ def load_trusted_segment(
         offset_index=offset_index,
         time_index=time_index,
     )
-    segment.size = size
+    segment.size = segment.readable_size = size
     segment.next_offset = next_offset
     segment.first_timestamp = first.first_timestamp
     segment.max_timestamp = time_index.last_timestamp or NO_TIMESTAMP

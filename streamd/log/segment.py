@@ -100,6 +100,8 @@ class Segment:
         self.time_index = time_index or TimeIndex(self.timeindex_path, base_offset)
         self.index_interval_bytes = index_interval_bytes
         self.size = 0
+        self.readable_size = 0
+        """Bytes actually in the file; below ``size`` while deferred writes are pending."""
         self.next_offset = base_offset
         self.first_timestamp = NO_TIMESTAMP
         self.max_timestamp = NO_TIMESTAMP
@@ -135,7 +137,7 @@ class Segment:
         self._bytes_since_index += header.size
         self.last_batch_base = header.base_offset
         self.next_offset = header.next_offset
-        self.size = position + header.size
+        self.size = self.readable_size = position + header.size
 
     def append(self, data: bytes | bytearray, headers: Sequence[BatchHeader], now_ms: int) -> None:
         """Write contiguous, already offset-patched batches at the end of the file."""
@@ -159,8 +161,21 @@ class Segment:
             position += header.size
         self.last_append_ms = now_ms
 
+    def track_deferred(self, headers: Sequence[BatchHeader], now_ms: int) -> None:
+        """Account for batches whose bytes the partition writes later, in order, before the
+        fsync that makes them visible (fsync "always"); ``size`` already includes them."""
+        position = self.size
+        readable = self.readable_size
+        if position == 0:
+            self.created_ms = now_ms
+        for header in headers:
+            self.track(header, position)
+            position += header.size
+        self.readable_size = readable
+        self.last_append_ms = now_ms
+
     def iter_headers(self, position: int = 0) -> Iterator[tuple[int, BatchHeader]]:
-        while position + HEADER_SIZE <= self.size:
+        while position + HEADER_SIZE <= self.readable_size:
             header = _parse_header(self.file.pread(HEADER_SIZE, position))
             yield position, header
             position += header.size
@@ -182,7 +197,7 @@ class Segment:
         whose base offset is ``>= end_offset``. With ``min_one`` the first batch is returned even
         when it alone exceeds ``max_bytes`` (KIP-74)."""
         pos = position
-        while pos + LOG_OVERHEAD <= self.size:
+        while pos + LOG_OVERHEAD <= self.readable_size:
             base, batch_length = PREFIX.unpack(self.file.pread(LOG_OVERHEAD, pos))
             if end_offset is not None and base >= end_offset:
                 break

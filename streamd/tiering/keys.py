@@ -47,8 +47,7 @@ def validate_topic(topic: str) -> str:
     """Return ``topic`` if it satisfies Kafka's naming rules, else raise :class:`InvalidTopic`."""
     if not isinstance(topic, str) or not _TOPIC_RE.fullmatch(topic) or topic in (".", ".."):
         raise InvalidTopic(
-            f"invalid topic name {topic!r}: use 1-249 characters of [a-zA-Z0-9._-], "
-            "not '.' or '..'"
+            f"invalid topic name {topic!r}: use 1-249 characters of [a-zA-Z0-9._-], not '.' or '..'"
         )
     return topic
 
@@ -98,13 +97,21 @@ def partition_manifest_key(topic: str, topic_id: str | uuid.UUID, partition: int
 def segment_key(
     topic: str, topic_id: str | uuid.UUID, partition: int, base_offset: int, last_offset: int
 ) -> str:
-    return partition_prefix(topic, topic_id, partition) + _segment_stem(base_offset, last_offset) + SEGMENT_SUFFIX
+    return (
+        partition_prefix(topic, topic_id, partition)
+        + _segment_stem(base_offset, last_offset)
+        + SEGMENT_SUFFIX
+    )
 
 
 def segment_index_key(
     topic: str, topic_id: str | uuid.UUID, partition: int, base_offset: int, last_offset: int
 ) -> str:
-    return partition_prefix(topic, topic_id, partition) + _segment_stem(base_offset, last_offset) + INDEX_SUFFIX
+    return (
+        partition_prefix(topic, topic_id, partition)
+        + _segment_stem(base_offset, last_offset)
+        + INDEX_SUFFIX
+    )
 
 
 def parse_segment_name(key: str) -> tuple[int, int] | None:

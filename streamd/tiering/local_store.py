@@ -18,6 +18,7 @@ layout (:mod:`streamd.tiering.keys`) never needs that.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import json
 import os
@@ -102,7 +103,7 @@ class LocalStore:
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         paths = [self._path(key) for key in keys]
-        await asyncio.to_thread(lambda: [self._delete(p) for p in paths])
+        await asyncio.to_thread(self._delete_all, paths)
 
     async def close(self) -> None:
         return None
@@ -130,7 +131,9 @@ class LocalStore:
             tmp_dir.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         except OSError as exc:
-            raise StoreAccessError(f"cannot write to local object store {self._root}: {exc}") from exc
+            raise StoreAccessError(
+                f"cannot write to local object store {self._root}: {exc}"
+            ) from exc
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(_MAGIC + _LEN.pack(len(header)) + header)
@@ -212,12 +215,12 @@ class LocalStore:
             raise StoreError(f"object {key!r} in {self.description} has a bad header") from exc
         return {str(k): str(v) for k, v in meta.items()}, len(fixed) + length
 
-    def _list(self, prefix: str) -> list[ObjectInfo]:
+    def _list(self, prefix: str) -> builtins.list[ObjectInfo]:
         base_dir = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         if any(part in ("..", ".") for part in base_dir.split("/")):
             raise InvalidKey(f"invalid list prefix {prefix!r}")
         top = self._root.joinpath(*base_dir.split("/")) if base_dir else self._root
-        keys: list[str] = []
+        keys: builtins.list[str] = []
         for dirpath, dirnames, filenames in os.walk(top):
             rel_dir = Path(dirpath).relative_to(self._root).as_posix()
             if rel_dir == ".":
@@ -233,6 +236,10 @@ class LocalStore:
             if info is not None:
                 infos.append(ObjectInfo(key=key, size=info.size, etag=info.etag))
         return infos
+
+    def _delete_all(self, paths: Iterable[Path]) -> None:
+        for path in paths:
+            self._delete(path)
 
     def _delete(self, path: Path) -> None:
         try:

@@ -117,6 +117,15 @@ class S3Options:
     conditional_writes: bool = True
 
     def __post_init__(self) -> None:
+        for name in (
+            "endpoint_url",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+        ):
+            if getattr(self, name) == "":
+                object.__setattr__(self, name, None)  # config writes "" for "not set"
         if (self.access_key_id is None) != (self.secret_access_key is None):
             raise ConfigError(
                 "tiering.s3.access_key_id and tiering.s3.secret_access_key must be set together"
@@ -124,7 +133,9 @@ class S3Options:
         if self.max_attempts < 1:
             raise ConfigError("tiering.s3.max_attempts must be at least 1")
         if self.base_delay_s < 0 or self.max_delay_s < self.base_delay_s:
-            raise ConfigError("tiering.s3 retry delays must satisfy 0 <= base_delay_s <= max_delay_s")
+            raise ConfigError(
+                "tiering.s3 retry delays must satisfy 0 <= base_delay_s <= max_delay_s"
+            )
 
 
 class S3Store:
@@ -138,6 +149,12 @@ class S3Store:
         self._stack: AsyncExitStack | None = None
         self._client_lock = asyncio.Lock()
         self._conditional_writes = self._options.conditional_writes
+        if not self._conditional_writes:
+            log.info(
+                "%s: conditional writes disabled; put-if-absent is head-then-put (not atomic)",
+                self.description,
+            )
+        self._list_page_size = 1000
         self.requests = 0
         self.retries = 0
 
@@ -225,29 +242,34 @@ class S3Store:
         strip = len(self._prefix) + 1 if self._prefix else 0
         token: str | None = None
         while True:
-            args: dict[str, Any] = {"Bucket": self._bucket, "Prefix": full_prefix}
+            args: dict[str, Any] = {
+                "Bucket": self._bucket,
+                "Prefix": full_prefix,
+                "MaxKeys": self._list_page_size,
+            }
             if token:
                 args["ContinuationToken"] = token
-            page = await self._call(
-                f"list {prefix!r}", lambda c, a=args: c.list_objects_v2(**a)
-            )
+            page = await self._call(f"list {prefix!r}", _op("list_objects_v2", **args))
             for item in page.get("Contents", []):
-                yield ObjectInfo(key=item["Key"][strip:], size=int(item["Size"]), etag=item.get("ETag"))
+                yield ObjectInfo(
+                    key=item["Key"][strip:], size=int(item["Size"]), etag=item.get("ETag")
+                )
             if not page.get("IsTruncated"):
                 return
             token = page["NextContinuationToken"]
 
     async def delete(self, key: str) -> None:
         full = self._full_key(key)
-        await self._call(f"delete {key!r}", lambda c: c.delete_object(Bucket=self._bucket, Key=full))
+        await self._call(
+            f"delete {key!r}", lambda c: c.delete_object(Bucket=self._bucket, Key=full)
+        )
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         full_keys = [self._full_key(key) for key in keys]
         for i in range(0, len(full_keys), 1000):
             batch = {"Objects": [{"Key": k} for k in full_keys[i : i + 1000]], "Quiet": True}
             resp = await self._call(
-                "delete objects",
-                lambda c, b=batch: c.delete_objects(Bucket=self._bucket, Delete=b),
+                "delete objects", _op("delete_objects", Bucket=self._bucket, Delete=batch)
             )
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
@@ -274,7 +296,9 @@ class S3Store:
         async with self._client_lock:
             if self._client is None:
                 opts = self._options
-                path_style = opts.path_style if opts.path_style is not None else bool(opts.endpoint_url)
+                path_style = (
+                    opts.path_style if opts.path_style is not None else bool(opts.endpoint_url)
+                )
                 config = AioConfig(
                     s3={"addressing_style": "path" if path_style else "auto"},
                     retries={"total_max_attempts": 1, "mode": "standard"},
@@ -339,7 +363,9 @@ class S3Store:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        message = f"{what} on {self.description}: {code or status} {err.get('Message', '')}".rstrip()
+        message = (
+            f"{what} on {self.description}: {code or status} {err.get('Message', '')}".rstrip()
+        )
         error: StoreError
         if code in _FATAL_CODES or (status == 403 and code in ("", "403")):
             if code == "NoSuchBucket":
@@ -361,6 +387,15 @@ class S3Store:
             error = StoreError(message)
         error.__cause__ = exc
         return error
+
+
+def _op(method: str, **kwargs: Any) -> Callable[[Any], Awaitable[Any]]:
+    """``client.<method>(**kwargs)`` as a retriable operation for :meth:`S3Store._call`."""
+
+    def run(client: Any) -> Awaitable[Any]:
+        return getattr(client, method)(**kwargs)  # type: ignore[no-any-return]
+
+    return run
 
 
 class _ConditionalUnsupported(StoreError):
