@@ -36,10 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamd.errors import OffsetOutOfRange, StorageError
+from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError
 from streamd.log.batch import patch_for_append, validate_produce_batches
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.fsync import FsyncPolicy
+from streamd.log.producer_state import ProducerStateTable
 from streamd.log.recovery import recover_partition, write_clean_marker
 from streamd.log.segment import FileSlice, Segment, SegmentFile
 from streamd.log.topic_config import TopicConfig
@@ -87,6 +88,26 @@ class PartitionLog:
         self._flush_task: asyncio.Task[None] | None = None
         self.last_flush_ms = now_ms()
         self._closed = False
+        self.producers = self._load_producer_state()
+
+    def _load_producer_state(self) -> ProducerStateTable:
+        """Snapshot plus a header scan of what was appended after it (or, with no usable
+        snapshot, of the last two segments: enough for the last five batches per producer)."""
+        table = ProducerStateTable.load(self.directory)
+        end = self.log_end_offset
+        if table.scanned_to > end or table.scanned_to < self._segments[0].base_offset:
+            table = ProducerStateTable()
+        start = table.scanned_to if table.scanned_to else self._segments[-2:][0].base_offset
+        for segment in self._segments:
+            if segment.next_offset <= start:
+                continue
+            found = segment.find_position(max(start, segment.base_offset))
+            if found is None:
+                continue
+            for _, header in segment.iter_headers(found[0]):
+                if header.base_offset >= start:
+                    table.apply(header)
+        return table
 
     @classmethod
     def open(
@@ -182,12 +203,24 @@ class PartitionLog:
         """
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        producers = self.producers
+        for header in headers:
+            duplicate = producers.check(header)
+            if duplicate is not None:
+                if len(headers) != 1:
+                    raise InvalidRecord("a retried idempotent batch must be sent alone")
+                if self.fsync_policy.always:
+                    await self._wait_durable(duplicate.last_offset + 1)
+                return AppendResult(duplicate.base_offset, duplicate.last_offset, -1,
+                                    self._log_start)
         count = sum(h.last_offset_delta + 1 for h in headers)
         buf = bytearray(payload)
         self._maybe_roll(len(buf), count, now_ms)
         base = self.log_end_offset
         append_time = now_ms if self.config.log_append_time else None
         patched = patch_for_append(buf, headers, base, append_time)
+        for header in patched:
+            producers.apply(header)
         segment = self.active
         if self.fsync_policy.always:
             segment.track_deferred(patched, now_ms)
@@ -430,6 +463,7 @@ class PartitionLog:
         self._closed = True
 
     def _finish_close(self, touched: list[Segment]) -> None:
+        self.producers.save(self.directory)
         for segment in touched:
             for path in (segment.index_path, segment.timeindex_path):
                 if path.exists():

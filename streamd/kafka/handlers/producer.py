@@ -1,0 +1,39 @@
+"""InitProducerId: producer ids and epochs for idempotent producers.
+
+Transactions are not implemented: a request with a transactional id is refused with
+TRANSACTIONAL_ID_AUTHORIZATION_FAILED so that clients fail fast instead of retrying forever.
+A producer that sends its current id and epoch (KIP-360) gets the epoch bumped; when the epoch
+would overflow it gets a fresh id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamd.errors import ErrorCode
+from streamd.kafka.apis import api
+from streamd.kafka.context import Request
+from streamd.log.producer_ids import ProducerIdAllocator
+
+MAX_EPOCH = 32767
+
+
+def _allocator(ctx: Any) -> ProducerIdAllocator:
+    alloc = ctx.extras.get("producer_ids")
+    if alloc is None:
+        alloc = ctx.extras["producer_ids"] = ProducerIdAllocator(ctx.config.data_dir)
+    return alloc  # type: ignore[no-any-return]
+
+
+@api(22, "InitProducerId", 0, 4)
+async def init_producer_id(req: Request) -> dict[str, Any]:
+    body = req.body
+    if body.transactional_id is not None:
+        return {"error_code": ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "producer_id": -1, "producer_epoch": -1}
+    pid = getattr(body, "producer_id", -1)
+    epoch = getattr(body, "producer_epoch", -1)
+    if pid >= 0 and 0 <= epoch < MAX_EPOCH:
+        return {"error_code": ErrorCode.NONE, "producer_id": pid, "producer_epoch": epoch + 1}
+    return {"error_code": ErrorCode.NONE, "producer_id": _allocator(req.ctx).allocate(),
+            "producer_epoch": 0}
