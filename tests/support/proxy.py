@@ -57,10 +57,7 @@ class CuttingProxy:
                 if backwards and seen > 10 and self.drop_next_response.is_set():
                     self.drop_next_response.clear()
                     self.cuts += 1
-                    for s in (src, dst):
-                        with contextlib.suppress(OSError):
-                            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-                            s.close()
+                    _reset(src, dst)
                     return
                 dst.sendall(data)
         except OSError:
@@ -74,10 +71,7 @@ class CuttingProxy:
         """Reset every open connection; returns how many were cut."""
         with self._lock:
             conns, self._conns = self._conns, []
-        for s in conns:
-            with contextlib.suppress(OSError):
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
-                s.close()
+        _reset(*conns)
         self.cuts += len(conns) // 2
         return len(conns) // 2
 
@@ -86,3 +80,13 @@ class CuttingProxy:
         self._listener.close()
         self.cut_all()
         self._thread.join(2)
+
+
+def _reset(*socks: socket.socket) -> None:
+    """Shut down (which wakes a pump blocked in recv on another thread), then reset."""
+    for s in socks:
+        with contextlib.suppress(OSError):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
+            s.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(OSError):
+            s.close()
