@@ -20,6 +20,7 @@ from typing import Any
 
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.config import BrokerConfig, split_hostport
+from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
@@ -52,6 +53,7 @@ class Broker:
         self.tasks: list[asyncio.Task[None]] = []
         self.logs: LogManager | None = None
         self.ctx: KafkaContext | None = None
+        self.groups: GroupService | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -78,6 +80,12 @@ class Broker:
             advertised_port=port,
             metrics=self.metrics,
         )
+        # --- group coordinator (streamd/groups) ---
+        self.groups = GroupService(data_dir, group_config(cfg.values))
+        await self.groups.open()
+        self.ctx.groups = self.groups
+        self.tasks.append(self.groups.start())
+        # --- end group coordinator ---
         listen_host, listen_port = cfg.listen
         self.servers.append(await start_kafka_server(self.ctx, listen_host, listen_port))
         log.info("kafka listener on %s (advertised %s:%d)", cfg["kafka.listen"], host, port)
@@ -147,6 +155,8 @@ class Broker:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self.groups is not None:
+            await self.groups.close()
         if self.logs is not None:
             await self.logs.close()
         log.info("streamd stopped")

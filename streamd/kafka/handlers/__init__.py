@@ -2,3 +2,4 @@
 
 from streamd.kafka.handlers import admin, configs, fetch, meta, produce  # noqa: F401
 from streamd.kafka.handlers import producer  # noqa: F401
+from streamd.kafka.handlers import groups  # noqa: F401

@@ -1,0 +1,348 @@
+"""Consumer groups and committed offsets: the wire side of :mod:`streamd.groups`.
+
+This broker is the coordinator of every group (FindCoordinator answers with itself for key
+type GROUP; transactions are not supported, so key type TRANSACTION gets
+COORDINATOR_NOT_AVAILABLE). Requests are translated into coordinator calls on ``ctx.groups``
+(a :class:`streamd.groups.service.GroupService`); nothing here holds group state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from streamd.errors import ErrorCode
+from streamd.groups.coordinator import CommitOffset
+from streamd.groups.model import JoinRequest
+from streamd.kafka import codec
+from streamd.kafka.apis import api
+from streamd.kafka.context import Request
+
+E = ErrorCode
+KEY_TYPE_GROUP = 0
+KEY_TYPE_TRANSACTION = 1
+
+
+def _client_host(peer: str) -> str:
+    return "/" + peer.rpartition(":")[0] if ":" in peer else peer
+
+
+def _topic_known(ctx: Any, topic: str, partition: int) -> bool:
+    logs = ctx.logs
+    if logs is None:
+        return True
+    t = logs.get(topic)
+    return t is not None and 0 <= partition < len(t.partitions)
+
+
+@api(10, "FindCoordinator", 0, 4)
+async def find_coordinator(req: Request) -> dict[str, Any]:
+    ctx, body = req.ctx, req.body
+    key_type = getattr(body, "key_type", KEY_TYPE_GROUP)
+    keys = list(body.coordinator_keys) if req.version >= 4 else [body.key]
+    coordinators = []
+    for key in keys:
+        entry: dict[str, Any] = {"key": key, "node_id": -1, "host": "", "port": -1}
+        if ctx.groups is None or key_type == KEY_TYPE_TRANSACTION:
+            entry.update(error_code=E.COORDINATOR_NOT_AVAILABLE, error_message="not available")
+        elif key_type != KEY_TYPE_GROUP:
+            entry.update(error_code=E.INVALID_REQUEST, error_message=f"key type {key_type}")
+        else:
+            entry.update(
+                error_code=E.NONE,
+                error_message=None,
+                node_id=ctx.node_id,
+                host=ctx.advertised_host,
+                port=ctx.advertised_port,
+            )
+        coordinators.append(entry)
+    if req.version >= 4:
+        return {"coordinators": coordinators}
+    return coordinators[0]
+
+
+def _no_coordinator(req: Request) -> bool:
+    return req.ctx.groups is None
+
+
+@api(11, "JoinGroup", 0, 7)
+async def join_group(req: Request) -> dict[str, Any]:
+    body, v = req.body, req.version
+    if _no_coordinator(req):
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE, "member_id": body.member_id}
+    session_ms = codec.ms(body.session_timeout)
+    rebalance_ms = codec.ms(body.rebalance_timeout) if v >= 1 else session_ms
+    result = await req.ctx.groups.join(
+        JoinRequest(
+            group_id=body.group_id,
+            member_id=body.member_id,
+            instance_id=getattr(body, "group_instance_id", None),
+            protocol_type=body.protocol_type,
+            protocols=tuple((p.name, bytes(p.metadata)) for p in body.protocols),
+            session_timeout_ms=session_ms,
+            rebalance_timeout_ms=rebalance_ms,
+            client_id=req.header.client_id or "",
+            client_host=_client_host(req.peer),
+            require_known_member_id=v >= 4,
+        )
+    )
+    nullable = v >= 7
+    return {
+        "error_code": result.error,
+        "generation_id": result.generation_id,
+        "protocol_type": result.protocol_type,
+        "protocol_name": result.protocol_name if nullable else (result.protocol_name or ""),
+        "leader": result.leader_id,
+        "member_id": result.member_id,
+        "members": [
+            {"member_id": m.member_id, "group_instance_id": m.instance_id, "metadata": m.metadata}
+            for m in result.members
+        ],
+    }
+
+
+@api(14, "SyncGroup", 0, 5)
+async def sync_group(req: Request) -> dict[str, Any]:
+    body = req.body
+    if _no_coordinator(req):
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    result = await req.ctx.groups.sync(
+        body.group_id,
+        body.generation_id,
+        body.member_id,
+        getattr(body, "group_instance_id", None),
+        {a.member_id: bytes(a.assignment) for a in body.assignments},
+        getattr(body, "protocol_type", None),
+        getattr(body, "protocol_name", None),
+    )
+    return {
+        "error_code": result.error,
+        "protocol_type": result.protocol_type,
+        "protocol_name": result.protocol_name,
+        "assignment": result.assignment,
+    }
+
+
+@api(12, "Heartbeat", 0, 4)
+async def heartbeat(req: Request) -> dict[str, Any]:
+    body = req.body
+    if _no_coordinator(req):
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    error = req.ctx.groups.heartbeat(
+        body.group_id, body.generation_id, body.member_id, getattr(body, "group_instance_id", None)
+    )
+    return {"error_code": error}
+
+
+@api(13, "LeaveGroup", 0, 4)
+async def leave_group(req: Request) -> dict[str, Any]:
+    body, v = req.body, req.version
+    if v >= 3:
+        members = [(m.member_id, m.group_instance_id) for m in body.members]
+    else:
+        members = [(body.member_id, None)]
+    if _no_coordinator(req):
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    error, errors = req.ctx.groups.leave(body.group_id, members)
+    if v < 3:
+        return {"error_code": error if error != E.NONE else errors[0]}
+    return {
+        "error_code": error,
+        "members": [
+            {"member_id": mid, "group_instance_id": iid, "error_code": code}
+            for (mid, iid), code in zip(members, errors, strict=True)
+        ],
+    }
+
+
+@api(8, "OffsetCommit", 2, 8)
+async def offset_commit(req: Request) -> dict[str, Any]:
+    ctx, body = req.ctx, req.body
+    offsets: list[CommitOffset] = []
+    unknown: set[tuple[str, int]] = set()
+    for t in body.topics:
+        for p in t.partitions:
+            if _topic_known(ctx, t.name, p.partition_index):
+                offsets.append(
+                    CommitOffset(
+                        t.name,
+                        p.partition_index,
+                        p.committed_offset,
+                        getattr(p, "committed_leader_epoch", -1),
+                        p.committed_metadata,
+                    )
+                )
+            else:
+                unknown.add((t.name, p.partition_index))
+    if ctx.groups is None:
+        codes: list[int] = [E.COORDINATOR_NOT_AVAILABLE] * len(offsets)
+    else:
+        codes = await ctx.groups.commit(
+            body.group_id,
+            body.generation_id_or_member_epoch,
+            body.member_id,
+            getattr(body, "group_instance_id", None),
+            offsets,
+        )
+    by_tp = {(o.topic, o.partition): c for o, c in zip(offsets, codes, strict=True)}
+    return {
+        "topics": [
+            {
+                "name": t.name,
+                "partitions": [
+                    {
+                        "partition_index": p.partition_index,
+                        "error_code": E.UNKNOWN_TOPIC_OR_PARTITION
+                        if (t.name, p.partition_index) in unknown
+                        else by_tp[(t.name, p.partition_index)],
+                    }
+                    for p in t.partitions
+                ],
+            }
+            for t in body.topics
+        ]
+    }
+
+
+def _fetch_group(ctx: Any, group_id: str, topics: Any) -> list[dict[str, Any]]:
+    wanted = None
+    if topics is not None:
+        wanted = [(t.name, p) for t in topics for p in t.partition_indexes]
+    found = ctx.groups.fetch(group_id, wanted)
+    by_topic: dict[str, list[dict[str, Any]]] = {}
+    for (topic, partition), info in found.items():
+        entry: dict[str, Any] = {
+            "partition_index": partition,
+            "committed_offset": -1,
+            "committed_leader_epoch": -1,
+            "metadata": "",
+            "error_code": E.NONE,
+        }
+        if info is not None:
+            entry.update(
+                committed_offset=info.offset,
+                committed_leader_epoch=info.leader_epoch,
+                metadata=info.metadata,
+            )
+        by_topic.setdefault(topic, []).append(entry)
+    if topics is not None:
+        for t in topics:
+            by_topic.setdefault(t.name, [])
+    return [{"name": name, "partitions": parts} for name, parts in by_topic.items()]
+
+
+@api(9, "OffsetFetch", 1, 8)
+async def offset_fetch(req: Request) -> dict[str, Any]:
+    ctx, body = req.ctx, req.body
+    if ctx.groups is None:
+        if req.version >= 8:
+            return {
+                "groups": [
+                    {"group_id": g.group_id, "error_code": E.COORDINATOR_NOT_AVAILABLE}
+                    for g in body.groups
+                ]
+            }
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    if req.version >= 8:
+        return {
+            "groups": [
+                {
+                    "group_id": g.group_id,
+                    "topics": _fetch_group(ctx, g.group_id, g.topics),
+                    "error_code": E.NONE,
+                }
+                for g in body.groups
+            ]
+        }
+    return {"topics": _fetch_group(ctx, body.group_id, body.topics), "error_code": E.NONE}
+
+
+@api(16, "ListGroups", 0, 4)
+async def list_groups(req: Request) -> dict[str, Any]:
+    if _no_coordinator(req):
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    states = getattr(req.body, "states_filter", ()) or ()
+    return {
+        "error_code": E.NONE,
+        "groups": [
+            {"group_id": gid, "protocol_type": ptype, "group_state": state}
+            for gid, ptype, state in req.ctx.groups.list_groups(states)
+        ],
+    }
+
+
+@api(15, "DescribeGroups", 0, 5)
+async def describe_groups(req: Request) -> dict[str, Any]:
+    groups = []
+    for group_id in req.body.groups:
+        if _no_coordinator(req):
+            groups.append({"group_id": group_id, "error_code": E.COORDINATOR_NOT_AVAILABLE})
+            continue
+        d = req.ctx.groups.describe(group_id)
+        groups.append(
+            {
+                "error_code": E.NONE,
+                "group_id": d.group_id,
+                "group_state": d.state,
+                "protocol_type": d.protocol_type,
+                "protocol_data": d.protocol_name,
+                "members": [
+                    {
+                        "member_id": m.member_id,
+                        "group_instance_id": m.instance_id,
+                        "client_id": m.client_id,
+                        "client_host": m.client_host,
+                        "member_metadata": m.metadata,
+                        "member_assignment": m.assignment,
+                    }
+                    for m in d.members
+                ],
+            }
+        )
+    return {"groups": groups}
+
+
+@api(42, "DeleteGroups", 0, 2)
+async def delete_groups(req: Request) -> dict[str, Any]:
+    names = list(req.body.groups_names)
+    if _no_coordinator(req):
+        codes: list[int] = [E.COORDINATOR_NOT_AVAILABLE] * len(names)
+    else:
+        codes = list(await req.ctx.groups.delete_groups(names))
+    return {
+        "results": [{"group_id": n, "error_code": c} for n, c in zip(names, codes, strict=True)]
+    }
+
+
+@api(47, "OffsetDelete", 0, 0)
+async def offset_delete(req: Request) -> dict[str, Any]:
+    ctx, body = req.ctx, req.body
+    if ctx.groups is None:
+        return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    known = [
+        (t.name, p.partition_index)
+        for t in body.topics
+        for p in t.partitions
+        if _topic_known(ctx, t.name, p.partition_index)
+    ]
+    error, codes = await ctx.groups.delete_offsets(body.group_id, known)
+    if error != E.NONE:
+        return {"error_code": error}
+    by_tp = dict(zip(known, codes, strict=True))
+    return {
+        "error_code": E.NONE,
+        "topics": [
+            {
+                "name": t.name,
+                "partitions": [
+                    {
+                        "partition_index": p.partition_index,
+                        "error_code": by_tp.get(
+                            (t.name, p.partition_index), E.UNKNOWN_TOPIC_OR_PARTITION
+                        ),
+                    }
+                    for p in t.partitions
+                ],
+            }
+            for t in body.topics
+        ],
+    }
