@@ -1,31 +1,124 @@
-"""The ``streamd`` command line: ``serve`` and ``restore`` run the broker side; the rest are
-client commands speaking Kafka (and the admin HTTP API for streamd's extras).
+"""The ``streamd`` command line: ``serve`` (and ``restore``) run the broker side; ``topic``,
+``group``, ``acl``, ``user`` and ``cluster`` are client commands speaking Kafka through
+confluent-kafka and streamd's admin HTTP API through urllib. They never import broker internals;
+only ``serve`` imports the broker, lazily.
 
 Every failure exits non-zero with one line on stderr that says what to fix; no tracebacks.
+Ctrl-C ends a command with exit code 130, except ``topic consume`` where it is the normal way
+to stop tailing (exit 0, as rpk).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
+from confluent_kafka import KafkaException
 
-from streamd.errors import ConfigError
+from streamd.cli import acl, cluster, group, topic, user
+from streamd.cli.common import MECHANISMS, CliError, Settings, describe_kafka_error
+from streamd.cli.specs import SpecError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class StreamdGroup(click.Group):
+    """Turns what escapes a command into one line on stderr (click prints ClickExceptions)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KafkaException as exc:
+            raise CliError(describe_kafka_error(exc)) from None
+        except SpecError as exc:
+            raise CliError(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=StreamdGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="streamd")
-def cli() -> None:
-    """streamd: a Kafka-API-compatible broker with tiered storage to S3."""
+@click.option(
+    "--brokers",
+    envvar="STREAMD_BROKERS",
+    default="localhost:9092",
+    show_default=True,
+    metavar="HOST:PORT[,...]",
+    help="Kafka bootstrap brokers (env STREAMD_BROKERS).",
+)
+@click.option(
+    "--admin-url",
+    envvar="STREAMD_ADMIN_URL",
+    default="http://localhost:9644",
+    show_default=True,
+    help="streamd admin API (env STREAMD_ADMIN_URL).",
+)
+@click.option("--user", envvar="STREAMD_USER", help="SASL user name (env STREAMD_USER).")
+@click.option("--password", envvar="STREAMD_PASSWORD", help="SASL password (env STREAMD_PASSWORD).")
+@click.option(
+    "--mechanism",
+    envvar="STREAMD_MECHANISM",
+    default="SCRAM-SHA-256",
+    show_default=True,
+    type=click.Choice(MECHANISMS, case_sensitive=False),
+    help="SASL mechanism.",
+)
+@click.option("--tls", is_flag=True, help="Connect with TLS.")
+@click.option(
+    "--tls-ca",
+    type=click.Path(exists=True, dir_okay=False),
+    help="CA bundle to verify the broker's certificate (implies --tls).",
+)
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0.1),
+    help="Seconds to wait for the broker on each request.",
+)
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    brokers: str,
+    admin_url: str,
+    user: str | None,
+    password: str | None,
+    mechanism: str,
+    tls: bool,
+    tls_ca: str | None,
+    timeout: float,
+) -> None:
+    """streamd: a Kafka-API-compatible broker with tiered storage to S3.
+
+    \b
+    Examples:
+      streamd serve --set data_dir=/tmp/streamd
+      streamd --brokers 127.0.0.1:9092 topic create orders -p 3
+      echo hello | streamd topic produce orders
+      streamd topic consume orders -n 1
+    """
+    obj = ctx.ensure_object(Settings)
+    obj.brokers, obj.admin_url = brokers, admin_url
+    obj.user, obj.password, obj.mechanism = user, password, mechanism.upper()
+    obj.tls, obj.tls_ca, obj.timeout = tls, tls_ca, timeout
 
 
 @cli.command()
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-              help="Override a config key by its dotted name (repeatable).")
-@click.option("--log-level", default="INFO", show_default=True,
-              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key by its dotted name (repeatable).",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
 def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM.
 
@@ -34,6 +127,7 @@ def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -
       streamd serve --set data_dir=/tmp/streamd --set kafka.listen=127.0.0.1:9092
     """
     from streamd import config as config_mod
+    from streamd.errors import ConfigError
 
     logging.basicConfig(
         level=log_level.upper(),
@@ -50,6 +144,15 @@ def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -
         run(cfg)
     except OSError as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
+
+
+# Offline broker-side commands (``restore``) register here, next to ``serve``.
+
+cli.add_command(topic.topic)
+cli.add_command(group.group)
+cli.add_command(acl.acl)
+cli.add_command(user.user)
+cli.add_command(cluster.cluster)
 
 
 def main() -> None:

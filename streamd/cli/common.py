@@ -1,0 +1,429 @@
+"""Plumbing shared by the client commands: connection settings, Kafka clients, the admin HTTP
+API, output (aligned tables or JSON) and turning every failure into one line on stderr.
+
+Decisions:
+- Connection options belong to the root group (``streamd --brokers H:P topic list``);
+  ``--brokers`` and ``--admin-url`` may also follow the subcommand, as rpk users type them.
+- Before its first Kafka call a command opens a TCP connection to the bootstrap addresses
+  (``--timeout``, default 10 s): an unreachable broker fails at once with
+  "cannot reach broker at HOST:PORT" instead of a librdkafka timeout minutes later.
+- librdkafka's own log lines are silenced; what the user sees are our messages, built from the
+  Kafka error code (``describe_kafka_error``) and the broker's error message when it sent one.
+- Kafka's errors keep their meaning whatever broker answers, so these commands work against any
+  Kafka broker; only ``describe-storage`` and ``cluster health`` need streamd's admin API.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import click
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, ConfigSource
+
+from streamd.cli.specs import SpecError
+
+T = TypeVar("T")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class CliError(click.ClickException):
+    """A failure the user can act on: printed as one ``Error: ...`` line, exit code 1."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+@dataclass(kw_only=True)
+class Settings:
+    brokers: str = "localhost:9092"
+    admin_url: str = "http://localhost:9644"
+    user: str | None = None
+    password: str | None = None
+    mechanism: str = "SCRAM-SHA-256"
+    tls: bool = False
+    tls_ca: str | None = None
+    timeout: float = 10.0
+    _reachable: bool = False
+    _session_ok: bool = False
+    _auth_error: KafkaError | None = None
+
+
+def settings() -> Settings:
+    ctx = click.get_current_context()
+    root = ctx.find_root()
+    if not isinstance(root.obj, Settings):
+        root.obj = Settings()
+    return root.obj
+
+
+def _override(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, _param: click.Parameter, value: Any) -> None:
+        if value is not None:
+            setattr(settings(), name, value)
+
+    return callback
+
+
+def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Lets ``--brokers`` / ``--admin-url`` follow the subcommand too (hidden from --help)."""
+    fn = click.option("--brokers", expose_value=False, hidden=True, callback=_override("brokers"))(
+        fn
+    )
+    fn = click.option(
+        "--admin-url", expose_value=False, hidden=True, callback=_override("admin_url")
+    )(fn)
+    return fn
+
+
+def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Output format.",
+    )(fn)
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+_UNREACHABLE = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE}
+_TIMEOUT = {KafkaError._TIMED_OUT, KafkaError.REQUEST_TIMED_OUT}
+_AUTH = {
+    KafkaError._AUTHENTICATION,
+    KafkaError.SASL_AUTHENTICATION_FAILED,
+    KafkaError.UNSUPPORTED_SASL_MECHANISM,
+    KafkaError.ILLEGAL_SASL_STATE,
+    KafkaError._SSL,
+}
+_DENIED = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.GROUP_AUTHORIZATION_FAILED,
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+    KafkaError.DELEGATION_TOKEN_AUTHORIZATION_FAILED,
+}
+_GENERIC_TEXT = ("Broker: ", "Local: ")
+
+
+def _broker_text(err: KafkaError) -> str:
+    """The broker's own error message, or '' when librdkafka only has the code's stock text."""
+    text = err.str()
+    return "" if text.startswith(_GENERIC_TEXT) else text
+
+
+def describe_kafka_error(err: KafkaError | BaseException, subject: str = "") -> str:
+    if isinstance(err, KafkaException):
+        err = err.args[0] if err.args and isinstance(err.args[0], KafkaError) else err
+    if not isinstance(err, KafkaError):
+        return f"{subject}: {err}" if subject else str(err)
+    code, detail = err.code(), _broker_text(err)
+    about = f"{subject}: " if subject else ""
+    auth = settings()._auth_error
+    if code in _UNREACHABLE | _TIMEOUT and auth is not None:
+        err, code = auth, auth.code()
+    if code in _UNREACHABLE:
+        return f"cannot reach broker at {settings().brokers} ({err.str()})"
+    if code in _TIMEOUT:
+        return f"{about}timed out waiting for the broker at {settings().brokers} ({err.str()})"
+    if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+        return detail or (f"unknown topic {subject}" if subject else "unknown topic or partition")
+    if code == KafkaError.TOPIC_ALREADY_EXISTS:
+        return detail or f"topic {subject} already exists"
+    if code in (
+        KafkaError.INVALID_CONFIG,
+        KafkaError.INVALID_REQUEST,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.INVALID_PARTITIONS,
+        KafkaError.INVALID_REPLICATION_FACTOR,
+        KafkaError.TOPIC_EXCEPTION,
+    ):
+        label = err.name().lower().replace("_", " ")
+        return f"{about}{label}: {detail or err.str()}"
+    if code in _AUTH:
+        text = err.str().split("authentication error: ", 1)[-1]
+        text = re.sub(r" \(after \d+ms in state \w+\)$", "", text)
+        return f"authentication failed for {settings().brokers}: {text}"
+    if code in _DENIED:
+        return f"{about}not authorized: {detail or err.name()}"
+    if code in (KafkaError._UNSUPPORTED_FEATURE, KafkaError.UNSUPPORTED_VERSION):
+        return f"{about}the broker does not support this request: {err.str()}"
+    if code == KafkaError.SECURITY_DISABLED:
+        return f"{about}security is disabled on the broker: {detail or err.str()}"
+    if code == KafkaError.GROUP_ID_NOT_FOUND:
+        return f"group {subject} not found" if subject else "group not found"
+    if code == KafkaError.NON_EMPTY_GROUP:
+        return f"group {subject} still has active members; stop its consumers first"
+    if code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.REBALANCE_IN_PROGRESS):
+        return f"{about}the group has active members; stop its consumers first ({err.name()})"
+    return f"{about}{err.name()}: {err.str()}"
+
+
+def result(future: Future[T], subject: str = "") -> T:
+    """Wait for an AdminClient future; a Kafka error becomes a CliError."""
+    try:
+        return future.result(timeout=settings().timeout + 5)
+    except KafkaException as exc:
+        raise CliError(describe_kafka_error(exc, subject)) from None
+    except TimeoutError:
+        raise CliError(
+            f"{subject + ': ' if subject else ''}timed out waiting for "
+            f"the broker at {settings().brokers}"
+        ) from None
+
+
+def guard(subject: str = "") -> Any:
+    """Context manager turning KafkaException / SpecError into a one-line CliError."""
+    return _Guard(subject)
+
+
+class _Guard:
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _t: Any, exc: BaseException | None, _tb: Any) -> None:
+        if isinstance(exc, KafkaException):
+            raise CliError(describe_kafka_error(exc, self.subject)) from None
+        if isinstance(exc, SpecError):
+            raise CliError(str(exc)) from None
+
+
+# --- Kafka clients ----------------------------------------------------------------------------
+
+_quiet = logging.getLogger("streamd.cli.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def bootstrap_addresses(brokers: str) -> list[tuple[str, int]]:
+    out = []
+    for item in brokers.split(","):
+        item = item.strip()
+        if "://" in item:
+            item = item.split("://", 1)[1]
+        host, sep, port = item.rpartition(":")
+        if not sep or not port.isdigit():
+            raise CliError(f"invalid --brokers entry {item!r}: expected HOST:PORT")
+        out.append((host.strip("[]") or "localhost", int(port)))
+    if not out:
+        raise CliError("--brokers is empty")
+    return out
+
+
+def check_reachable(s: Settings) -> None:
+    if s._reachable:
+        return
+    errors = []
+    for host, port in bootstrap_addresses(s.brokers):
+        try:
+            with socket.create_connection((host, port), timeout=min(s.timeout, 5.0)):
+                s._reachable = True
+                return
+        except OSError as exc:
+            errors.append(exc.strerror or str(exc) or type(exc).__name__)
+    raise CliError(f"cannot reach broker at {s.brokers} ({errors[0]})")
+
+
+def _error_callback(s: Settings) -> Callable[[KafkaError], None]:
+    def on_error(err: KafkaError) -> None:
+        if err.code() in _AUTH and s._auth_error is None:
+            s._auth_error = err
+
+    return on_error
+
+
+def kafka_config(s: Settings, **extra: Any) -> dict[str, Any]:
+    conf: dict[str, Any] = {
+        "bootstrap.servers": s.brokers,
+        "logger": _quiet,
+        "client.id": "streamd-cli",
+        "socket.connection.setup.timeout.ms": int(min(s.timeout, 10) * 1000),
+        "error_cb": _error_callback(s),
+    }
+    tls = s.tls or s.tls_ca is not None
+    if s.user is not None:
+        if s.password is None:
+            raise CliError("--user needs --password (or STREAMD_PASSWORD)")
+        conf.update(
+            {"sasl.mechanism": s.mechanism, "sasl.username": s.user, "sasl.password": s.password}
+        )
+        conf["security.protocol"] = "SASL_SSL" if tls else "SASL_PLAINTEXT"
+    elif tls:
+        conf["security.protocol"] = "SSL"
+    if s.tls_ca:
+        conf["ssl.ca.location"] = s.tls_ca
+    conf.update(extra)
+    return conf
+
+
+def admin_client() -> AdminClient:
+    """An AdminClient whose session is known to work: a refused login or TLS handshake fails
+    here within a second or so, instead of surfacing later as a metadata timeout."""
+    s = settings()
+    check_reachable(s)
+    client = AdminClient(kafka_config(s))
+    if not s._session_ok:
+        _await_session(client, s)
+    return client
+
+
+def _await_session(client: AdminClient, s: Settings) -> None:
+    deadline = time.monotonic() + s.timeout
+    while True:
+        try:
+            client.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            s._session_ok = True
+            return
+        except KafkaException as exc:
+            last = exc
+        client.poll(0)
+        if s._auth_error is not None:
+            raise CliError(describe_kafka_error(s._auth_error))
+        if time.monotonic() >= deadline:
+            raise CliError(describe_kafka_error(last))
+
+
+def producer(**extra: Any) -> Producer:
+    s = settings()
+    check_reachable(s)
+    return Producer(kafka_config(s, **extra))
+
+
+def consumer(**extra: Any) -> Consumer:
+    s = settings()
+    check_reachable(s)
+    return Consumer(kafka_config(s, **extra))
+
+
+def topic_partitions(admin: AdminClient, topic: str) -> list[int]:
+    """The partition ids of `topic`; a CliError naming the topic when it does not exist."""
+    with guard(topic):
+        md = admin.list_topics(topic=topic, timeout=settings().timeout)
+    info = md.topics.get(topic)
+    if info is None or info.error is not None:
+        err = info.error if info is not None else None
+        if err is None or err.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise CliError(f"unknown topic {topic}")
+        raise CliError(describe_kafka_error(err, topic))
+    return sorted(info.partitions)
+
+
+# --- admin HTTP API ---------------------------------------------------------------------------
+
+
+class AdminHTTPError(CliError):
+    def __init__(self, status: int, message: str, body: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def admin_get(path: str) -> Any:
+    """GET a JSON document from the admin API; failures become AdminHTTPError / CliError."""
+    base = settings().admin_url.rstrip("/")
+    if "://" not in base:
+        base = "http://" + base
+    url = base + path
+    try:
+        with urllib.request.urlopen(url, timeout=settings().timeout) as resp:
+            raw = resp.read()
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = raw.decode(errors="replace")
+        detail = body.get("error") if isinstance(body, dict) else body
+        message = f"admin API {url}: HTTP {exc.code}: {detail}"
+        raise AdminHTTPError(exc.code, message, body) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise CliError(f"cannot reach admin API at {base} ({reason})") from None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        raise CliError(f"admin API {url} answered with something other than JSON") from None
+
+
+# --- output -----------------------------------------------------------------------------------
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return ",".join(cell(v) for v in value) or "-"
+    return str(value)
+
+
+def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """Left-aligned columns separated by two spaces, upper-case headers, no trailing spaces."""
+    text_rows = [[h.upper() for h in headers]] + [[cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in text_rows) for i in range(len(headers))]
+    lines = []
+    for row in text_rows:
+        line = "  ".join(v.ljust(widths[i]) for i, v in enumerate(row))
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
+def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
+    """``key  value`` lines with the values aligned."""
+    pairs = [(k, cell(v)) for k, v in pairs]
+    width = max((len(k) for k, _ in pairs), default=0)
+    return "\n".join(f"{k.ljust(width)}  {v}".rstrip() for k, v in pairs)
+
+
+def config_source_name(source: Any) -> str:
+    """``5`` -> ``DEFAULT_CONFIG`` (Kafka's names for where a config value comes from)."""
+    if isinstance(source, ConfigSource):
+        return str(source.name)
+    try:
+        return str(ConfigSource(int(source)).name)
+    except (ValueError, TypeError):
+        return str(source)
+
+
+def section(title: str, body: str) -> str:
+    return f"{title.upper()}\n{'=' * len(title)}\n{body}\n"
+
+
+def echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
+    if fmt == "json":
+        echo_json(data)
+    else:
+        out = text()
+        if out:
+            click.echo(out.rstrip("\n"))
+
+
+def table_dicts(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
+    return render_table(
+        [c.replace("_", "-") for c in columns], [[r.get(c) for c in columns] for r in rows]
+    )
+
+
+def stdout_is_tty() -> bool:
+    return sys.stdout.isatty()
