@@ -24,16 +24,16 @@ BrokerFactory = Callable[..., BrokerProcess]
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "needs_disk: uses the broker's data_dir or restarts it (skipped for the tansu target)",
+        "streamd_only: needs streamd settings, its data_dir or a restart (skipped for tansu)",
     )
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if target() != "tansu":
         return
-    skip = pytest.mark.skip(reason="tansu target: memory storage, no data_dir")
+    skip = pytest.mark.skip(reason="tansu target: no streamd settings, memory storage")
     for item in items:
-        if "needs_disk" in item.keywords:
+        if "streamd_only" in item.keywords:
             item.add_marker(skip)
 
 

@@ -201,6 +201,14 @@ class PartitionLog:
         Returns once the batches are in the log file, and with fsync "always" once they are
         fsynced too. Raises CorruptMessage / InvalidRecord / MessageTooLarge, appending nothing.
         """
+        result = self.stage_append(payload, now_ms=now_ms)
+        await self.wait_durable(result)
+        return result
+
+    def stage_append(self, payload: bytes | bytearray | memoryview, *, now_ms: int) -> AppendResult:
+        """The synchronous part of :meth:`append`: offsets are assigned in call order, so a
+        caller that stages several appends (pipelined requests) without awaiting in between
+        keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
         producers = self.producers
@@ -209,8 +217,6 @@ class PartitionLog:
             if duplicate is not None:
                 if len(headers) != 1:
                     raise InvalidRecord("a retried idempotent batch must be sent alone")
-                if self.fsync_policy.always:
-                    await self._wait_durable(duplicate.last_offset + 1)
                 return AppendResult(duplicate.base_offset, duplicate.last_offset, -1,
                                     self._log_start)
         count = sum(h.last_offset_delta + 1 for h in headers)
@@ -232,9 +238,12 @@ class PartitionLog:
         ):
             self._unsynced.append(segment.file)
         last = base + count - 1
-        if self.fsync_policy.always:
-            await self._wait_durable(last + 1)
         return AppendResult(base, last, -1 if append_time is None else append_time, self._log_start)
+
+    async def wait_durable(self, result: AppendResult) -> None:
+        """Wait until a staged append is as durable as the fsync policy requires."""
+        if self.fsync_policy.always:
+            await self._wait_durable(result.last_offset + 1)
 
     def _maybe_roll(self, incoming_bytes: int, incoming_count: int, now: int) -> None:
         segment = self.active

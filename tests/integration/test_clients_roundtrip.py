@@ -42,7 +42,7 @@ def make_records(seed: int, now_ms: int) -> list[Rec]:
         elif i % 250 == 1:
             value = rng.randbytes(4096)
         else:
-            value = (f"record-{i}-".encode() + b"abcdefgh" * rng.randint(0, 40))
+            value = f"record-{i}-".encode() + b"abcdefgh" * rng.randint(0, 40)
         headers: tuple[tuple[str, bytes], ...]
         if i % 5 == 0:
             headers = ()
@@ -81,7 +81,9 @@ def same(got: Got, rec: Rec) -> bool:
 def test_roundtrip(broker: BrokerProcess, topic_name: str, client: str, codec: str) -> None:
     driver = DRIVERS[client](broker.bootstrap)
     driver.create_topic(topic_name, PARTITIONS)
-    records = make_records(seed=zlib.crc32(f"{client}/{codec}".encode()), now_ms=int(time.time() * 1000))
+    records = make_records(
+        seed=zlib.crc32(f"{client}/{codec}".encode()), now_ms=int(time.time() * 1000)
+    )
 
     acks = driver.produce(topic_name, records, codec)
 

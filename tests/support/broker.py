@@ -12,6 +12,7 @@ directory are skipped for it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -90,6 +91,12 @@ class BrokerProcess:
         return self.data_dir / "topics"
 
     @property
+    def workdir(self) -> Path:
+        """The broker's cwd and the home of its private bucket: nothing a test broker
+        writes lands in the repository or in another test's files."""
+        return self.data_dir.parent
+
+    @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -110,6 +117,7 @@ class BrokerProcess:
             "data_dir": str(self.data_dir),
             "kafka.listen": self.bootstrap,
             "admin.listen": f"{self.host}:{self.admin_port}",
+            "tiering.store": f"file://{self.workdir / 'bucket'}",
             **self.settings,
         }
         cmd = [sys.executable, "-m", "streamd", "serve"]
@@ -121,7 +129,7 @@ class BrokerProcess:
         if self.running:
             raise RuntimeError("broker already running")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         self.starts += 1
         with self.log_path.open("ab") as log:
@@ -129,7 +137,7 @@ class BrokerProcess:
             log.flush()
             self.proc = subprocess.Popen(
                 self.command(),
-                cwd=REPO_ROOT,
+                cwd=self.workdir,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -158,19 +166,21 @@ class BrokerProcess:
             + self.log_tail()
         )
 
-    def stop(self, timeout: float = STOP_TIMEOUT_S) -> int | None:
-        """SIGTERM and wait; returns the exit code (None if it was not running)."""
+    def stop(
+        self, timeout: float = STOP_TIMEOUT_S, sig: signal.Signals = signal.SIGTERM
+    ) -> int | None:
+        """SIGTERM (or `sig`) and wait; returns the exit code (None if never started)."""
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
                 raise RuntimeError(
-                    f"broker ignored SIGTERM for {timeout}s and was killed\n" + self.log_tail()
+                    f"broker ignored {sig.name} for {timeout}s and was killed\n" + self.log_tail()
                 ) from None
         return self.proc.returncode
 
@@ -201,10 +211,8 @@ class BrokerProcess:
     def close(self) -> None:
         """Stop whatever is still running; never raises on a misbehaving broker."""
         if self.running:
-            try:
+            with contextlib.suppress(RuntimeError):
                 self.stop(timeout=10)
-            except RuntimeError:
-                pass
         self.kill9()
 
     def __enter__(self) -> BrokerProcess:

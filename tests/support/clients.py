@@ -36,7 +36,7 @@ class Got:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: tuple[tuple[str, bytes], ...]
+    headers: tuple[tuple[str, bytes | None], ...]
     timestamp: int
 
 
@@ -58,10 +58,10 @@ class Driver(Protocol):
     def offset_for_time(self, topic: str, partition: int, timestamp: int) -> int | None: ...
 
 
-def _headers(raw: object) -> tuple[tuple[str, bytes], ...]:
+def _headers(raw: object) -> tuple[tuple[str, bytes | None], ...]:
     if not raw:
         return ()
-    return tuple((str(k), bytes(v) if v is not None else b"") for k, v in raw)  # type: ignore[attr-defined]
+    return tuple((str(k), None if v is None else bytes(v)) for k, v in raw)  # type: ignore[attr-defined]
 
 
 class _Deadline:

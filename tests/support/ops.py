@@ -24,13 +24,16 @@ class Message:
 
 
 def admin(bootstrap: str) -> AdminClient:
+    """Keep the returned client referenced until its futures resolve: librdkafka destroys
+    the handle with the object and fails pending futures with _DESTROY."""
     return AdminClient({"bootstrap.servers": bootstrap})
 
 
 def create_topic(
     bootstrap: str, name: str, partitions: int = 1, config: Mapping[str, str] | None = None
 ) -> None:
-    futures = admin(bootstrap).create_topics(
+    client = admin(bootstrap)
+    futures = client.create_topics(
         [NewTopic(name, partitions, 1, config=dict(config or {}))], request_timeout=15
     )
     futures[name].result(20)
@@ -83,8 +86,9 @@ def produce(
         return callback
 
     for i, value in enumerate(values):
-        prod.produce(topic, value=value, key=str(i).encode(), partition=partition,
-                     on_delivery=on_delivery(i))
+        prod.produce(
+            topic, value=value, key=str(i).encode(), partition=partition, on_delivery=on_delivery(i)
+        )
         if flush_each:
             assert prod.flush(15) == 0
         else:

@@ -45,7 +45,7 @@ def frame(payload: bytes) -> bytes:
     return struct.pack(">i", len(payload)) + payload
 
 
-class PeerClosed(Exception):
+class PeerClosed(ConnectionError):
     pass
 
 

@@ -1,6 +1,8 @@
 """Produce: hand each partition's record batches to its log and answer once they are durable.
 
-Partitions of one request are appended concurrently so that their group-commit fsyncs overlap.
+Offsets are assigned synchronously, before the handler's first ``await``: the server starts
+request handlers in arrival order, so pipelined requests on one connection append in order.
+Only the wait for durability is concurrent, so partitions' group-commit fsyncs overlap.
 The payload stays bytes from the socket to the file: the log validates headers and patches
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
 """
@@ -16,34 +18,42 @@ from streamd.kafka.apis import api
 from streamd.kafka.context import Request
 
 
-async def _append(ctx: Any, topic: Any, name: str, index: int, records: Any) -> dict[str, Any]:
+def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, Any]:
+    """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
+    returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
     if topic is None or not 0 <= index < len(topic.partitions):
         entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
-        return entry
+        return entry, None, None
     if not records:
         entry["error_code"] = ErrorCode.CORRUPT_MESSAGE
         entry["error_message"] = "empty record set"
-        return entry
+        return entry, None, None
     plog = topic.partitions[index]
     try:
-        result = await plog.append(records, now_ms=int(time.time() * 1000))
+        result = plog.stage_append(records, now_ms=int(time.time() * 1000))
     except StreamdError as exc:
         entry["error_code"] = exc.code
         entry["error_message"] = str(exc)
         if exc.code == ErrorCode.INVALID_RECORD:
             entry["record_errors"] = [{"batch_index": 0, "batch_index_error_message": str(exc)}]
-        return entry
-    ctx.waiters.notify(name, index)
+        return entry, None, None
     entry.update(
         error_code=ErrorCode.NONE,
         base_offset=result.base_offset,
         log_append_time=result.log_append_time_ms,
         log_start_offset=result.log_start_offset,
     )
-    if ctx.metrics is not None:
-        ctx.metrics.produced_bytes += len(records)
-    return entry
+    return entry, plog, result
+
+
+async def _durable(ctx: Any, name: str, entry: dict[str, Any], plog: Any, result: Any) -> None:
+    try:
+        await plog.wait_durable(result)
+    except StreamdError as exc:
+        entry.update(error_code=exc.code, error_message=str(exc), base_offset=-1)
+        return
+    ctx.waiters.notify(name, entry["index"])
 
 
 @api(0, "Produce", 3, 9)
@@ -51,31 +61,37 @@ async def produce(req: Request) -> dict[str, Any] | None:
     ctx = req.ctx
     body = req.body
     acks = body.acks
-    jobs = []
-    names = []
+    responses = []
+    waits = []
+    produced = 0
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
-        names.append((t.name, len(t.partition_data)))
+        allowed = True
+        entries = []
         for p in t.partition_data:
-            if acks not in (0, 1, -1):
-                jobs.append(_fail(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
+            if not allowed:
+                entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
+            elif acks not in (0, 1, -1):
+                entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
             elif body.transactional_id is not None:
-                jobs.append(_fail(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+                entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
             else:
-                jobs.append(_append(ctx, topic, t.name, p.index, p.records))
-    if len(jobs) == 1:
-        results = [await jobs[0]]
-    else:
-        results = list(await asyncio.gather(*jobs))
+                entry, plog, result = _stage(topic, p.index, p.records)
+                entries.append(entry)
+                if plog is not None:
+                    produced += len(p.records)
+                    waits.append(_durable(ctx, t.name, entry, plog, result))
+        responses.append({"name": t.name, "partition_responses": entries})
+    if len(waits) == 1:
+        await waits[0]
+    elif waits:
+        await asyncio.gather(*waits)
+    if ctx.metrics is not None:
+        ctx.metrics.produced_bytes += produced
     if acks == 0:
         return None
-    responses = []
-    pos = 0
-    for name, count in names:
-        responses.append({"name": name, "partition_responses": results[pos : pos + count]})
-        pos += count
     return {"responses": responses}
 
 
-async def _fail(index: int, code: ErrorCode) -> dict[str, Any]:
+def _failed(index: int, code: ErrorCode) -> dict[str, Any]:
     return {"index": index, "error_code": code, "base_offset": -1}
