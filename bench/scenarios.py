@@ -8,21 +8,34 @@ To add one: subclass Scenario, set `name`/`title`, implement `setup` and `jobs`,
 @register. Options:
 - `isolated_broker = True` starts a fresh broker just for this scenario (e.g. needs different
   broker settings: put them in `broker_settings[<broker name>]`, passed as `--set` to streamd,
-  and as `storage_engine` to Tansu).
+  and as `storage_engine` to Tansu; or override `broker_opts()` to compute them per round and
+  to start side services such as a moto S3 server, and `release()` to stop them).
 - Several job specs = several client processes (e.g. 2 producers on 8 partitions); the default
   `summarize` sums bytes/records over the union of their time windows.
 - A job may return extra numbers (latency percentiles...): override `summarize` and put them in
-  the returned dict under "extra"; they land in the JSON.
+  the returned dict under "extra"; they land in the JSON, and the ones named in `extra_columns`
+  get their own table (median over rounds + streamd/tansu ratio).
+- When the records to check are not the sum over the jobs (a producer and a consumer of the
+  same records), override `expected_records`.
 Job kinds live in client.py (JOBS).
 """
 
 from __future__ import annotations
 
+import json
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from brokers import Broker
+import procstat
+from brokers import Broker, MotoServer
+
+MiB = 1 << 20
+GiB = 1 << 30
 
 REGISTRY: dict[str, Scenario] = {}
 
@@ -44,6 +57,8 @@ class Ctx:
     run_jobs: Callable[[list[dict], str], list[dict]]  # (job specs, label) -> results
     create_topic: Callable[..., None]  # (name, partitions, config=None)
     notes: list[str] = field(default_factory=list)
+    opts: Any = None  # the runner's argparse namespace (scenario-specific options)
+    progress: Any = None  # the runner's rich Progress (for unmeasured waits)
 
     def job(self, kind: str, **kw: Any) -> dict:
         spec = {
@@ -57,14 +72,41 @@ class Ctx:
         return spec
 
 
+@dataclass
+class BrokerOpts:
+    """Extra broker settings for an isolated scenario: `settings` become `--set` for streamd
+    (`storage_engine` is Tansu's --storage-engine); `env` is added to the broker's environment."""
+
+    settings: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
 class Scenario:
     name = ""
     title = ""
     isolated_broker = False
     broker_settings: dict[str, dict[str, str]] = {}
+    # (key in summarize()["extra"], column header, format spec) shown in a per-scenario table
+    extra_columns: list[tuple[str, str, str]] = []
+    # extra columns whose streamd/tansu ratio means nothing (settings, not results)
+    no_ratio: frozenset[str] = frozenset()
+
+    def broker_opts(self, broker: str, rnd: int, workdir: Path, opts: Any) -> BrokerOpts:
+        """Settings of the fresh broker of an isolated scenario (may start side services)."""
+        return BrokerOpts(settings=dict(self.broker_settings.get(broker, {})))
+
+    def release(self, broker: str) -> None:
+        """Called after the isolated broker of `broker_opts` has been stopped."""
+
+    def start_failure(self, broker: str, error: str) -> str:
+        """The message recorded when the isolated broker cannot start with `broker_opts`."""
+        return f"{broker} did not start with this scenario's settings: {error}"
 
     def setup(self, ctx: Ctx) -> None:
         pass
+
+    def expected_records(self, ctx: Ctx, specs: list[dict]) -> int:
+        return sum(int(sp["records"]) for sp in specs)
 
     def jobs(self, ctx: Ctx) -> list[dict]:
         raise NotImplementedError
@@ -75,13 +117,23 @@ class Scenario:
     def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
         start = min(r["t_start"] for r in results)
         end = max(r["t_end"] for r in results)
-        return {
+        out = {
             "bytes": sum(r["bytes"] for r in results),
             "records": sum(r["records"] for r in results),
             "seconds": max(end - start, 1e-9),
             "client_cpu_s": sum(r.get("client_cpu_s", 0.0) for r in results),
             "errors": sum(r.get("errors", 0) for r in results),
         }
+        if len(results) > 1:
+            # Concurrent jobs: how well the start barrier lined them up, and each job's own rate.
+            out["extra"] = {
+                "start_skew_ms": (max(r["t_start"] for r in results) - start) * 1000,
+                "end_skew_ms": (end - min(r["t_end"] for r in results)) * 1000,
+                "job_mb_s": [
+                    r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9) for r in results
+                ],
+            }
+        return out
 
 
 def fill_topic(ctx: Ctx, partitions: int) -> str:
@@ -148,3 +200,299 @@ class Consume1P(Scenario):
                 group=f"bench-{ctx.round}",
             )
         ]
+
+
+@register
+class Produce8P(Scenario):
+    name = "produce8"
+    title = "produce 1 KiB, acks=all, 8 partitions, 2 producer processes"
+    partitions = 8
+    producers = 2
+
+    def setup(self, ctx: Ctx) -> None:
+        self.topic = f"bench-produce-8p-r{ctx.round}"
+        ctx.create_topic(self.topic, self.partitions)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        # The records are split between the producers; each sends round-robin over all 8
+        # partitions (record by record, starting at a different partition), so both producers
+        # write every partition. Same total payload as `produce`.
+        per, rest = divmod(ctx.records, self.producers)
+        parts = list(range(self.partitions))
+        return [
+            ctx.job(
+                "produce",
+                topic=self.topic,
+                partitions=parts,
+                rr_offset=j * self.partitions // self.producers,
+                records=per + (1 if j < rest else 0),
+            )
+            for j in range(self.producers)
+        ]
+
+
+@register
+class Latency(Scenario):
+    name = "latency"
+    title = "end-to-end latency at a fixed rate, 1 partition (producer process -> consumer process)"
+    extra_columns = [
+        ("target_rate", "target rec/s", ",.0f"),
+        ("achieved_rate", "sent rec/s", ",.0f"),
+        ("p50_ms", "p50 ms", ".2f"),
+        ("p99_ms", "p99 ms", ".2f"),
+        ("p999_ms", "p99.9 ms", ".2f"),
+        ("max_ms", "max ms", ".1f"),
+        ("behind_schedule_max_ms", "producer late ms", ".1f"),
+    ]
+    no_ratio = frozenset({"target_rate", "behind_schedule_max_ms"})
+
+    def _n(self, ctx: Ctx) -> int:
+        return max(1, int(ctx.opts.latency_rate * ctx.opts.latency_seconds))
+
+    def setup(self, ctx: Ctx) -> None:
+        self.topic = f"bench-latency-r{ctx.round}"
+        ctx.create_topic(self.topic, 1)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        n = self._n(ctx)
+        o = ctx.opts
+        return [
+            ctx.job(
+                "latency_consume",
+                topic=self.topic,
+                partition=0,
+                records=n,
+                group=f"bench-latency-{ctx.round}",
+                config={"fetch.wait.max.ms": o.latency_fetch_wait_ms, "fetch.min.bytes": 1},
+            ),
+            ctx.job(
+                "latency_produce",
+                topic=self.topic,
+                partition=0,
+                records=n,
+                rate=o.latency_rate,
+                config={"linger.ms": o.latency_linger_ms},
+            ),
+        ]
+
+    def expected_records(self, ctx: Ctx, specs: list[dict]) -> int:
+        return self._n(ctx)  # every produced record must reach the consumer
+
+    def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
+        cons = next(r for r in results if r["kind"] == "latency_consume")
+        prod = next(r for r in results if r["kind"] == "latency_produce")
+        extra = {k: cons.get(k) for k in ("p50_ms", "p99_ms", "p999_ms", "max_ms", "mean_ms")}
+        extra.update(
+            target_rate=prod["target_rate"],
+            achieved_rate=prod["achieved_rate"],
+            behind_schedule_max_ms=prod["behind_schedule_max_ms"],
+            produced=prod["records"],
+            produce_errors=prod["errors"],
+            duplicates=cons.get("duplicates", 0),
+        )
+        return {
+            # Payload delivered to the consumer, over first send -> last receive.
+            "bytes": cons["bytes"],
+            "records": cons["records"],
+            "seconds": max(cons["t_end"] - prod["t_start"], 1e-9),
+            "client_cpu_s": cons["client_cpu_s"] + prod["client_cpu_s"],
+            "errors": cons["errors"] + prod["errors"],
+            "extra": extra,
+        }
+
+
+class TieringUnavailable(RuntimeError):
+    pass
+
+
+@register
+class Replay(Scenario):
+    name = "replay"
+    title = "replay N MB from S3 (moto) from offset 0, local data evicted, 1 partition"
+    isolated_broker = True
+    extra_columns = [
+        ("replay_mb", "MB", ".0f"),
+        ("remote_fraction", "from S3", ".0%"),
+        ("fill_mb_s", "fill MB/s", ".1f"),
+        ("evict_wait_s", "evict wait s", ".1f"),
+        ("bucket_objects", "objects", ",.0f"),
+        ("store_cpu_s_per_gb", "moto CPU s/GB", ".2f"),
+    ]
+    no_ratio = frozenset({"replay_mb", "remote_fraction", "evict_wait_s", "bucket_objects"})
+
+    def __init__(self) -> None:
+        self._moto: dict[str, tuple[MotoServer, str]] = {}
+
+    # ---- broker + moto -------------------------------------------------------------------
+    def broker_opts(self, broker: str, rnd: int, workdir: Path, opts: Any) -> BrokerOpts:
+        moto = MotoServer(workdir / f"moto-{broker}-r{rnd}")
+        moto.start()
+        bucket = f"bench-{broker}-r{rnd}"
+        try:
+            moto.create_bucket(bucket)
+        except Exception:
+            moto.stop()
+            raise
+        self._moto[broker] = (moto, bucket)
+        if broker == "streamd":
+            return BrokerOpts(
+                settings={
+                    "tiering.store": f"s3://{bucket}/streamd",
+                    "tiering.s3.endpoint_url": moto.endpoint,
+                    "tiering.s3.access_key_id": MotoServer.ACCESS_KEY,
+                    "tiering.s3.secret_access_key": MotoServer.SECRET_KEY,
+                    "tiering.s3.region": MotoServer.REGION,
+                    "tiering.upload_interval_ms": "200",
+                    "defaults.remote.storage.enable": "true",
+                    # Only shortens the unmeasured wait for local deletion.
+                    "log.housekeeping_interval_ms": "500",
+                }
+            )
+        return BrokerOpts(
+            settings={"storage_engine": f"s3://{bucket}/"},
+            env={
+                "AWS_ENDPOINT": moto.endpoint,
+                "AWS_ACCESS_KEY_ID": MotoServer.ACCESS_KEY,
+                "AWS_SECRET_ACCESS_KEY": MotoServer.SECRET_KEY,
+                "AWS_DEFAULT_REGION": MotoServer.REGION,
+                "AWS_ALLOW_HTTP": "true",
+            },
+        )
+
+    def release(self, broker: str) -> None:
+        entry = self._moto.pop(broker, None)
+        if entry is not None:
+            entry[0].stop()
+
+    def start_failure(self, broker: str, error: str) -> str:
+        if broker == "streamd":
+            return (
+                f"streamd tiering not available (broker did not start with tiering.*=s3): {error}"
+            )
+        return super().start_failure(broker, error)
+
+    # ---- measured phase ------------------------------------------------------------------
+    def _n(self, ctx: Ctx) -> int:
+        return max(1, int(ctx.opts.replay_mb * MiB) // ctx.record_size)
+
+    def setup(self, ctx: Ctx) -> None:
+        n = self._n(ctx)
+        bname = ctx.broker.name
+        self.topic = f"bench-replay-r{ctx.round}"
+        self.extra: dict[str, Any] = {"replay_mb": n * ctx.record_size / MiB}
+        config: dict[str, str] = {}
+        if bname == "streamd":
+            seg = int(min(16 * MiB, max(1 * MiB, n * ctx.record_size // 10)))
+            config = {
+                "remote.storage.enable": "true",
+                "segment.bytes": str(seg),
+                "local.retention.ms": "1000",
+            }
+            self.extra["segment_bytes"] = seg
+        try:
+            ctx.create_topic(self.topic, 1, config)
+        except Exception as e:
+            if bname == "streamd":
+                raise TieringUnavailable(f"streamd tiering not available: {e}") from e
+            raise
+        res = ctx.run_jobs([ctx.job("produce", topic=self.topic, partition=0, records=n)], "fill")
+        got = sum(r["records"] for r in res)
+        if got != n:
+            raise RuntimeError(f"fill of {self.topic}: {got}/{n} records acknowledged")
+        r = res[0]
+        self.extra["fill_mb_s"] = r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9)
+        if bname == "streamd":
+            t0 = time.monotonic()
+            self.extra["remote_fraction"] = self._wait_evicted(ctx, n)
+            self.extra["evict_wait_s"] = time.monotonic() - t0
+        else:
+            self.extra["remote_fraction"] = 1.0  # the s3:// engine keeps nothing locally
+        moto, bucket = self._moto[bname]
+        objs, size = moto.bucket_stats(bucket)
+        self.extra["bucket_objects"] = objs
+        self.extra["bucket_mb"] = size / MiB
+        self._moto_pid = moto.pid
+
+    def _storage(self, ctx: Ctx) -> dict:
+        url = f"{ctx.broker.admin_url}/v1/topics/{self.topic}/storage"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as resp:
+                return json.load(resp)
+        except urllib.error.HTTPError as e:
+            body = " ".join(e.read()[:300].decode(errors="replace").split())
+            raise TieringUnavailable(
+                f"streamd tiering not available: GET {url} -> HTTP {e.code} {body}"
+            ) from e
+        except (OSError, ValueError) as e:
+            raise TieringUnavailable(f"streamd tiering not available: GET {url}: {e}") from e
+
+    def _wait_evicted(self, ctx: Ctx, n: int) -> float:
+        """Poll the admin API until local_start_offset >= replay_min_remote * high watermark."""
+        want = ctx.opts.replay_min_remote
+        timeout = ctx.opts.replay_evict_timeout
+        task = ctx.progress.add_task("  streamd: upload + evict", total=n) if ctx.progress else None
+        deadline = time.monotonic() + timeout
+        p: dict = {}
+        try:
+            while True:
+                doc = self._storage(ctx)
+                parts = doc.get("partitions") or []
+                if not parts:
+                    raise TieringUnavailable(
+                        f"streamd tiering not available: storage report without partitions: "
+                        f"{json.dumps(doc)[:300]}"
+                    )
+                p = parts[0]
+                local = int(p.get("local_start_offset", 0))
+                hwm = int(p.get("high_watermark", n)) or n
+                if task is not None:
+                    ctx.progress.update(task, completed=min(local, n))
+                if local >= want * hwm:
+                    self.extra["storage_report"] = p
+                    return local / hwm
+                if time.monotonic() > deadline:
+                    keys = (
+                        "mode",
+                        "local_start_offset",
+                        "remote_start_offset",
+                        "last_uploaded_offset",
+                        "high_watermark",
+                        "local_segments",
+                        "pending_uploads",
+                        "errors",
+                    )
+                    state = {k: p.get(k) for k in keys}
+                    what = (
+                        "uploaded nothing"
+                        if int(p.get("last_uploaded_offset", -1)) < 0
+                        else "did not evict local data"
+                    )
+                    raise TieringUnavailable(
+                        f"streamd tiering {what} within {timeout:.0f}s "
+                        f"(need local_start_offset >= {want:.0%} of the high watermark): {state}"
+                    )
+                time.sleep(0.25)
+        finally:
+            if task is not None:
+                ctx.progress.remove_task(task)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        self._moto_cpu0 = procstat.cpu_seconds(self._moto_pid)
+        return [
+            ctx.job(
+                "consume",
+                topic=self.topic,
+                partitions=[0],
+                start_offset=0,
+                records=self._n(ctx),
+                group=f"bench-replay-{ctx.round}",
+            )
+        ]
+
+    def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
+        store_cpu = procstat.cpu_seconds(self._moto_pid) - self._moto_cpu0
+        s = super().summarize(ctx, results)
+        self.extra["store_cpu_s"] = store_cpu
+        self.extra["store_cpu_s_per_gb"] = store_cpu / (s["bytes"] / GiB) if s["bytes"] else None
+        s["extra"] = dict(self.extra)
+        return s
