@@ -69,6 +69,80 @@ def _str(v: Any) -> str:
     return str(v)
 
 
+def _csv(v: Any) -> list[str]:
+    items = v if isinstance(v, list) else str(v).replace(";", ",").split(",")
+    return [str(i).strip() for i in items if str(i).strip()]
+
+
+def _listeners(v: Any) -> str:
+    out = []
+    for item in _csv(v):
+        name, sep, addr = item.partition("://")
+        if not sep or not name or not name.replace("_", "").replace("-", "").isalnum():
+            raise ValueError(f"{item!r}: expected NAME://HOST:PORT")
+        _hostport(addr)
+        out.append(f"{name.upper()}://{addr}")
+    names = [i.partition("://")[0] for i in out]
+    if len(set(names)) != len(names):
+        raise ValueError("listener names must be unique")
+    return ",".join(out)
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _protocol_map(v: Any) -> str:
+    out = []
+    for item in _csv(v):
+        name, sep, proto = item.partition(":")
+        if not sep or not name or proto.upper() not in SECURITY_PROTOCOLS:
+            raise ValueError(f"{item!r}: expected NAME:{'|'.join(SECURITY_PROTOCOLS)}")
+        out.append(f"{name.upper()}:{proto.upper()}")
+    return ",".join(out)
+
+
+def _mechanisms(v: Any) -> str:
+    items = [m.upper() for m in _csv(v)]
+    for m in items:
+        if m not in SASL_MECHANISMS:
+            raise ValueError(f"unknown SASL mechanism {m!r} (have {', '.join(SASL_MECHANISMS)})")
+    return ",".join(items)
+
+
+def _client_auth(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in ("none", "requested", "required"):
+        raise ValueError("expected none, requested or required")
+    return s
+
+
+def _iterations(v: Any) -> int:
+    n = _int(v)
+    if not 4096 <= n <= 16384:
+        raise ValueError("SCRAM iterations must be between 4096 and 16384")
+    return n
+
+
+def _principals(v: Any) -> str:
+    items = _csv(v)
+    for p in items:
+        kind, sep, name = p.partition(":")
+        if not (sep and kind and name):
+            raise ValueError(f"{p!r}: expected Type:name, e.g. User:admin")
+    return ",".join(items)
+
+
+def _bootstrap_users(v: Any) -> str:
+    items = _csv(v)
+    for item in items:
+        user, _, rest = item.partition(":")
+        password, _, mechanism = rest.rpartition(":")
+        if not (user and password) or mechanism not in ("SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise ValueError("expected user:password:SCRAM-SHA-256|SCRAM-SHA-512 entries")
+    return ",".join(items)
+
+
 @dataclass(frozen=True)
 class Key:
     name: str
@@ -106,7 +180,32 @@ KEYS: tuple[Key, ...] = (
     Key("tiering.cache_dir", _str, "", "Remote read cache directory; '' = data_dir/cache."),
     Key("tiering.cache_max_bytes", _int, 1073741824, "Bound of the remote read cache."),
     Key("tiering.delete_on_topic_delete", _bool, True, "DeleteTopics removes bucket objects."),
+    Key("tiering.cache_chunk_bytes", _int, 1048576, "Size of one ranged GET / cached chunk."),
+    Key("tiering.read_ahead_chunks", _int, 2, "Chunks prefetched after a remote read."),
+    Key(
+        "tiering.debug.fail_after_segment_upload",
+        _bool,
+        False,
+        "Test hook: exit right after the first segment object is stored (crash simulation).",
+    ),
+    # --- security (streamd/security) ---
+    Key("kafka.listeners", _listeners, "", "NAME://HOST:PORT,...; '' = kafka.listen (PLAINTEXT)."),
+    Key("kafka.advertised_listeners", _listeners, "", "NAME://HOST:PORT per listener."),
+    Key("kafka.listener_security_protocols", _protocol_map, "", "NAME:PROTOCOL,... map."),
+    Key("tls.cert_file", _str, "", "PEM certificate (chain) for SSL / SASL_SSL listeners."),
+    Key("tls.key_file", _str, "", "PEM private key of tls.cert_file."),
+    Key("tls.ca_file", _str, "", "PEM CA bundle that verifies client certificates."),
+    Key("tls.client_auth", _client_auth, "none", "Client certificates: none|requested|required."),
+    Key("sasl.mechanisms", _mechanisms, "SCRAM-SHA-256,SCRAM-SHA-512", "Enabled mechanisms."),
+    Key("sasl.failed_authentication_delay_ms", _int, 100, "Delay before a failed-login answer."),
+    Key("security.authorization", _bool, False, "Enforce ACLs (off: everything allowed)."),
+    Key("security.super_users", _principals, "", "Principals allowed everything, e.g. User:admin."),
+    Key("security.bootstrap_users", _bootstrap_users, "", "user:password:MECHANISM created once."),
+    Key("security.scram_iterations", _iterations, 4096, "Iterations of bootstrap credentials."),
+    Key("allow.everyone.if.no.acl.found", _bool, False, "Allow when no ACL matches a resource."),
+    # --- end security ---
 )
+SENSITIVE_KEYS = frozenset({"security.bootstrap_users"})
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 DEFAULTS_PREFIX = "defaults."
 
@@ -128,12 +227,74 @@ class BrokerConfig:
         return split_hostport(self.values["kafka.listen"])
 
     @property
+    def listeners(self) -> list[ListenerSpec]:
+        return listener_specs(self.values)
+
+    @property
     def advertised(self) -> tuple[str, int]:
         adv = self.values["kafka.advertised"]
         if adv:
             return split_hostport(adv)
         host, port = self.listen
         return ("localhost" if host in ("0.0.0.0", "::", "") else host), port
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One Kafka listener: where it binds, what it advertises, which security protocol."""
+
+    name: str
+    protocol: str
+    host: str
+    port: int
+    advertised_host: str
+    advertised_port: int
+
+
+def listener_specs(values: Mapping[str, Any]) -> list[ListenerSpec]:
+    """The listeners to open; without ``kafka.listeners`` the one PLAINTEXT ``kafka.listen``."""
+    if not values["kafka.listeners"]:
+        host, port = split_hostport(values["kafka.listen"])
+        adv = values["kafka.advertised"]
+        ahost, aport = split_hostport(adv) if adv else (_public(host), port)
+        return [ListenerSpec("PLAINTEXT", "PLAINTEXT", host, port, ahost, aport)]
+    protocols = dict(
+        i.split(":", 1) for i in _csv(values["kafka.listener_security_protocols"])
+    )
+    advertised = dict(i.split("://", 1) for i in _csv(values["kafka.advertised_listeners"]))
+    specs = []
+    for item in _csv(values["kafka.listeners"]):
+        name, _, addr = item.partition("://")
+        protocol = protocols.get(name, name if name in SECURITY_PROTOCOLS else "")
+        if not protocol:
+            raise ConfigError(
+                f"listener {name} has no entry in 'kafka.listener_security_protocols'"
+            )
+        host, port = split_hostport(addr)
+        if name in advertised:
+            ahost, aport = split_hostport(advertised.pop(name))
+        else:
+            ahost, aport = _public(host), port
+        specs.append(ListenerSpec(name, protocol, host, port, ahost, aport))
+    if advertised:
+        raise ConfigError(
+            f"'kafka.advertised_listeners' names unknown listener(s) {', '.join(advertised)}"
+        )
+    return specs
+
+
+def _public(host: str) -> str:
+    return "localhost" if host in ("0.0.0.0", "::", "") else host
+
+
+def _check_security(values: Mapping[str, Any]) -> None:
+    specs = listener_specs(values)
+    if any(s.protocol in ("SSL", "SASL_SSL") for s in specs):
+        for key in ("tls.cert_file", "tls.key_file"):
+            if not values[key]:
+                raise ConfigError(f"{key!r} is required by an SSL or SASL_SSL listener")
+    if any(s.protocol.startswith("SASL_") for s in specs) and not values["sasl.mechanisms"]:
+        raise ConfigError("'sasl.mechanisms' is empty but a SASL listener is configured")
 
 
 def split_hostport(s: str) -> tuple[str, int]:
@@ -208,6 +369,7 @@ def load(
         values["tiering.store"] = "file://" + str(Path(store[7:]).expanduser().resolve())
     if not values["tiering.cache_dir"]:
         values["tiering.cache_dir"] = str(Path(values["data_dir"]) / "cache")
+    _check_security(values)
     return BrokerConfig(values=values, topic_defaults=topic_defaults)
 
 

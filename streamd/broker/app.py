@@ -20,11 +20,17 @@ from typing import Any
 
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.config import BrokerConfig, split_hostport
+from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
+from streamd.security.service import SecurityService
+from streamd.security.tls import server_context
+from streamd.tiering.cache import ChunkCache
+from streamd.tiering.service import TieringService, TieringSettings
+from streamd.tiering.store import open_store
 
 log = logging.getLogger("streamd")
 
@@ -53,7 +59,9 @@ class Broker:
         self.tasks: list[asyncio.Task[None]] = []
         self.logs: LogManager | None = None
         self.ctx: KafkaContext | None = None
+        self.security: SecurityService | None = None
         self.groups: GroupService | None = None
+        self.tiering: TieringService | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -86,18 +94,60 @@ class Broker:
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
         # --- end group coordinator ---
-        listen_host, listen_port = cfg.listen
-        self.servers.append(await start_kafka_server(self.ctx, listen_host, listen_port))
-        log.info("kafka listener on %s (advertised %s:%d)", cfg["kafka.listen"], host, port)
+        # --- tiered storage (streamd/tiering) ---
+        self.tiering = await self._start_tiering()
+        self.ctx.tiering = self.tiering
+        # --- end tiered storage ---
+        # --- security and listeners (streamd/security) ---
+        self.security = SecurityService(data_dir, cfg.values)
+        await asyncio.to_thread(self.security.open)
+        self.ctx.security = self.security
+        self.ctx.authorizer = self.security.authorizer
+        # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
+        # open can rely on the admin API too.
         if cfg["admin.listen"]:
             admin = self._admin_routes()
             ahost, aport = split_hostport(cfg["admin.listen"])
             self.servers.append(await admin.start(ahost, aport))
             log.info("admin API on http://%s", cfg["admin.listen"])
+        await self._start_listeners()
+        # --- end security and listeners ---
         self.tasks.append(asyncio.create_task(self._housekeeping()))
         policy = FsyncPolicy.parse(cfg["fsync"])
         if policy.interval_ms:
             self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
+
+    # ---- security and listeners ------------------------------------------------------------------
+
+    async def _start_listeners(self) -> None:
+        """One server per listener; the first listener's address is the broker's default one."""
+        assert self.ctx is not None
+        cfg = self.config
+        listeners = cfg.listeners
+        first = listeners[0]
+        self.ctx.advertised_host, self.ctx.advertised_port = (
+            first.advertised_host,
+            first.advertised_port,
+        )
+        tls = None
+        if any(spec.protocol in ("SSL", "SASL_SSL") for spec in listeners):
+            tls = server_context(
+                cfg["tls.cert_file"],
+                cfg["tls.key_file"],
+                cfg["tls.ca_file"],
+                cfg["tls.client_auth"],
+            )
+        for spec in listeners:
+            ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
+            server = await start_kafka_server(
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+            )
+            self.servers.append(server)
+            log.info(
+                "kafka listener %s (%s) on %s:%d, advertised %s:%d",
+                spec.name, spec.protocol, spec.host, spec.port,
+                spec.advertised_host, spec.advertised_port,
+            )
 
     def _admin_routes(self) -> AdminServer:
         admin = AdminServer()
@@ -122,8 +172,65 @@ class Broker:
         admin.route("GET", "/v1/health", health)
         admin.route("GET", "/metrics", metrics)
         admin.route("GET", "/v1/cluster", cluster)
+        self._tiering_routes(admin)
         self.admin = admin
         return admin
+
+    # ---- tiered storage -------------------------------------------------------------------------
+
+    async def _start_tiering(self) -> TieringService:
+        """Open the object store and start the uploader. An unreachable or misconfigured bucket
+        is logged and retried by every upload tick; it never stops the broker (invariant 4 keeps
+        local data until archived)."""
+        cfg = self.config
+        assert self.logs is not None
+        s3_options = {
+            "endpoint_url": cfg["tiering.s3.endpoint_url"],
+            "region": cfg["tiering.s3.region"],
+            "access_key_id": cfg["tiering.s3.access_key_id"],
+            "secret_access_key": cfg["tiering.s3.secret_access_key"],
+            "path_style": cfg["tiering.s3.path_style"],
+        }
+        store = open_store(cfg["tiering.store"], s3_options=s3_options)
+        try:
+            await asyncio.wait_for(store.check(), 10)
+            log.info("tiered storage: object store %s", store.description)
+        except (StreamdError, TimeoutError) as exc:
+            log.error(
+                "tiered storage: object store %s is not usable (%s); archiving will retry every "
+                "%d ms and local data is kept until it succeeds",
+                store.description, exc or "timed out", cfg["tiering.upload_interval_ms"],
+            )
+        cache = ChunkCache(
+            cfg["tiering.cache_dir"],
+            max_bytes=cfg["tiering.cache_max_bytes"],
+            chunk_size=cfg["tiering.cache_chunk_bytes"],
+        )
+        service = TieringService(
+            store,
+            self.logs,
+            cache,
+            manifest_dir=cfg.data_dir / "tiering" / "manifests",
+            settings=TieringSettings(
+                upload_interval_ms=cfg["tiering.upload_interval_ms"],
+                upload_concurrency=cfg["tiering.upload_concurrency"],
+                read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
+                delete_on_topic_delete=cfg["tiering.delete_on_topic_delete"],
+                fail_after_segment_upload=cfg["tiering.debug.fail_after_segment_upload"],
+            ),
+        )
+        await service.start()
+        self.metrics.add_collector(service.metric_families)
+        return service
+
+    def _tiering_routes(self, admin: AdminServer) -> None:
+        async def storage(query: Any, topic: str) -> Any:
+            report = self.tiering.storage_report(topic) if self.tiering is not None else None
+            if report is None:
+                return json_reply({"error": f"unknown topic {topic!r}"}, 404)
+            return json_reply(report)
+
+        admin.route("GET", "/v1/topics/{topic}/storage", storage)
 
     async def _housekeeping(self) -> None:
         interval = self.config["log.housekeeping_interval_ms"] / 1000
@@ -157,6 +264,8 @@ class Broker:
                 await asyncio.wait_for(server.wait_closed(), 2)
         if self.groups is not None:
             await self.groups.close()
+        if self.tiering is not None:
+            await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
         log.info("streamd stopped")

@@ -78,7 +78,7 @@ def parse_header(frame: bytes) -> RequestHeader:
         client_id = frame[pos : pos + client_len].decode("utf-8", "replace")
         pos += client_len
     cls = request_class(api_key, api_version)
-    if cls is not None and cls.__flexible__:
+    if cls is not None and getattr(cls, "__flexible__", False):
         count, pos = _read_uvarint(frame, pos)
         for _ in range(count):
             _tag, pos = _read_uvarint(frame, pos)
@@ -122,7 +122,7 @@ def _reader(cls: type) -> Callable[[bytes, int], tuple[Any, int]]:
 
 def encode_response(api_key: int, version: int, correlation_id: int, body: Any) -> bytes:
     """Length-prefixed response frame: size, header (v0, or v1 for flexible), body."""
-    cls = type(body)
+    cls: Any = type(body)
     out = io.BytesIO()
     out.write(b"\0\0\0\0")
     out.write(_I32.pack(correlation_id))

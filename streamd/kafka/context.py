@@ -60,6 +60,7 @@ class KafkaContext:
     groups: Any = None
     tiering: Any = None
     authorizer: Any = None
+    security: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -70,6 +71,8 @@ class Request:
     body: Any
     peer: str
     principal: str = "User:ANONYMOUS"
+    session: Any = None
+    listener: Any = None
 
     @property
     def version(self) -> int:

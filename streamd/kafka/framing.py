@@ -33,6 +33,15 @@ class FrameDecoder:
     def buffered(self) -> int:
         return self._have
 
+    @property
+    def max_bytes(self) -> int:
+        return self._max
+
+    @max_bytes.setter
+    def max_bytes(self, value: int) -> None:
+        """Raised once a SASL connection is authenticated (it starts at the pre-auth bound)."""
+        self._max = value
+
     def feed(self, data: bytes) -> list[bytes]:
         """Add received bytes; return every complete frame (without its size prefix)."""
         if data:

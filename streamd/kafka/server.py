@@ -5,6 +5,13 @@ are written strictly in request order (Kafka clients match them by order as well
 correlation id). The bytes of requests not yet answered are bounded per connection
 (``kafka.max_inflight_bytes``): past the bound the socket stops being read, so a flood cannot
 exhaust memory. A malformed frame closes the connection with a log line naming the reason.
+
+Each server is one listener (:class:`streamd.config.ListenerSpec`) with its security protocol.
+On SASL_PLAINTEXT / SASL_SSL listeners a connection starts unauthenticated: only ApiVersions,
+SaslHandshake (v1 flow; the v0 raw-token framing is not offered) and SaslAuthenticate are
+served, frames are bounded by ``MAX_PRE_AUTH_FRAME`` (Kafka's ``sasl.server.max.receive.size``),
+and any other request closes the connection. A failed login is answered, then the connection is
+closed. Requests carry the connection's principal and listener to the handlers.
 """
 
 from __future__ import annotations
@@ -23,6 +30,11 @@ from streamd.kafka.framing import FrameDecoder
 log = logging.getLogger("streamd.kafka")
 
 API_VERSIONS = 18
+SASL_HANDSHAKE = 17
+SASL_AUTHENTICATE = 36
+PRE_AUTH_APIS = frozenset({API_VERSIONS, SASL_HANDSHAKE, SASL_AUTHENTICATE})
+MAX_PRE_AUTH_FRAME = 524288
+MIN_CLOSE_DELAY_S = 0.05
 
 
 class _Slot:
@@ -35,8 +47,13 @@ class _Slot:
 
 
 class KafkaConnection(asyncio.Protocol):
-    def __init__(self, ctx: KafkaContext, max_frame: int, max_inflight: int) -> None:
+    def __init__(
+        self, ctx: KafkaContext, max_frame: int, max_inflight: int, listener: Any = None
+    ) -> None:
         self.ctx = ctx
+        self.listener = listener
+        self.session: Any = None
+        self.max_frame = max_frame
         self.decoder = FrameDecoder(max_frame)
         self.max_inflight = max_inflight
         self.inflight = 0
@@ -46,12 +63,20 @@ class KafkaConnection(asyncio.Protocol):
         self.reading_paused = False
         self.writing_paused = False
         self.closed = False
+        self.close_scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        protocol = self.listener.protocol if self.listener is not None else "PLAINTEXT"
+        if self.ctx.security is not None:
+            self.session = self.ctx.security.session(protocol, transport.get_extra_info("peercert"))
+            if not self.session.authenticated:
+                self.decoder.max_bytes = min(self.max_frame, MAX_PRE_AUTH_FRAME)
+        elif protocol.startswith("SASL_"):
+            self._abort("SASL listener without security services")
         if self.ctx.metrics is not None:
             self.ctx.metrics.connections += 1
 
@@ -82,6 +107,8 @@ class KafkaConnection(asyncio.Protocol):
                 return
 
     def _abort(self, reason: str) -> None:
+        if self.closed:
+            return
         log.warning("closing connection from %s: %s", self.peer, reason)
         self.closed = True
         if self.transport is not None:
@@ -92,6 +119,15 @@ class KafkaConnection(asyncio.Protocol):
             header = codec.parse_header(frame)
         except InvalidRequest as exc:
             self._abort(f"bad request header: {exc}")
+            return
+        session = self.session
+        if (
+            session is not None
+            and not session.authenticated
+            and (session.failed or header.api_key not in PRE_AUTH_APIS)
+        ):
+            name = codec.api_name(header.api_key) or header.api_key
+            self._abort(f"{name} request before SASL authentication")
             return
         spec = REGISTRY.get(header.api_key)
         version = header.api_version
@@ -108,6 +144,10 @@ class KafkaConnection(asyncio.Protocol):
         self.inflight += slot.size
         self._update_reading()
         request = Request(self.ctx, header, body, self.peer)
+        if session is not None:
+            request.principal = session.principal
+            request.session = session
+        request.listener = self.listener
         task = asyncio.ensure_future(self._run(spec.handler, request, slot))
         if not task.done():
             self.tasks.add(task)
@@ -156,10 +196,34 @@ class KafkaConnection(asyncio.Protocol):
             self.inflight -= slot.size
             if slot.data is not None and transport is not None and not self.closed:
                 transport.write(slot.data)
+        session = self.session
+        if session is not None and not self.closed and not pending:
+            if session.failed:
+                self._close_after_failed_login()
+                return
+            if session.authenticated and self.decoder.max_bytes != self.max_frame:
+                self.decoder.max_bytes = self.max_frame
         self._update_reading()
 
+    def _close_after_failed_login(self) -> None:
+        """Stop reading, then close once the client had time to read the answer.
+
+        Closing right after the write races clients that drop data arriving together with the
+        EOF (kafka-python 3); Kafka itself delays the close (connection.failed.authentication
+        .delay.ms) for the same reason.
+        """
+        if self.close_scheduled or self.transport is None:
+            return
+        self.close_scheduled = True
+        self.transport.pause_reading()
+        self.reading_paused = True
+        delay = max(MIN_CLOSE_DELAY_S, self.ctx.security.failed_auth_delay_s)
+        asyncio.get_running_loop().call_later(
+            delay, self._abort, "SASL authentication failed"
+        )
+
     def _update_reading(self) -> None:
-        if self.transport is None or self.closed:
+        if self.transport is None or self.closed or self.close_scheduled:
             return
         should_pause = self.writing_paused or self.inflight > self.max_inflight
         if should_pause and not self.reading_paused:
@@ -194,15 +258,23 @@ class KafkaConnection(asyncio.Protocol):
             self._abort(f"unsupported version {header.api_version} of api {name}")
 
 
-async def start_kafka_server(ctx: KafkaContext, host: str, port: int) -> asyncio.Server:
+async def start_kafka_server(
+    ctx: KafkaContext,
+    host: str,
+    port: int,
+    *,
+    listener: Any = None,
+    ssl: Any = None,
+) -> asyncio.Server:
     cfg = ctx.config
     max_frame = cfg["socket.request.max.bytes"]
     max_inflight = cfg["kafka.max_inflight_bytes"]
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: KafkaConnection(ctx, max_frame, max_inflight),
+        lambda: KafkaConnection(ctx, max_frame, max_inflight, listener),
         host,
         port,
         reuse_address=True,
         backlog=1024,
+        ssl=ssl,
     )

@@ -47,6 +47,7 @@ TOPIC_FILE = "topic.json"
 MAX_PARTITIONS = 100_000
 
 MayDelete = Callable[[Segment], bool]
+TieringVeto = Callable[[str, int, Segment], bool]
 
 
 @dataclass(eq=False)
@@ -85,6 +86,9 @@ class LogManager:
         self._defaults = dict(defaults or {})
         TopicConfig.from_overrides(self._defaults, {})
         self._topics: dict[str, Topic] = {}
+        self.tiering_veto: TieringVeto | None = None
+        """Set by tiering: ``(topic, partition, segment) -> True`` once the segment is archived.
+        Consulted for tiered topics without their own ``Topic.may_delete``."""
 
     @property
     def defaults(self) -> dict[str, str]:
@@ -262,27 +266,27 @@ class LogManager:
         """Roll due segments, apply local retention, fsync partitions whose interval is due.
 
         Returns the removed segments per ``topic-partition``. For topics with
-        ``remote.storage.enable`` the local retention limits apply and ``Topic.may_delete``
-        (tiering) may veto deletions; otherwise the total retention limits apply.
+        ``remote.storage.enable`` the local retention limits apply and ``Topic.may_delete`` or
+        else ``tiering_veto`` (tiering) may veto deletions; otherwise the total retention
+        limits apply.
         """
         now = now_ms() if now is None else now
         removed: dict[str, list[Segment]] = {}
         for topic in list(self._topics.values()):
             config = topic.config
-            if config.remote_storage_enable:
+            tiered = config.remote_storage_enable
+            if tiered:
                 retention_ms = config.effective_local_retention_ms
                 retention_bytes = config.effective_local_retention_bytes
-                may_delete = topic.may_delete or (lambda s: True)
             else:
                 retention_ms, retention_bytes = config.retention_ms, config.retention_bytes
-                may_delete = lambda s: True  # noqa: E731
             for index, partition in enumerate(topic.partitions):
                 partition.roll_if_due(now)
                 gone = partition.apply_retention(
                     now,
                     retention_ms=retention_ms,
                     retention_bytes=retention_bytes,
-                    may_delete=may_delete,
+                    may_delete=self._local_veto(topic, index) if tiered else _always,
                 )
                 if gone:
                     removed[f"{topic.name}-{index}"] = gone
@@ -290,6 +294,14 @@ class LogManager:
                 if self.fsync.mode == "interval" and now - partition.last_flush_ms >= interval:
                     await partition.flush()
         return removed
+
+    def _local_veto(self, topic: Topic, index: int) -> MayDelete:
+        if topic.may_delete is not None:
+            return topic.may_delete
+        veto = self.tiering_veto
+        if veto is None:
+            return _always
+        return lambda segment: veto(topic.name, index, segment)
 
     async def flush_all(self) -> None:
         """Fsync every partition (the interval policy's timer)."""
@@ -302,6 +314,10 @@ class LogManager:
             for partition in topic.partitions:
                 await partition.close()
         self._topics.clear()
+
+
+def _always(segment: Segment) -> bool:
+    return True
 
 
 def _encode(meta: Mapping[str, object]) -> bytes:

@@ -114,7 +114,9 @@ class ProducerStateTable:
     def forget_below(self, offset: int) -> None:
         """Drop producers whose every remembered batch is below ``offset`` (deleted data)."""
         gone = [
-            pid for pid, e in self.producers.items() if e.batches and e.batches[-1].last_offset < offset
+            pid
+            for pid, e in self.producers.items()
+            if e.batches and e.batches[-1].last_offset < offset
         ]
         for pid in gone:
             del self.producers[pid]

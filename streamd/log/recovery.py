@@ -96,7 +96,7 @@ def validate_segment(
         with mmap.mmap(fd, file_size, access=mmap.ACCESS_READ) as data:
             while pos < file_size:
                 try:
-                    header = check_batch(data, pos, file_size)
+                    header = check_batch(data, pos, file_size)  # type: ignore[arg-type]  # mmap is a buffer
                 except (CorruptMessage, InvalidRecord) as exc:
                     reason = str(exc)
                     break

@@ -35,7 +35,9 @@ def produce_request(topic: str, batch: bytes) -> ProduceRequest:
         acks=-1,
         timeout=datetime.timedelta(seconds=10),
         topic_data=(
-            TopicProduceData(name=topic, partition_data=(PartitionProduceData(index=0, records=batch),)),
+            TopicProduceData(
+                name=topic, partition_data=(PartitionProduceData(index=0, records=batch),)
+            ),
         ),
     )
 

@@ -300,8 +300,14 @@ def produce(bootstrap: str, topic: str, records: list[Rec]) -> None:
 
 
 def wait_partition(broker: Any, topic: str, what: str, check, timeout: float = 30):  # noqa: ANN001, ANN201
+    """Partition 0's storage report once ``check(report)`` holds. A just-started broker may
+    accept Kafka connections a moment before its admin API listens: that counts as not yet."""
+
     def probe():  # noqa: ANN202
-        report = storage_report(broker.admin_port, topic)["partitions"][0]
+        try:
+            report = storage_report(broker.admin_port, topic)["partitions"][0]
+        except OSError:
+            return None
         return report if check(report) else None
 
     return wait_until(what, probe, timeout)

@@ -1,5 +1,14 @@
 """One module per Kafka API family; importing this package registers every handler."""
 
-from streamd.kafka.handlers import admin, configs, fetch, meta, produce  # noqa: F401
-from streamd.kafka.handlers import producer  # noqa: F401
-from streamd.kafka.handlers import groups  # noqa: F401
+from streamd.kafka.handlers import (  # noqa: F401  # noqa: F401  (security)
+    acls,
+    admin,
+    configs,
+    fetch,
+    groups,  # noqa: F401
+    meta,
+    produce,
+    producer,  # noqa: F401
+    sasl,
+    scram,
+)

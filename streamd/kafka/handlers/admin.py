@@ -1,4 +1,9 @@
-"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords."""
+"""Topic administration: CreateTopics, DeleteTopics, CreatePartitions, DeleteRecords.
+
+Authorization (Kafka's): CreateTopics needs CREATE on the cluster or the topic, DeleteTopics
+and DeleteRecords DELETE on the topic, CreatePartitions ALTER on the topic; a refusal is
+TOPIC_AUTHORIZATION_FAILED for that topic only.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
+from streamd.kafka.authz import ALTER, DELETE, TOPIC, authorize, may_create_topic
 from streamd.kafka.context import Request
 from streamd.kafka.handlers.configs import describe_topic_configs
 from streamd.kafka.handlers.meta import create_topic
@@ -17,6 +23,12 @@ def _error(exc: StreamdError) -> dict[str, Any]:
     return {"error_code": exc.code, "error_message": str(exc)}
 
 
+DENIED = {
+    "error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+    "error_message": "topic authorization failed",
+}
+
+
 @api(19, "CreateTopics", 2, 7)
 async def create_topics(req: Request) -> dict[str, Any]:
     ctx = req.ctx
@@ -25,6 +37,9 @@ async def create_topics(req: Request) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": t.name, "error_code": ErrorCode.NONE}
         try:
             results.append(entry)
+            if not may_create_topic(req, t.name):
+                entry.update(DENIED)
+                continue
             validate_topic_name(t.name)
             count = t.num_partitions
             if t.assignments:
@@ -90,6 +105,9 @@ async def delete_topics(req: Request) -> dict[str, Any]:
         entry: dict[str, Any] = {"name": name, "error_code": ErrorCode.NONE}
         responses.append(entry)
         topic = ctx.logs.get(name) if name is not None else by_id.get(topic_id)
+        if not authorize(req, DELETE, TOPIC, topic.name if topic is not None else name or ""):
+            entry.update(DENIED)
+            continue
         if topic is None:
             code = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION if name else ErrorCode.UNKNOWN_TOPIC_ID
             entry.update(error_code=code, error_message="no such topic")
@@ -113,9 +131,14 @@ async def create_partitions(req: Request) -> dict[str, Any]:
     for t in req.body.topics:
         entry: dict[str, Any] = {"name": t.name, "error_code": ErrorCode.NONE}
         results.append(entry)
+        if not authorize(req, ALTER, TOPIC, t.name):
+            entry.update(DENIED)
+            continue
         topic = ctx.logs.get(t.name)
         if topic is None:
-            entry.update(error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic")
+            entry.update(
+                error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic"
+            )
             continue
         current = len(topic.partitions)
         if t.count <= current:
@@ -142,9 +165,13 @@ async def delete_records(req: Request) -> dict[str, Any]:
     for t in req.body.topics:
         parts = []
         topic = ctx.logs.get(t.name)
+        allowed = authorize(req, DELETE, TOPIC, t.name)
         for p in t.partitions:
             entry: dict[str, Any] = {"partition_index": p.partition_index, "low_watermark": -1}
             parts.append(entry)
+            if not allowed:
+                entry["error_code"] = ErrorCode.TOPIC_AUTHORIZATION_FAILED
+                continue
             if topic is None or not 0 <= p.partition_index < len(topic.partitions):
                 entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                 continue

@@ -5,14 +5,20 @@ broker-wide default from the config file is STATIC_BROKER_CONFIG, a built-in def
 DEFAULT_CONFIG. Broker configs are described read-only (they change through the config file).
 AlterConfigs replaces a topic's whole override set, as Kafka does; IncrementalAlterConfigs
 applies SET / DELETE per key (APPEND / SUBTRACT are for list configs, which topics here lack).
+Authorization: describing needs DESCRIBE_CONFIGS, altering ALTER_CONFIGS, on the topic
+(TOPIC_AUTHORIZATION_FAILED) or on the cluster for broker configs (CLUSTER_AUTHORIZATION_FAILED).
+Sensitive broker settings (secrets, bootstrap passwords) are described with a null value.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from streamd.config import SENSITIVE_KEYS
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
+from streamd.kafka.authz import ALTER_CONFIGS, DESCRIBE_CONFIGS, authorize, authorize_cluster
+from streamd.kafka.authz import TOPIC as TOPIC_RESOURCE
 from streamd.kafka.context import Request
 from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
 
@@ -60,7 +66,7 @@ def describe_broker_configs(ctx: Any, keys: Any) -> list[dict[str, Any]]:
     for name, value in sorted(ctx.config.values.items()):
         if keys and name not in keys:
             continue
-        sensitive = "secret" in name
+        sensitive = "secret" in name or name in SENSITIVE_KEYS
         out.append(
             {
                 "name": name,
@@ -88,6 +94,10 @@ async def describe_configs(req: Request) -> dict[str, Any]:
         }
         results.append(entry)
         keys = set(res.configuration_keys) if res.configuration_keys else None
+        refused = _refusal(req, DESCRIBE_CONFIGS, res)
+        if refused is not None:
+            entry.update(refused)
+            continue
         if res.resource_type == TOPIC:
             topic = ctx.logs.get(res.resource_name)
             if topic is None:
@@ -113,6 +123,21 @@ async def describe_configs(req: Request) -> dict[str, Any]:
     return {"results": results}
 
 
+def _refusal(req: Request, operation: Any, res: Any) -> dict[str, Any] | None:
+    if res.resource_type == TOPIC:
+        if not authorize(req, operation, TOPIC_RESOURCE, res.resource_name):
+            return {
+                "error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+                "error_message": "topic authorization failed",
+            }
+    elif res.resource_type in (BROKER, BROKER_LOGGER) and not authorize_cluster(req, operation):
+        return {
+            "error_code": ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
+            "error_message": "cluster authorization failed",
+        }
+    return None
+
+
 async def _apply(req: Request, res: Any, compute: Any) -> dict[str, Any]:
     ctx = req.ctx
     entry: dict[str, Any] = {
@@ -120,6 +145,10 @@ async def _apply(req: Request, res: Any, compute: Any) -> dict[str, Any]:
         "resource_name": res.resource_name,
         "error_code": ErrorCode.NONE,
     }
+    refused = _refusal(req, ALTER_CONFIGS, res)
+    if refused is not None:
+        entry.update(refused)
+        return entry
     if res.resource_type != TOPIC:
         entry.update(
             error_code=ErrorCode.INVALID_REQUEST,

@@ -7,6 +7,8 @@ limits by one batch (KIP-74) so that a large batch can never stall a consumer. O
 local log start are handed to the tiering layer's remote reader when one is wired in.
 Fetch sessions (KIP-227) are not kept: every response is a full one with session id 0, which
 clients treat as "sessions unsupported".
+Authorization: Fetch needs READ on each topic, ListOffsets and OffsetForLeaderEpoch DESCRIBE;
+a refused topic's partitions answer TOPIC_AUTHORIZATION_FAILED.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka import codec
 from streamd.kafka.apis import api
+from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
 
 LATEST, EARLIEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -3, -4, -5
@@ -70,8 +73,15 @@ async def fetch(req: Request) -> dict[str, Any]:
     deadline = time.monotonic() + codec.ms(body.max_wait) / 1000
     min_bytes = body.min_bytes
     response_max = body.max_bytes if req.version >= 3 else 2**31 - 1
+    denied = {t.topic for t in body.topics if not authorize(req, READ, TOPIC, t.topic)}
     wanted = [
-        (t.topic, p.partition, p.fetch_offset, p.partition_max_bytes, _partition_of(ctx, t.topic, p.partition))
+        (
+            t.topic,
+            p.partition,
+            p.fetch_offset,
+            p.partition_max_bytes,
+            None if t.topic in denied else _partition_of(ctx, t.topic, p.partition),
+        )
         for t in body.topics
         for p in t.partitions
     ]
@@ -80,6 +90,9 @@ async def fetch(req: Request) -> dict[str, Any]:
         total = 0
         entries = []
         for name, index, offset, pmax, plog in wanted:
+            if name in denied:
+                entries.append((name, _denied(index)))
+                continue
             limit = min(pmax, remaining)
             entry, size = await _read_partition(
                 ctx, name, index, plog, offset, limit, min_one=(total == 0)
@@ -105,15 +118,27 @@ async def fetch(req: Request) -> dict[str, Any]:
     return {"error_code": ErrorCode.NONE, "session_id": 0, "responses": responses}
 
 
+def _denied(index: int) -> dict[str, Any]:
+    return {
+        "partition_index": index,
+        "error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED,
+        "high_watermark": -1,
+    }
+
+
 @api(2, "ListOffsets", 1, 7)
 async def list_offsets(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     topics = []
     for t in req.body.topics:
         parts = []
+        allowed = authorize(req, DESCRIBE, TOPIC, t.name)
         for p in t.partitions:
             entry: dict[str, Any] = {"partition_index": p.partition_index, "leader_epoch": 0}
             parts.append(entry)
+            if not allowed:
+                entry["error_code"] = ErrorCode.TOPIC_AUTHORIZATION_FAILED
+                continue
             plog = _partition_of(ctx, t.name, p.partition_index)
             if plog is None:
                 entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
@@ -163,9 +188,14 @@ async def offset_for_leader_epoch(req: Request) -> dict[str, Any]:
     topics = []
     for t in req.body.topics:
         parts = []
+        allowed = authorize(req, DESCRIBE, TOPIC, t.topic)
         for p in t.partitions:
             plog = _partition_of(ctx, t.topic, p.partition)
-            if plog is None:
+            if not allowed:
+                parts.append(
+                    {"partition": p.partition, "error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED}
+                )
+            elif plog is None:
                 parts.append(
                     {"partition": p.partition, "error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION}
                 )

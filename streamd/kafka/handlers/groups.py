@@ -15,7 +15,9 @@ from streamd.groups.coordinator import CommitOffset
 from streamd.groups.model import JoinRequest
 from streamd.kafka import codec
 from streamd.kafka.apis import api
+from streamd.kafka.authz import DELETE, DESCRIBE, GROUP, READ, TOPIC, authorize, authorize_cluster
 from streamd.kafka.context import Request
+from streamd.kafka.handlers.meta import advertised_address
 
 E = ErrorCode
 KEY_TYPE_GROUP = 0
@@ -46,13 +48,12 @@ async def find_coordinator(req: Request) -> dict[str, Any]:
             entry.update(error_code=E.COORDINATOR_NOT_AVAILABLE, error_message="not available")
         elif key_type != KEY_TYPE_GROUP:
             entry.update(error_code=E.INVALID_REQUEST, error_message=f"key type {key_type}")
+        elif not authorize(req, DESCRIBE, GROUP, key):
+            entry.update(error_code=E.GROUP_AUTHORIZATION_FAILED, error_message="not authorized")
         else:
+            host, port = advertised_address(req)
             entry.update(
-                error_code=E.NONE,
-                error_message=None,
-                node_id=ctx.node_id,
-                host=ctx.advertised_host,
-                port=ctx.advertised_port,
+                error_code=E.NONE, error_message=None, node_id=ctx.node_id, host=host, port=port
             )
         coordinators.append(entry)
     if req.version >= 4:
@@ -69,6 +70,8 @@ async def join_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE, "member_id": body.member_id}
+    if not authorize(req, READ, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED, "member_id": body.member_id}
     session_ms = codec.ms(body.session_timeout)
     rebalance_ms = codec.ms(body.rebalance_timeout) if v >= 1 else session_ms
     result = await req.ctx.groups.join(
@@ -105,6 +108,8 @@ async def sync_group(req: Request) -> dict[str, Any]:
     body = req.body
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    if not authorize(req, READ, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
     result = await req.ctx.groups.sync(
         body.group_id,
         body.generation_id,
@@ -127,6 +132,8 @@ async def heartbeat(req: Request) -> dict[str, Any]:
     body = req.body
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    if not authorize(req, READ, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
     error = req.ctx.groups.heartbeat(
         body.group_id, body.generation_id, body.member_id, getattr(body, "group_instance_id", None)
     )
@@ -142,6 +149,8 @@ async def leave_group(req: Request) -> dict[str, Any]:
         members = [(body.member_id, None)]
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    if not authorize(req, READ, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
     error, errors = req.ctx.groups.leave(body.group_id, members)
     if v < 3:
         return {"error_code": error if error != E.NONE else errors[0]}
@@ -159,9 +168,16 @@ async def offset_commit(req: Request) -> dict[str, Any]:
     ctx, body = req.ctx, req.body
     offsets: list[CommitOffset] = []
     unknown: set[tuple[str, int]] = set()
+    refused: dict[tuple[str, int], int] = {}
+    group_ok = authorize(req, READ, GROUP, body.group_id)
     for t in body.topics:
+        topic_ok = authorize(req, READ, TOPIC, t.name)
         for p in t.partitions:
-            if _topic_known(ctx, t.name, p.partition_index):
+            if not group_ok:
+                refused[(t.name, p.partition_index)] = E.GROUP_AUTHORIZATION_FAILED
+            elif not topic_ok:
+                refused[(t.name, p.partition_index)] = E.TOPIC_AUTHORIZATION_FAILED
+            elif _topic_known(ctx, t.name, p.partition_index):
                 offsets.append(
                     CommitOffset(
                         t.name,
@@ -175,6 +191,8 @@ async def offset_commit(req: Request) -> dict[str, Any]:
                 unknown.add((t.name, p.partition_index))
     if ctx.groups is None:
         codes: list[int] = [E.COORDINATOR_NOT_AVAILABLE] * len(offsets)
+    elif not offsets:
+        codes = []
     else:
         codes = await ctx.groups.commit(
             body.group_id,
@@ -191,9 +209,12 @@ async def offset_commit(req: Request) -> dict[str, Any]:
                 "partitions": [
                     {
                         "partition_index": p.partition_index,
-                        "error_code": E.UNKNOWN_TOPIC_OR_PARTITION
-                        if (t.name, p.partition_index) in unknown
-                        else by_tp[(t.name, p.partition_index)],
+                        "error_code": refused.get((t.name, p.partition_index))
+                        or (
+                            E.UNKNOWN_TOPIC_OR_PARTITION
+                            if (t.name, p.partition_index) in unknown
+                            else by_tp[(t.name, p.partition_index)]
+                        ),
                     }
                     for p in t.partitions
                 ],
@@ -203,13 +224,24 @@ async def offset_commit(req: Request) -> dict[str, Any]:
     }
 
 
-def _fetch_group(ctx: Any, group_id: str, topics: Any) -> list[dict[str, Any]]:
+def _fetch_group(req: Request, group_id: str, topics: Any) -> list[dict[str, Any]]:
+    ctx = req.ctx
     wanted = None
     if topics is not None:
         wanted = [(t.name, p) for t in topics for p in t.partition_indexes]
     found = ctx.groups.fetch(group_id, wanted)
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for (topic, partition), info in found.items():
+        if not authorize(req, DESCRIBE, TOPIC, topic):
+            if topics is not None:
+                by_topic.setdefault(topic, []).append(
+                    {
+                        "partition_index": partition,
+                        "committed_offset": -1,
+                        "error_code": E.TOPIC_AUTHORIZATION_FAILED,
+                    }
+                )
+            continue
         entry: dict[str, Any] = {
             "partition_index": partition,
             "committed_offset": -1,
@@ -245,15 +277,19 @@ async def offset_fetch(req: Request) -> dict[str, Any]:
     if req.version >= 8:
         return {
             "groups": [
-                {
+                {"group_id": g.group_id, "error_code": E.GROUP_AUTHORIZATION_FAILED}
+                if not authorize(req, DESCRIBE, GROUP, g.group_id)
+                else {
                     "group_id": g.group_id,
-                    "topics": _fetch_group(ctx, g.group_id, g.topics),
+                    "topics": _fetch_group(req, g.group_id, g.topics),
                     "error_code": E.NONE,
                 }
                 for g in body.groups
             ]
         }
-    return {"topics": _fetch_group(ctx, body.group_id, body.topics), "error_code": E.NONE}
+    if not authorize(req, DESCRIBE, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
+    return {"topics": _fetch_group(req, body.group_id, body.topics), "error_code": E.NONE}
 
 
 @api(16, "ListGroups", 0, 4)
@@ -261,11 +297,13 @@ async def list_groups(req: Request) -> dict[str, Any]:
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
     states = getattr(req.body, "states_filter", ()) or ()
+    all_groups = authorize_cluster(req, DESCRIBE)
     return {
         "error_code": E.NONE,
         "groups": [
             {"group_id": gid, "protocol_type": ptype, "group_state": state}
             for gid, ptype, state in req.ctx.groups.list_groups(states)
+            if all_groups or authorize(req, DESCRIBE, GROUP, gid)
         ],
     }
 
@@ -276,6 +314,9 @@ async def describe_groups(req: Request) -> dict[str, Any]:
     for group_id in req.body.groups:
         if _no_coordinator(req):
             groups.append({"group_id": group_id, "error_code": E.COORDINATOR_NOT_AVAILABLE})
+            continue
+        if not authorize(req, DESCRIBE, GROUP, group_id):
+            groups.append({"group_id": group_id, "error_code": E.GROUP_AUTHORIZATION_FAILED})
             continue
         d = req.ctx.groups.describe(group_id)
         groups.append(
@@ -304,10 +345,12 @@ async def describe_groups(req: Request) -> dict[str, Any]:
 @api(42, "DeleteGroups", 0, 2)
 async def delete_groups(req: Request) -> dict[str, Any]:
     names = list(req.body.groups_names)
+    allowed = [n for n in names if authorize(req, DELETE, GROUP, n)]
     if _no_coordinator(req):
         codes: list[int] = [E.COORDINATOR_NOT_AVAILABLE] * len(names)
     else:
-        codes = list(await req.ctx.groups.delete_groups(names))
+        done = dict(zip(allowed, await req.ctx.groups.delete_groups(allowed), strict=True))
+        codes = [done.get(n, E.GROUP_AUTHORIZATION_FAILED) for n in names]
     return {
         "results": [{"group_id": n, "error_code": c} for n, c in zip(names, codes, strict=True)]
     }
@@ -318,6 +361,8 @@ async def offset_delete(req: Request) -> dict[str, Any]:
     ctx, body = req.ctx, req.body
     if ctx.groups is None:
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
+    if not authorize(req, DELETE, GROUP, body.group_id):
+        return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
     known = [
         (t.name, p.partition_index)
         for t in body.topics

@@ -1,4 +1,11 @@
-"""ApiVersions, Metadata and DescribeCluster: what the broker is and what it hosts."""
+"""ApiVersions, Metadata and DescribeCluster: what the broker is and what it hosts.
+
+Each client is told the advertised address of the listener it connected to
+(:func:`advertised_address`), so an internal and an external listener each keep their clients
+on their own network path. With authorization on, Metadata lists only the topics the principal
+may DESCRIBE; a named topic it may not describe is answered TOPIC_AUTHORIZATION_FAILED whether
+or not it exists, and auto-creation needs CREATE on the cluster or on the topic.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +13,7 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import REGISTRY, api
+from streamd.kafka.authz import DESCRIBE, TOPIC, authorize, may_create_topic
 from streamd.kafka.context import Request
 from streamd.log.names import validate_topic_name
 
@@ -25,8 +33,17 @@ async def api_versions(req: Request) -> dict[str, Any]:
     return api_versions_body()
 
 
-def _broker(ctx: Any) -> dict[str, Any]:
-    return {"node_id": ctx.node_id, "host": ctx.advertised_host, "port": ctx.advertised_port}
+def advertised_address(req: Request) -> tuple[str, int]:
+    """The host and port this client should use: those of the listener it connected to."""
+    listener = req.listener
+    if listener is not None:
+        return listener.advertised_host, listener.advertised_port
+    return req.ctx.advertised_host, req.ctx.advertised_port
+
+
+def _broker(req: Request) -> dict[str, Any]:
+    host, port = advertised_address(req)
+    return {"node_id": req.ctx.node_id, "host": host, "port": port}
 
 
 def topic_metadata(ctx: Any, topic: Any) -> dict[str, Any]:
@@ -62,28 +79,37 @@ async def metadata(req: Request) -> dict[str, Any]:
         names = [t.name for t in requested]
     topics = []
     if names is None:
-        topics = [topic_metadata(ctx, t) for t in ctx.logs.topics().values()]
+        topics = [
+            topic_metadata(ctx, t)
+            for t in ctx.logs.topics().values()
+            if authorize(req, DESCRIBE, TOPIC, t.name)
+        ]
     else:
         allow_create = getattr(body, "allow_auto_topic_creation", True)
         for name in names:
-            topics.append(await _lookup(ctx, name, allow_create))
+            topics.append(await _lookup(req, name, allow_create))
     return {
-        "brokers": [_broker(ctx)],
+        "brokers": [_broker(req)],
         "cluster_id": ctx.cluster_id,
         "controller_id": ctx.node_id,
         "topics": topics,
     }
 
 
-async def _lookup(ctx: Any, name: str | None, allow_create: bool) -> dict[str, Any]:
+async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[str, Any]:
+    ctx = req.ctx
     if name is None:
         return {"error_code": ErrorCode.INVALID_TOPIC_EXCEPTION, "name": ""}
+    if not authorize(req, DESCRIBE, TOPIC, name):
+        return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}
     topic = ctx.logs.get(name)
     if topic is None:
         try:
             validate_topic_name(name)
             if not (allow_create and ctx.config["auto_create_topics"]):
                 return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
+            if not may_create_topic(req, name):
+                return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}
             topic = await create_topic(ctx, name, ctx.config["default_partitions"], {})
         except StreamdError as exc:
             return {"error_code": exc.code, "name": name}
@@ -101,11 +127,10 @@ async def create_topic(ctx: Any, name: str, partitions: int, overrides: dict[str
 @api(60, "DescribeCluster", 0, 1)
 async def describe_cluster(req: Request) -> dict[str, Any]:
     ctx = req.ctx
+    host, port = advertised_address(req)
     return {
         "error_code": ErrorCode.NONE,
         "cluster_id": ctx.cluster_id,
         "controller_id": ctx.node_id,
-        "brokers": [
-            {"broker_id": ctx.node_id, "host": ctx.advertised_host, "port": ctx.advertised_port}
-        ],
+        "brokers": [{"broker_id": ctx.node_id, "host": host, "port": port}],
     }

@@ -5,6 +5,8 @@ request handlers in arrival order, so pipelined requests on one connection appen
 Only the wait for durability is concurrent, so partitions' group-commit fsyncs overlap.
 The payload stays bytes from the socket to the file: the log validates headers and patches
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
+Each topic needs WRITE (checked once per topic, before existence, so that a principal without
+access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
+from streamd.kafka.authz import TOPIC, WRITE, authorize
 from streamd.kafka.context import Request
 
 
@@ -66,7 +69,7 @@ async def produce(req: Request) -> dict[str, Any] | None:
     produced = 0
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
-        allowed = True
+        allowed = authorize(req, WRITE, TOPIC, t.name)
         entries = []
         for p in t.partition_data:
             if not allowed:

@@ -3,7 +3,8 @@
 Transactions are not implemented: a request with a transactional id is refused with
 TRANSACTIONAL_ID_AUTHORIZATION_FAILED so that clients fail fast instead of retrying forever.
 A producer that sends its current id and epoch (KIP-360) gets the epoch bumped; when the epoch
-would overflow it gets a fresh id.
+would overflow it gets a fresh id. Authorization follows KIP-679: IDEMPOTENT_WRITE on the
+cluster, or WRITE on any topic.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 from streamd.errors import ErrorCode
 from streamd.kafka.apis import api
+from streamd.kafka.authz import IDEMPOTENT_WRITE, TOPIC, WRITE, authorize, authorize_cluster
 from streamd.kafka.context import Request
 from streamd.log.producer_ids import ProducerIdAllocator
 
@@ -30,6 +32,12 @@ async def init_producer_id(req: Request) -> dict[str, Any]:
     body = req.body
     if body.transactional_id is not None:
         return {"error_code": ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                "producer_id": -1, "producer_epoch": -1}
+    if not (
+        authorize_cluster(req, IDEMPOTENT_WRITE)
+        or any(authorize(req, WRITE, TOPIC, name) for name in req.ctx.logs.topics())
+    ):
+        return {"error_code": ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
                 "producer_id": -1, "producer_epoch": -1}
     pid = getattr(body, "producer_id", -1)
     epoch = getattr(body, "producer_epoch", -1)

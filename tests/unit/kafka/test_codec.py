@@ -10,7 +10,9 @@ from streamd.errors import ErrorCode
 from streamd.kafka import codec
 
 
-def request_frame(api_key: int, version: int, body: object, header_cls: type = RequestHeader) -> bytes:
+def request_frame(
+    api_key: int, version: int, body: object, header_cls: type = RequestHeader
+) -> bytes:
     out = io.BytesIO()
     entity_writer(header_cls)(
         out,

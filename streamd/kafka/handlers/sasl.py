@@ -1,0 +1,53 @@
+"""SaslHandshake and SaslAuthenticate: the Kafka side of :mod:`streamd.security.sasl`.
+
+Only the v1 handshake flow is served (tokens travel inside SaslAuthenticate), which every
+client since Kafka 1.0 uses; SaslHandshake v0 with raw-token framing is not advertised.
+A failed login is answered with SASL_AUTHENTICATION_FAILED after
+``sasl.failed_authentication_delay_ms`` (slowing down password guessing), with one message for
+every cause; the server then closes the connection. Mechanism steps run off the event loop
+(SASL/PLAIN derives the salted password, thousands of HMAC rounds).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from streamd.errors import ErrorCode
+from streamd.kafka.apis import api
+from streamd.kafka.context import Request
+from streamd.security.sasl import IllegalSaslState
+from streamd.security.scram import AuthenticationFailed
+
+log = logging.getLogger("streamd.security")
+
+
+def _not_sasl(req: Request) -> bool:
+    return req.session is None or not req.session.requires_sasl
+
+
+@api(17, "SaslHandshake", 1, 1)
+async def sasl_handshake(req: Request) -> dict[str, Any]:
+    session = req.session
+    if _not_sasl(req):
+        mechanisms = list(req.ctx.security.mechanisms) if req.ctx.security is not None else []
+        return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "mechanisms": mechanisms}
+    code = session.handshake(req.body.mechanism)
+    return {"error_code": code, "mechanisms": list(session.mechanisms)}
+
+
+@api(36, "SaslAuthenticate", 0, 2)
+async def sasl_authenticate(req: Request) -> dict[str, Any]:
+    session = req.session
+    if _not_sasl(req):
+        return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "error_message": "not a SASL listener"}
+    try:
+        reply = await asyncio.to_thread(session.authenticate, bytes(req.body.auth_bytes))
+    except IllegalSaslState as exc:
+        return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "error_message": str(exc)}
+    except AuthenticationFailed as exc:
+        log.info("failed SASL authentication from %s", req.peer)
+        await asyncio.sleep(req.ctx.security.failed_auth_delay_s)
+        return {"error_code": ErrorCode.SASL_AUTHENTICATION_FAILED, "error_message": str(exc)}
+    return {"error_code": ErrorCode.NONE, "auth_bytes": reply, "session_lifetime": 0}

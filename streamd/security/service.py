@@ -1,0 +1,109 @@
+"""The broker's security services, built from config: stores, authorizer, SASL sessions.
+
+``authorizer`` is None when ``security.authorization`` is false: then every request is allowed
+(the PLAINTEXT default, where nothing changes for existing clients) and the ACL APIs answer
+SECURITY_DISABLED, as Kafka does without an authorizer. Credentials and user management work
+either way, so users can be prepared before SASL listeners are turned on.
+
+Bootstrap users (``security.bootstrap_users``) are created at startup only when the user has no
+credential for that mechanism yet: a password changed later through the Kafka API is never reset
+by a restart. Their passwords live in the config source only; they are hashed before storing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from streamd.security.acl import Authorizer
+from streamd.security.sasl import SaslSession, principal_from_cert
+from streamd.security.scram import MECHANISMS, ScramCredential
+from streamd.security.store import AclStore, CredentialStore
+
+log = logging.getLogger("streamd.security")
+
+
+@dataclass(frozen=True, slots=True)
+class BootstrapUser:
+    name: str
+    password: str
+    mechanism: str
+
+    def __repr__(self) -> str:
+        return f"BootstrapUser({self.name!r}, <redacted>, {self.mechanism!r})"
+
+
+def parse_bootstrap_users(text: str) -> tuple[BootstrapUser, ...]:
+    """``user:password:MECHANISM`` entries separated by ``,`` or ``;`` (password may hold ':')."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.replace(";", ",").split(","))):
+        user, sep1, rest = item.partition(":")
+        password, sep2, mechanism = rest.rpartition(":")
+        if not (sep1 and sep2 and user and password) or mechanism not in MECHANISMS:
+            raise ValueError(
+                "expected user:password:SCRAM-SHA-256|SCRAM-SHA-512 entries separated by ','"
+            )
+        out.append(BootstrapUser(user, password, mechanism))
+    return tuple(out)
+
+
+def parse_principals(text: str) -> tuple[str, ...]:
+    out = tuple(filter(None, (s.strip() for s in text.replace(";", ",").split(","))))
+    for p in out:
+        kind, sep, name = p.partition(":")
+        if not (sep and kind and name):
+            raise ValueError(f"principal {p!r} is not of the form User:name")
+    return out
+
+
+class SecurityService:
+    def __init__(self, data_dir: Path, config: Mapping[str, Any]) -> None:
+        directory = Path(data_dir) / "security"
+        self.credentials = CredentialStore(directory)
+        self.acls = AclStore(directory)
+        self.mechanisms = tuple(
+            filter(None, (m.strip() for m in str(config["sasl.mechanisms"]).split(",")))
+        )
+        self.failed_auth_delay_s = int(config["sasl.failed_authentication_delay_ms"]) / 1000
+        self.iterations = int(config["security.scram_iterations"])
+        self.bootstrap_users = parse_bootstrap_users(config["security.bootstrap_users"])
+        self.super_users = parse_principals(config["security.super_users"])
+        self.authorizer: Authorizer | None = None
+        if config["security.authorization"]:
+            self.authorizer = Authorizer(
+                self.acls,
+                super_users=self.super_users,
+                allow_if_no_acl=bool(config["allow.everyone.if.no.acl.found"]),
+            )
+
+    def open(self) -> None:
+        """Load both stores and create missing bootstrap users (blocking: run in a thread)."""
+        self.credentials.load()
+        self.acls.load()
+        missing = [
+            u for u in self.bootstrap_users if self.credentials.get(u.name, u.mechanism) is None
+        ]
+        if missing:
+            self.credentials.apply(
+                (
+                    u.name,
+                    ScramCredential.from_password(
+                        MECHANISMS[u.mechanism], u.password, self.iterations
+                    ),
+                )
+                for u in missing
+            )
+            for u in missing:
+                log.info("created bootstrap user %s (%s)", u.name, u.mechanism)
+
+    def session(self, protocol: str, peercert: dict[str, Any] | None = None) -> SaslSession:
+        principal = principal_from_cert(peercert) if protocol == "SSL" else None
+        return SaslSession(
+            protocol,
+            self.mechanisms,
+            self.credentials.get,
+            **({"principal": principal} if principal else {}),
+        )

@@ -1,0 +1,89 @@
+"""Stage 1 of the uploader: which segments are archived next (pure selection)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from streamd.tiering.candidates import select_candidates
+from streamd.tiering.manifest import SegmentMeta, add_segment, empty_manifest
+
+TOPIC_ID = "0123456789abcdef0123456789abcdef"
+
+
+@dataclass
+class Seg:
+    base_offset: int
+    next_offset: int
+    size: int = 100
+    readable_size: int = 100
+    sealed: bool = True
+
+
+def manifest_upto(last: int, start: int = 0):  # noqa: ANN201
+    m = empty_manifest("t", TOPIC_ID, 0)
+    if last < start:
+        return m
+    meta = SegmentMeta(
+        base_offset=start, last_offset=last, size_bytes=1, first_timestamp=0, max_timestamp=0,
+        record_count=last - start + 1, checksum="00000000", key="k.log", index_key="k.index",
+        index_checksum="00000000", uploaded_at_ms=0,
+    )
+    return add_segment(m, meta)
+
+
+def log(*bounds: int, active: int = 1) -> list[Seg]:
+    """Sealed segments between consecutive bounds, then an unsealed active one."""
+    segs = [Seg(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    segs.append(Seg(bounds[-1], bounds[-1] + active, sealed=False))
+    return segs
+
+
+def bases(selection) -> list[int]:  # noqa: ANN001
+    return [s.base_offset for s in selection.candidates]
+
+
+def test_empty_manifest_takes_every_sealed_durable_segment_in_order() -> None:
+    sel = select_candidates(log(0, 10, 20, 30), empty_manifest("t", TOPIC_ID, 0), 31)
+    assert bases(sel) == [0, 10, 20] and sel.blocked is None
+
+
+def test_already_archived_segments_are_skipped() -> None:
+    sel = select_candidates(log(0, 10, 20, 30), manifest_upto(19), 31)
+    assert bases(sel) == [20]
+
+
+def test_active_and_empty_segments_are_never_candidates() -> None:
+    segs = log(0, 10, active=0)
+    segs.insert(1, Seg(10, 10, size=0, readable_size=0))
+    assert bases(select_candidates(segs, empty_manifest("t", TOPIC_ID, 0), 100)) == [0]
+
+
+def test_stops_at_the_first_segment_not_fully_durable() -> None:
+    segs = log(0, 10, 20, 30)
+    assert bases(select_candidates(segs, empty_manifest("t", TOPIC_ID, 0), 25)) == [0, 10]
+    segs[1].readable_size = 50  # deferred write not yet in the file (fsync "always")
+    assert bases(select_candidates(segs, empty_manifest("t", TOPIC_ID, 0), 100)) == [0]
+
+
+def test_first_segment_of_a_fresh_partition_may_start_anywhere() -> None:
+    assert bases(select_candidates(log(40, 50, 60), empty_manifest("t", TOPIC_ID, 0), 61)) == [
+        40,
+        50,
+    ]
+
+
+def test_gap_after_the_manifest_blocks_and_says_why() -> None:
+    sel = select_candidates(log(30, 40), manifest_upto(19), 41)
+    assert sel.candidates == () and sel.blocked is not None and "gap" in sel.blocked
+
+
+def test_overlap_with_the_manifest_blocks() -> None:
+    sel = select_candidates(log(0, 15, 30), manifest_upto(19), 31)
+    assert sel.candidates == () and sel.blocked is not None and "overlap" in sel.blocked
+
+
+def test_manifest_emptied_by_retention_continues_at_its_end() -> None:
+    from streamd.tiering.manifest import advance_remote_start
+
+    emptied, _ = advance_remote_start(manifest_upto(9), 10)
+    assert bases(select_candidates(log(0, 10, 20), emptied, 21)) == [10]
