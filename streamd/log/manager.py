@@ -32,6 +32,7 @@ from streamd.errors import (
     UnknownTopicOrPartition,
 )
 from streamd.log.files import atomic_write
+from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.names import validate_topic_name
 from streamd.log.partition import PartitionLog, now_ms
@@ -83,6 +84,7 @@ class LogManager:
         self.topics_dir = self.data_dir / "topics"
         self.trash_dir = self.data_dir / "trash"
         self.fsync = fsync or FsyncPolicy("never")
+        self.flusher = SharedFlusher()
         self._defaults = dict(defaults or {})
         TopicConfig.from_overrides(self._defaults, {})
         self._topics: dict[str, Topic] = {}
@@ -122,7 +124,9 @@ class LogManager:
             self._topics[name] = Topic(name, topic_id, partitions, overrides, config, entry)
 
     def _open_partition(self, topic_dir: Path, index: int, config: TopicConfig) -> PartitionLog:
-        return PartitionLog.open(topic_dir / str(index), config, fsync=self.fsync)
+        plog = PartitionLog.open(topic_dir / str(index), config, fsync=self.fsync)
+        plog.flusher = self.flusher
+        return plog
 
     # ---- lookups -------------------------------------------------------------------------------
 

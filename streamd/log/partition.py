@@ -39,6 +39,7 @@ from pathlib import Path
 from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError
 from streamd.log.batch import patch_for_append, validate_produce_batches
 from streamd.log.files import atomic_write, fsync_dir
+from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.producer_state import ProducerStateTable
 from streamd.log.recovery import recover_partition, write_clean_marker
@@ -88,6 +89,8 @@ class PartitionLog:
         self._flush_task: asyncio.Task[None] | None = None
         self.last_flush_ms = now_ms()
         self._closed = False
+        self.flusher: SharedFlusher | None = None
+        """Set by the log manager: one group commit across all its partitions."""
         self.producers = self._load_producer_state()
 
     def _load_producer_state(self) -> ProducerStateTable:
@@ -293,32 +296,40 @@ class PartitionLog:
             self._check_open()
             await asyncio.shield(self._flush_runner())
 
-    def _flush_runner(self) -> asyncio.Task[None]:
+    def _flush_runner(self) -> asyncio.Future[None]:
+        if self.flusher is not None:
+            return self.flusher.flush(self)
         if self._flush_task is None:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush_once())
         return self._flush_task
 
     async def _flush_once(self) -> None:
-        target = self.log_end_offset
+        job = self.take_flush_job()
+        error = None
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, run_flush_jobs, [job])
+        except OSError as exc:
+            error = exc
+        finally:
+            self._flush_task = None
+        self.finish_flush_job(job, error)
+
+    def take_flush_job(self) -> FlushJob:
+        """Everything written or deferred so far, handed to one flush (of this partition only)."""
         files, self._unsynced = self._unsynced, []
         pending, self._pending = self._pending, []
         dir_dirty, self._dir_dirty = self._dir_dirty, False
-        directory = self.directory if dir_dirty else None
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, _write_and_fsync, [(s.file, data) for s, data, _ in pending], files, directory
-            )
-        except OSError as exc:
-            self._failed = StorageError(f"write/fsync in {self.directory} failed: {exc}")
+        return FlushJob(self.log_end_offset, pending, files, self.directory if dir_dirty else None)
+
+    def finish_flush_job(self, job: FlushJob, error: BaseException | None) -> None:
+        if error is not None:
+            self._failed = StorageError(f"write/fsync in {self.directory} failed: {error}")
             log.error("%s; the partition refuses writes until restart", self._failed)
-            raise self._failed from exc
-        else:
-            for segment, _, end in pending:
-                segment.readable_size = max(segment.readable_size, end)
-            self._durable_offset = max(self._durable_offset, target)
-            self.last_flush_ms = now_ms()
-        finally:
-            self._flush_task = None
+            raise self._failed from error
+        for segment, _, end in job.pending:
+            segment.readable_size = max(segment.readable_size, end)
+        self._durable_offset = max(self._durable_offset, job.target)
+        self.last_flush_ms = now_ms()
 
     async def flush(self) -> None:
         """Fsync everything written so far (the interval policy's timer calls this)."""
@@ -492,18 +503,39 @@ class PartitionLog:
             segment.close()
 
 
-def _write_and_fsync(
-    pending: list[tuple[SegmentFile, bytes | bytearray]],
-    files: list[SegmentFile],
-    directory: Path | None,
-) -> None:
-    for file, data in pending:
-        if file.fd < 0:
-            continue
-        view = memoryview(data)
-        while view:
-            view = view[os.write(file.fd, view) :]
-    _fsync_all(files, directory)
+@dataclass(slots=True)
+class FlushJob:
+    target: int
+    pending: list[tuple[Segment, bytes | bytearray, int]]
+    files: list[SegmentFile]
+    directory: Path | None
+
+
+def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
+    """Write every job's deferred batches, then fsync: in a worker thread, never on the loop.
+    All writes go first so that the disk sees them before the first fsync of the round."""
+    errors: list[BaseException | None] = []
+    for job in jobs:
+        try:
+            for segment, data, _ in job.pending:
+                fd = segment.file.fd
+                if fd < 0:
+                    continue
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            errors.append(None)
+        except OSError as exc:
+            errors.append(exc)
+    for i, job in enumerate(jobs):
+        if errors[i] is None:
+            try:
+                _fsync_all(job.files, job.directory)
+            except OSError as exc:
+                errors[i] = exc
+    if len(jobs) == 1 and errors[0] is not None:
+        raise errors[0]
+    return errors
 
 
 def _fsync_all(files: list[SegmentFile], directory: Path | None) -> None:

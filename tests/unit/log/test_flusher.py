@@ -1,0 +1,60 @@
+import asyncio
+from pathlib import Path
+
+import pytest
+
+import streamd.log.partition as partition_mod
+from streamd.log.fsync import FsyncPolicy
+from streamd.log.manager import LogManager
+from tests.unit.log.batches import simple_batch
+
+
+async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds: list[int] = []
+    real = partition_mod.run_flush_jobs
+
+    def counting(jobs):  # noqa: ANN001, ANN202
+        rounds.append(len(jobs))
+        return real(jobs)
+
+    monkeypatch.setattr(partition_mod, "run_flush_jobs", counting)
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    topic = logs.create_topic("t", 8, {})
+    results = await asyncio.gather(
+        *(p.append(simple_batch(2), now_ms=1) for p in topic.partitions for _ in range(3))
+    )
+    assert all(r.base_offset in (0, 2, 4) for r in results)
+    assert all(p.high_watermark == 6 for p in topic.partitions)
+    assert sum(rounds) >= 8 and len(rounds) <= 3, rounds
+    assert max(rounds) == 8
+    await logs.close()
+
+
+async def test_failed_partition_does_not_fail_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    topic = logs.create_topic("t", 2, {})
+    bad, good = topic.partitions
+    real_fsync_all = partition_mod._fsync_all
+
+    def failing(files, directory):  # noqa: ANN001, ANN202
+        if any(f is bad.active.file for f in files):
+            raise OSError(5, "injected EIO")
+        return real_fsync_all(files, directory)
+
+    monkeypatch.setattr(partition_mod, "_fsync_all", failing)
+    outcome = await asyncio.gather(
+        bad.append(simple_batch(1), now_ms=1),
+        good.append(simple_batch(1), now_ms=1),
+        return_exceptions=True,
+    )
+    assert isinstance(outcome[0], Exception) and "injected EIO" in str(outcome[0])
+    assert not isinstance(outcome[1], Exception) and good.high_watermark == 1
+    assert bad.high_watermark == 0
+    monkeypatch.setattr(partition_mod, "_fsync_all", real_fsync_all)
+    await good.close()
