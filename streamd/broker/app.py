@@ -29,8 +29,8 @@ from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
+from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
-from streamd.tiering.store import open_store
 
 log = logging.getLogger("streamd")
 
@@ -62,6 +62,7 @@ class Broker:
         self.security: SecurityService | None = None
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
+        self.archive: ClusterArchive | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -112,6 +113,9 @@ class Broker:
             log.info("admin API on http://%s", cfg["admin.listen"])
         await self._start_listeners()
         # --- end security and listeners ---
+        # --- cluster metadata archive (streamd/tiering/cluster_archive.py) ---
+        self.archive = self._start_archive()
+        # --- end cluster metadata archive ---
         self.tasks.append(asyncio.create_task(self._housekeeping()))
         policy = FsyncPolicy.parse(cfg["fsync"])
         if policy.interval_ms:
@@ -182,16 +186,11 @@ class Broker:
         """Open the object store and start the uploader. An unreachable or misconfigured bucket
         is logged and retried by every upload tick; it never stops the broker (invariant 4 keeps
         local data until archived)."""
+        from streamd.broker.restore import open_configured_store
+
         cfg = self.config
         assert self.logs is not None
-        s3_options = {
-            "endpoint_url": cfg["tiering.s3.endpoint_url"],
-            "region": cfg["tiering.s3.region"],
-            "access_key_id": cfg["tiering.s3.access_key_id"],
-            "secret_access_key": cfg["tiering.s3.secret_access_key"],
-            "path_style": cfg["tiering.s3.path_style"],
-        }
-        store = open_store(cfg["tiering.store"], s3_options=s3_options)
+        store = open_configured_store(cfg)
         try:
             await asyncio.wait_for(store.check(), 10)
             log.info("tiered storage: object store %s", store.description)
@@ -232,6 +231,46 @@ class Broker:
 
         admin.route("GET", "/v1/topics/{topic}/storage", storage)
 
+        async def archive(query: Any) -> Any:
+            if self.archive is None:
+                return json_reply({"error": "cluster metadata archive not running"}, 404)
+            return json_reply(self.archive.status())
+
+        admin.route("GET", "/v1/cluster/archive", archive)
+
+    # ---- cluster metadata archive ---------------------------------------------------------------
+
+    def _start_archive(self) -> ClusterArchive:
+        """Archive topics, ACLs, users and committed offsets for ``streamd restore``; the
+        tiering tick drives it (see :mod:`streamd.tiering.cluster_archive`). Started after the
+        security stores are open, so it never archives an empty stand-in for them."""
+        assert self.tiering is not None and self.ctx is not None
+        assert self.logs is not None and self.security is not None and self.groups is not None
+        logs, security, groups = self.logs, self.security, self.groups
+
+        def offsets() -> dict[str, list[dict[str, Any]]]:
+            return {
+                group: [
+                    {"topic": t, "partition": p, "offset": i.offset,
+                     "leader_epoch": i.leader_epoch, "metadata": i.metadata,
+                     "commit_ts": i.commit_ts}
+                    for (t, p), i in committed.items()
+                ]
+                for group, committed in groups.all_committed_offsets().items()
+            }
+
+        archive = ClusterArchive(
+            self.tiering.store,
+            cluster_id=self.ctx.cluster_id,
+            topics=lambda: topic_entries(logs),
+            acls=security.acls.acls,
+            credentials=security.credentials.credentials,
+            offsets=offsets,
+            offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
+        )
+        self.tiering.tick_hooks.append(archive.tick)
+        return archive
+
     async def _housekeeping(self) -> None:
         interval = self.config["log.housekeeping_interval_ms"] / 1000
         assert self.logs is not None
@@ -262,6 +301,9 @@ class Broker:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self.archive is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.archive.flush(), 5)
         if self.groups is not None:
             await self.groups.close()
         if self.tiering is not None:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, cluster, group, topic, user
+from streamd.cli import acl, cluster, group, restore, topic, user
 from streamd.cli.common import MECHANISMS, CliError, Settings, describe_kafka_error
 from streamd.cli.specs import SpecError
 
@@ -147,6 +147,7 @@ def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -
 
 
 # Offline broker-side commands (``restore``) register here, next to ``serve``.
+cli.add_command(restore.restore)
 
 cli.add_command(topic.topic)
 cli.add_command(group.group)

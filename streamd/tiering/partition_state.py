@@ -69,6 +69,11 @@ class PartitionState:
         self.last_error = None
 
 
+def manifest_dir(data_dir: Path) -> Path:
+    """Where a broker keeps its manifest copies (``streamd restore`` writes them there too)."""
+    return Path(data_dir) / "tiering" / "manifests"
+
+
 class ManifestCopies:
     """Local copies of stored manifests: ``<dir>/<topic>/<topic_id>/<partition>.json``."""
 

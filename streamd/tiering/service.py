@@ -7,8 +7,9 @@ topic that has archived data this session). Decisions recorded here:
 - **Scheduling.** An apscheduler interval job (``tiering.upload_interval_ms``) starts one *tick*
   unless the previous one is still running. A tick loads missing manifests, stores pending topic
   manifests, syncs every tiered partition (uploader pipeline), applies total retention to the
-  archive, and retries pending object deletions. Nothing in a tick raises: failures are
-  recorded per partition (admin API, metrics, one log line per new error) and retried.
+  archive, retries pending object deletions and runs the ``tick_hooks`` (cluster metadata).
+  Nothing in a tick raises: failures are recorded per partition (admin API, metrics, one log
+  line per new error) and retried.
 - **Local deletion veto (invariant 4).** ``LogManager.tiering_veto`` is set to
   :meth:`may_delete_local`: a tiered segment may leave local disk only when the stored manifest
   covers its last offset. Without a loaded manifest nothing is covered.
@@ -31,7 +32,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,8 @@ class TieringService:
         self._background: set[asyncio.Task[None]] = set()
         self._load_sem = asyncio.Semaphore(LOAD_CONCURRENCY)
         self.ticks = 0
+        self.tick_hooks: list[Callable[[], Awaitable[None]]] = []
+        """Run at the end of every tick (the cluster metadata archive); they must not raise."""
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -181,6 +184,8 @@ class TieringService:
             await asyncio.gather(*jobs)
             for (name, topic_id), count in list(self._deletions.items()):
                 await self._delete_topic_objects(name, topic_id, count)
+            for hook in list(self.tick_hooks):
+                await hook()
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -1,0 +1,242 @@
+"""``streamd restore``: rebuild a broker's data_dir from its bucket (offline).
+
+The work happens in :mod:`streamd.broker.restore` (imported lazily, as ``serve`` does); this
+module parses options, draws the progress bar (rich, on stderr) and prints the summary.
+
+Exit codes: 0 restored (or planned) completely; 3 restored, but something could not be (a
+missing segment, an unreadable manifest, a topic that could not be created: see the summary);
+1 with one line on stderr when nothing was restored (unreachable bucket, no streamd data under
+the prefix, unknown manifest format, non-empty data_dir without ``--force``...).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from typing import Any
+
+import click
+
+from streamd.cli.common import echo_json, render_fields, render_table, section
+
+PARTIAL_EXIT = 3
+RANGES_SHOWN = 8
+
+
+class _RichProgress:
+    """Adapter from the restore's progress protocol to one rich bar per phase (on stderr)."""
+
+    def __init__(self, enabled: bool) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+            transient=False,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> _RichProgress:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def phase(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
+        self._task = self._progress.add_task(description, total=max(total, 0))
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+
+@click.command()
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key by its dotted name (repeatable).",
+)
+@click.option(
+    "--topic", "topics", multiple=True, metavar="NAME", help="Restore only this topic (repeatable)."
+)
+@click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
+@click.option("--force", is_flag=True, help="Restore into a non-empty data_dir.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="Summary format.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def restore(
+    config_path: str | None,
+    overrides: tuple[str, ...],
+    topics: tuple[str, ...],
+    dry_run: bool,
+    force: bool,
+    fmt: str,
+    no_progress: bool,
+) -> None:
+    """Rebuild data_dir from tiering.store: topics (same ids and configs), every archived
+    record (served from the bucket), committed group offsets, ACLs and users.
+
+    Reads only metadata and manifests; no segment is downloaded. The broker must not be running.
+
+    \b
+    Examples:
+      streamd restore --config streamd.toml --dry-run
+      streamd restore --set data_dir=/var/lib/streamd --set tiering.store=s3://bucket/prefix
+      streamd restore --config streamd.toml --topic orders --force
+    """
+    from streamd import config as config_mod
+    from streamd.errors import ConfigError, StreamdError
+
+    logging.basicConfig(
+        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
+    )
+    try:
+        cfg = config_mod.load(config_path, overrides)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    from streamd.broker.restore import run_restore
+
+    started = time.monotonic()
+    try:
+        with _RichProgress(enabled=not no_progress and sys.stderr.isatty()) as progress:
+            result = asyncio.run(
+                run_restore(cfg, topics=topics, dry_run=dry_run, force=force, progress=progress)
+            )
+    except StreamdError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {cfg.data_dir}: {exc}") from None
+    elapsed = time.monotonic() - started
+    if fmt == "json":
+        echo_json(summary_json(result, elapsed))
+    else:
+        click.echo(summary_text(result, elapsed).rstrip("\n"))
+    if not result.complete:
+        missing = len(result.not_restored)
+        verb = "would be" if dry_run else "was"
+        click.echo(
+            f"restore incomplete: {missing} item(s) could not be restored or {verb} "
+            "restored with gaps (see NOT RESTORED)",
+            err=True,
+        )
+        sys.exit(PARTIAL_EXIT)
+
+
+def _ranges(partitions: Any) -> str:
+    shown = [f"{p.partition}:[{p.start_offset},{p.next_offset})" for p in partitions]
+    more = len(shown) - RANGES_SHOWN
+    return " ".join(shown[:RANGES_SHOWN]) + (f" (+{more} more)" if more > 0 else "")
+
+
+def _when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000))
+
+
+def summary_text(result: Any, elapsed: float) -> str:
+    plan = result.plan
+    title = "restore plan (dry run, nothing written)" if not result.written else "restored"
+    acls = "-" if plan.acls is None else len(plan.acls.get("acls", []))
+    users = "-" if plan.credentials is None else len(plan.credentials.get("users", {}))
+    fields = render_fields(
+        [
+            ("store", plan.store),
+            ("data_dir", result.data_dir),
+            ("cluster id", plan.cluster_id),
+            ("metadata archived", _when(plan.metadata_archived_at_ms)),
+            ("offsets archived", _when(plan.offsets_archived_at_ms)),
+            ("topics", len(plan.topics)),
+            ("partitions", sum(len(t.partitions) for t in plan.topics)),
+            ("segments", sum(t.segments for t in plan.topics)),
+            ("bucket bytes", sum(t.bucket_bytes for t in plan.topics)),
+            ("groups", len(plan.offsets)),
+            ("group offsets", sum(len(v) for v in plan.offsets.values())),
+            ("acls", acls),
+            ("users", users),
+            ("seconds", f"{elapsed:.2f}"),
+        ],
+    )
+    rows = [
+        (
+            t.name,
+            t.topic_id,
+            len(t.partitions),
+            t.segments,
+            t.bucket_bytes,
+            _ranges(t.partitions),
+            ",".join(f"{k}={v}" for k, v in sorted(t.overrides.items())) or "-",
+        )
+        for t in plan.topics
+    ]
+    out = section(title, fields)
+    out += "\n" + section(
+        "topics",
+        render_table(["topic", "id", "partitions", "segments", "bytes", "offsets", "configs"],
+                     rows),
+    )
+    notes = [*result.notes, *(f"{t.name}: {n}" for t in plan.topics for n in t.notes)]
+    if notes:
+        out += "\n" + section("notes", "\n".join(notes))
+    if result.not_restored:
+        out += "\n" + section(
+            "not restored",
+            render_table(["what", "why"], [(s.what, s.why) for s in result.not_restored]),
+        )
+    return out
+
+
+def summary_json(result: Any, elapsed: float) -> dict[str, Any]:
+    plan = result.plan
+    return {
+        "written": result.written,
+        "complete": result.complete,
+        "store": plan.store,
+        "data_dir": str(result.data_dir),
+        "cluster_id": plan.cluster_id,
+        "seconds": round(elapsed, 3),
+        "topics": [
+            {
+                "name": t.name,
+                "topic_id": t.topic_id,
+                "configs": t.overrides,
+                "bucket_bytes": t.bucket_bytes,
+                "partitions": [
+                    {
+                        "partition": p.partition,
+                        "start_offset": p.start_offset,
+                        "next_offset": p.next_offset,
+                        "segments": p.segments,
+                        "bucket_bytes": p.bucket_bytes,
+                    }
+                    for p in t.partitions
+                ],
+                "notes": list(t.notes),
+            }
+            for t in plan.topics
+        ],
+        "groups": {g: len(v) for g, v in plan.offsets.items()},
+        "acls": None if plan.acls is None else len(plan.acls.get("acls", [])),
+        "users": None if plan.credentials is None else sorted(plan.credentials.get("users", {})),
+        "notes": list(result.notes),
+        "not_restored": [{"what": s.what, "why": s.why} for s in result.not_restored],
+    }
