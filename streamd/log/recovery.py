@@ -69,7 +69,7 @@ def _persist_index(index: _SparseIndex, kind: str, stale_reason: str | None) -> 
     except FileNotFoundError:
         on_disk = None
     fresh = index.encode()
-    if on_disk != fresh:
+    if (on_disk or b"") != fresh:
         if stale_reason or on_disk is None:
             log.warning("rebuilt %s %s (%s)", kind, index.path, stale_reason or "missing")
         index.rewrite()
@@ -121,12 +121,16 @@ def validate_segment(
         os.ftruncate(fd, pos)
         os.fsync(fd)
     existing_ok = (
-        OffsetIndex.load(
-            segment.index_path, base_offset, log_size=pos, next_offset=segment.next_offset
+        (True, True)
+        if pos == 0
+        else (
+            OffsetIndex.load(
+                segment.index_path, base_offset, log_size=pos, next_offset=segment.next_offset
+            )
+            is not None,
+            TimeIndex.load(segment.timeindex_path, base_offset, next_offset=segment.next_offset)
+            is not None,
         )
-        is not None,
-        TimeIndex.load(segment.timeindex_path, base_offset, next_offset=segment.next_offset)
-        is not None,
     )
     if seal and not cut and segment.size:
         segment.time_index.maybe_append(segment.max_timestamp, segment.last_batch_base)
