@@ -157,7 +157,10 @@ class Broker:
         admin = AdminServer()
 
         async def health(query: Any) -> Any:
-            return json_reply({"status": "ok", "node_id": self.config["node_id"]})
+            doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
+            if self.tiering is not None:
+                doc["tiering"] = self.tiering.health()
+            return json_reply(doc)
 
         async def metrics(query: Any) -> Any:
             return text_reply(self.metrics.render(), content_type="text/plain; version=0.0.4")

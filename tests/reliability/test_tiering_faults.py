@@ -7,7 +7,9 @@ back with the bucket's contents intact (tests/support/moto.py).
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.request
 
 import pytest
 
@@ -29,6 +31,11 @@ CONFIG = {
     "segment.bytes": "65536",
     "local.retention.bytes": "65536",
 }
+
+
+def admin_json(port: int, path: str) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+        return json.load(resp)  # type: ignore[no-any-return]
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[ops.Message]:
@@ -66,6 +73,9 @@ def test_outage_keeps_local_data_and_uploads_resume(
         assert report["last_uploaded_offset"] == archived["last_uploaded_offset"]
         assert report["last_uploaded_offset"] >= before["last_uploaded_offset"]
         assert report["local_bytes"] > 500_000, "local data must accumulate during the outage"
+        health = admin_json(broker.admin_port, "/v1/health")["tiering"]
+        assert health["status"] == "degraded" and health["errors"], health
+        assert health["upload_lag_offsets"] > 0 and health["upload_lag_bytes"] > 0
 
         proxy.restore()
         after = wait_partition(
@@ -75,6 +85,8 @@ def test_outage_keeps_local_data_and_uploads_resume(
             lambda r: r["pending_uploads"] == 0 and r["local_start_offset"] > 2000,
         )
         assert after["last_error"] is None
+        health = admin_json(broker.admin_port, "/v1/health")["tiering"]
+        assert health["status"] == "ok" and not health["errors"], health
         got = consume_all(broker.bootstrap, topic_name, len(records))
         assert [m.value for m in got] == [r.value for r in records]
         check_bucket_consistent(moto_s3, bucket)
