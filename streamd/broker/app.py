@@ -316,7 +316,22 @@ class Broker:
         log.info("streamd stopped")
 
 
+def _raise_open_file_limit() -> None:
+    """Every segment keeps a descriptor open: lift the soft limit to the hard one, as Kafka
+    deployments do, so a thousand partitions do not exhaust a default limit of 1024."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    except (ImportError, ValueError, OSError) as exc:
+        log.warning("could not raise the open file limit: %s", exc)
+
+
 async def serve(config: BrokerConfig) -> None:
+    _raise_open_file_limit()
     broker = Broker(config)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
