@@ -33,7 +33,6 @@ Decisions:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -42,8 +41,7 @@ from typing import Any
 
 from streamd.log.manager import LogManager
 from streamd.tiering import keys
-from streamd.tiering.checksum import crc32c_hex, is_checksum
-from streamd.tiering.manifest import ManifestError, UnsupportedManifestVersion
+from streamd.tiering.manifest import ManifestError, open_document, seal_document
 from streamd.tiering.store import ObjectNotFound, ObjectStore, StoreError
 
 log = logging.getLogger("streamd.tiering")
@@ -64,40 +62,12 @@ def now_ms() -> int:
 
 def seal(kind: str, body: Mapping[str, Any]) -> bytes:
     """The stored form of a cluster document: ``body`` plus version, kind and checksum."""
-    doc = dict(body, format_version=FORMAT_VERSION, kind=kind)
-    doc["checksum"] = crc32c_hex(_canonical(doc))
-    return json.dumps(doc, sort_keys=True, indent=1).encode() + b"\n"
+    return seal_document(dict(body, format_version=FORMAT_VERSION, kind=kind))
 
 
 def unseal(data: bytes, kind: str) -> dict[str, Any]:
-    """Parse and verify a cluster document; the version is checked first (a future format may
-    change everything else), then the checksum, then the kind."""
-    what = f"{kind} document"
-    try:
-        doc = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
-    if not isinstance(doc, dict):
-        raise ManifestError(f"{what} is not a JSON object")
-    version = doc.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise UnsupportedManifestVersion(
-            f"{what} format_version {version!r} is not supported "
-            f"(this streamd reads version {FORMAT_VERSION})"
-        )
-    expected = doc.pop("checksum", None)
-    if not is_checksum(expected):
-        raise ManifestError(f"{what} has no valid checksum field")
-    actual = crc32c_hex(_canonical(doc))
-    if actual != expected:
-        raise ManifestError(f"{what} checksum mismatch: stored {expected}, computed {actual}")
-    if doc.get("kind") != kind:
-        raise ManifestError(f"document is not a {what}")
-    return doc
-
-
-def _canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    """Parse and verify a cluster document (version, checksum, kind)."""
+    return open_document(data, kind, f"{kind} document")
 
 
 def topic_entries(logs: LogManager) -> list[dict[str, Any]]:

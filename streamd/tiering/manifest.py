@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bisect
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -302,36 +303,45 @@ def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def _seal(body: dict[str, Any]) -> bytes:
-    sealed = dict(body, checksum=crc32c_hex(_canonical(body)))
+def seal_document(body: Mapping[str, Any]) -> bytes:
+    """The stored form of every JSON document streamd writes: sorted keys plus a CRC32C of the
+    canonical body (invariant 6). Manifests and the cluster archive share it."""
+    sealed = dict(body, checksum=crc32c_hex(_canonical(dict(body))))
     return json.dumps(sealed, sort_keys=True, indent=1).encode() + b"\n"
 
 
-def _open(data: bytes, kind: str) -> dict[str, Any]:
-    """Parse, check version first (a future format may change everything else), then checksum."""
+def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
+    """Parse a sealed document: version first (a future format may change everything else),
+    then checksum, then ``kind``; returns the body without checksum and kind."""
     try:
         body = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{kind} manifest is not valid JSON: {exc}") from exc
+        raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
-        raise ManifestError(f"{kind} manifest is not a JSON object")
+        raise ManifestError(f"{what} is not a JSON object")
     version = body.get("format_version")
     if version != FORMAT_VERSION or isinstance(version, bool):
         raise UnsupportedManifestVersion(
-            f"{kind} manifest format_version {version!r} is not supported "
+            f"{what} format_version {version!r} is not supported "
             f"(this streamd reads version {FORMAT_VERSION})"
         )
     expected = body.pop("checksum", None)
     if not is_checksum(expected):
-        raise ManifestError(f"{kind} manifest has no valid checksum field")
+        raise ManifestError(f"{what} has no valid checksum field")
     actual = crc32c_hex(_canonical(body))
     if actual != expected:
-        raise ManifestError(
-            f"{kind} manifest checksum mismatch: stored {expected}, computed {actual}"
-        )
+        raise ManifestError(f"{what} checksum mismatch: stored {expected}, computed {actual}")
     if body.pop("kind", None) != kind:
-        raise ManifestError(f"document is not a {kind} manifest")
+        raise ManifestError(f"document is not a {what}")
     return body
+
+
+def _seal(body: dict[str, Any]) -> bytes:
+    return seal_document(body)
+
+
+def _open(data: bytes, kind: str) -> dict[str, Any]:
+    return open_document(data, kind, f"{kind} manifest")
 
 
 def _load_segment(raw: Any) -> SegmentMeta:
