@@ -11,6 +11,10 @@ directory at start-up are removed, since nothing vouches for them. The bytes on 
 ``max_bytes``: room is made (least recently used chunks evicted) before a new chunk is written,
 and a chunk larger than the whole cache is returned without being cached.
 
+A few of the most recently used chunks are also kept in memory (``hot_chunks``): a consumer
+replaying history reads each chunk in several fetches, and those should not each re-read and
+re-checksum the chunk file. The memory copies do not count against ``max_bytes`` (disk).
+
 Concurrency: concurrent ``get_range`` calls for the same missing chunk share one fetch (the
 first caller's request runs as its own task, so cancelling one waiter does not cancel the fetch
 for the others). All file I/O runs in worker threads; the index is only touched on the event
@@ -63,6 +67,7 @@ class ChunkCache:
         *,
         max_bytes: int,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hot_chunks: int = 8,
     ) -> None:
         if chunk_size <= 0 or max_bytes < 0:
             raise ValueError("chunk_size must be > 0 and max_bytes >= 0")
@@ -78,6 +83,8 @@ class ChunkCache:
         self._lock = threading.Lock()
         self._inflight: dict[ChunkId, asyncio.Task[bytes]] = {}
         self._hits = self._misses = self._evictions = 0
+        self._hot: OrderedDict[ChunkId, bytes] = OrderedDict()
+        self._hot_max = max(0, hot_chunks)
 
     @property
     def stats(self) -> CacheStats:
@@ -138,11 +145,17 @@ class ChunkCache:
             size = self._index.get(cid)
             if size is not None:
                 self._index.move_to_end(cid)
+            hot = self._hot.get(cid)
+            if hot is not None:
+                self._hot.move_to_end(cid)
+                self._hits += 1
+                return hot
         if size is not None:
             data = await asyncio.to_thread(self._read, cid)
             if data is not None:
                 with self._lock:
                     self._hits += 1
+                self._remember(cid, data)
                 return data
             self._drop(cid)
         task = self._inflight.get(cid)
@@ -154,9 +167,20 @@ class ChunkCache:
             task.add_done_callback(lambda _t: self._inflight.pop(cid, None))
         return await asyncio.shield(task)
 
+    def _remember(self, cid: ChunkId, data: bytes) -> None:
+        if not self._hot_max:
+            return
+        with self._lock:
+            self._hot[cid] = data
+            self._hot.move_to_end(cid)
+            while len(self._hot) > self._hot_max:
+                self._hot.popitem(last=False)
+
     def invalidate(self, key: str) -> None:
         """Forget every chunk of ``key`` (e.g. after its object was deleted)."""
         with self._lock:
+            for cid in [c for c in self._hot if c[0] == key]:
+                del self._hot[cid]
             victims = [cid for cid in self._index if cid[0] == key]
         for cid in victims:
             self._drop(cid)
@@ -167,6 +191,7 @@ class ChunkCache:
             raise RemoteStorageError(
                 f"chunk {cid[1]} of {cid[0]!r} has {len(data)} bytes, more than {self.chunk_size}"
             )
+        self._remember(cid, data)
         size = len(data) + _CRC.size
         if size > self.max_bytes:
             return data
@@ -191,6 +216,7 @@ class ChunkCache:
 
     def _drop(self, cid: ChunkId) -> None:
         with self._lock:
+            self._hot.pop(cid, None)
             size = self._index.pop(cid, None)
             if size is not None:
                 self._bytes -= size

@@ -72,7 +72,7 @@ async def test_size_bound_is_respected(tmp_path: Path) -> None:
 
 async def test_eviction_follows_last_access(tmp_path: Path) -> None:
     obj = FakeObject(bytes(range(100)))
-    cache = ChunkCache(tmp_path, max_bytes=3 * ENTRY, chunk_size=CHUNK)
+    cache = ChunkCache(tmp_path, max_bytes=3 * ENTRY, chunk_size=CHUNK, hot_chunks=0)
     for i in (0, 1, 2):
         await cache.get_chunk("k", i, obj.fetch)
     await cache.get_chunk("k", 0, obj.fetch)  # 0 is now the most recent
@@ -142,7 +142,7 @@ async def test_oversized_fetch_is_an_error(tmp_path: Path) -> None:
 
 async def test_corrupt_cached_chunk_is_refetched_not_served(tmp_path: Path) -> None:
     obj = FakeObject(bytes(range(100)))
-    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, hot_chunks=0)
     await cache.get_chunk("k", 1, obj.fetch)
     (path,) = [p for p in tmp_path.iterdir() if p.suffix == ".chunk"]
     raw = bytearray(path.read_bytes())
@@ -211,3 +211,16 @@ async def test_against_a_real_store(tmp_path: Path) -> None:
             await cache.get_range("a/seg.log", start, start + 150, fetch)
             == blob[start : start + 150]
         )
+
+
+async def test_hot_chunks_are_served_from_memory_until_invalidated(tmp_path: Path) -> None:
+    obj = FakeObject(bytes(range(35)))
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, hot_chunks=2)
+    assert await cache.get_range("k", 0, 5, obj.fetch) == obj.data[:5]
+    for path in tmp_path.iterdir():
+        path.unlink()
+    assert await cache.get_range("k", 5, 10, obj.fetch) == obj.data[5:10]
+    assert obj.fetches[0] == 1, "a hot chunk must not be fetched again"
+    cache.invalidate("k")
+    assert await cache.get_range("k", 0, 10, obj.fetch) == obj.data[:10]
+    assert obj.fetches[0] == 2
