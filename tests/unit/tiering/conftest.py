@@ -6,33 +6,22 @@ that needs S3 gets a fresh bucket, so tests never see each other's objects.
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from streamd.tiering.local_store import LocalStore
 from streamd.tiering.s3_store import S3Options, S3Store
 from streamd.tiering.store import ObjectStore
+from tests.support.broker import free_port
+from tests.support.moto import ACCESS_KEY, REGION, SECRET_KEY, start_moto
 
-ACCESS_KEY = "testing"
-SECRET_KEY = "testing"
-REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["MotoServer", "free_port"]
 
 
 @dataclass(frozen=True)
@@ -63,36 +52,9 @@ class MotoServer:
 
 @pytest.fixture(scope="session")
 def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoServer]:
-    os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    proc, moto = start_moto(tmp_path_factory.mktemp("moto"))
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"moto_server exited with {proc.returncode}: {log_path.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    pytest.fail(f"moto_server did not listen on port {port} within 30s")
-                time.sleep(0.05)
-        endpoint = f"http://127.0.0.1:{port}"
-        admin = boto3.client(
-            "s3",
-            endpoint_url=endpoint,
-            region_name=REGION,
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=SECRET_KEY,
-        )
-        yield MotoServer(endpoint_url=endpoint, admin=admin)
+        yield MotoServer(endpoint_url=moto.endpoint_url, admin=moto.admin)
     finally:
         proc.terminate()
         try:
