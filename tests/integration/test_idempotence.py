@@ -21,7 +21,7 @@ from kio.schema.produce.v9.request import PartitionProduceData, ProduceRequest, 
 
 from tests.support.broker import free_port
 from tests.support.ops import consume, create_topic
-from tests.support.proxy import CuttingProxy
+from tests.support.proxy import TcpProxy
 from tests.support.wire import Wire
 from tests.unit.log.batches import simple_batch
 
@@ -80,7 +80,7 @@ def test_replayed_batch_is_not_appended_twice(broker, topic_name) -> None:  # no
 def test_cut_connections_cause_no_duplicates(broker_factory, topic_name) -> None:  # noqa: ANN001
     proxy_port = free_port()
     broker = broker_factory({"kafka.advertised": f"127.0.0.1:{proxy_port}"})
-    proxy = CuttingProxy(broker.address, port=proxy_port)
+    proxy = TcpProxy(broker.address, port=proxy_port)
     try:
         bootstrap = f"127.0.0.1:{proxy_port}"
         create_topic(bootstrap, topic_name, 1)

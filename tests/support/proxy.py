@@ -1,4 +1,11 @@
-"""A loopback TCP proxy whose connections a test can cut at will (to force client retries)."""
+"""A loopback TCP proxy a test can break on purpose: one class for every fault the tests need.
+
+- :meth:`TcpProxy.cut` stops listening and resets every open connection (an outage);
+  :meth:`TcpProxy.restore` listens again on the same port (the upstream keeps its state).
+- ``drop_next_response``: when set, the next bytes coming back from upstream on a connection
+  past its handshake (ten reads) are discarded and that connection is reset: upstream has
+  handled the request, the client never sees the answer (forces client retries).
+"""
 
 from __future__ import annotations
 
@@ -9,52 +16,72 @@ import threading
 from tests.support.broker import free_port
 
 LINGER_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+HANDSHAKE_READS = 10
 
 
-class CuttingProxy:
-    def __init__(self, upstream: tuple[str, int], port: int | None = None) -> None:
-        self.upstream = upstream
+class TcpProxy:
+    def __init__(self, target: tuple[str, int], port: int | None = None) -> None:
+        self.target = target
         self.port = port or free_port()
-        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
-        self._listener.settimeout(0.2)
-        self._conns: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         self.cuts = 0
         self.drop_next_response = threading.Event()
-        """When set, the next bytes from the broker on a connection past its handshake (ten
-        reads) are discarded and that connection is reset: the broker has handled the request,
-        the client never sees the answer."""
-        self._thread = threading.Thread(target=self._accept, daemon=True)
-        self._thread.start()
+        self._listener: socket.socket | None = None
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.restore()
 
-    def _accept(self) -> None:
-        while not self._stop.is_set():
+    @property
+    def endpoint_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def restore(self) -> None:
+        if self._listener is not None:
+            return
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", self.port))
+        sock.listen(64)
+        self._listener = sock
+        threading.Thread(target=self._accept, args=(sock,), daemon=True).start()
+
+    def cut(self) -> None:
+        sock, self._listener = self._listener, None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        _reset(*conns)
+
+    def close(self) -> None:
+        self.cut()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
             try:
-                client, _ = self._listener.accept()
-            except TimeoutError:
-                continue
+                client, _ = listener.accept()
             except OSError:
                 return
             try:
-                server = socket.create_connection(self.upstream, timeout=5)
+                upstream = socket.create_connection(self.target, timeout=5)
             except OSError:
                 client.close()
                 continue
             with self._lock:
-                self._conns += [client, server]
-            for a, b, back in ((client, server, False), (server, client, True)):
+                self._conns.update((client, upstream))
+            for a, b, back in ((client, upstream, False), (upstream, client, True)):
                 threading.Thread(target=self._pump, args=(a, b, back), daemon=True).start()
 
     def _pump(self, src: socket.socket, dst: socket.socket, backwards: bool) -> None:
-        seen = 0
+        reads = 0
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                seen += 1
-                if backwards and seen > 10 and self.drop_next_response.is_set():
+                reads += 1
+                if backwards and reads > HANDSHAKE_READS and self.drop_next_response.is_set():
                     self.drop_next_response.clear()
                     self.cuts += 1
                     _reset(src, dst)
@@ -66,20 +93,8 @@ class CuttingProxy:
             for s in (src, dst):
                 with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-
-    def cut_all(self) -> int:
-        """Reset every open connection; returns how many were cut."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-        _reset(*conns)
-        self.cuts += len(conns) // 2
-        return len(conns) // 2
-
-    def close(self) -> None:
-        self._stop.set()
-        self._listener.close()
-        self.cut_all()
-        self._thread.join(2)
+            with self._lock:
+                self._conns.discard(src)
 
 
 def _reset(*socks: socket.socket) -> None:
