@@ -98,6 +98,17 @@ class OffsetIndex(_SparseIndex):
             return self.base_offset, 0
         return self.base_offset + self.keys[i], self.values[i]
 
+    def farthest_within(self, position: int, limit: int, end_offset: int | None) -> int:
+        """The largest indexed batch position in ``(position, limit]`` whose batch starts below
+        ``end_offset``; ``position`` when there is none. Everything before it is whole batches,
+        so a reader can skip straight there instead of walking every header."""
+        i = bisect_right(self.values, limit) - 1
+        if end_offset is not None:
+            i = min(i, bisect_right(self.keys, end_offset - self.base_offset) - 1)
+        if i < 0 or self.values[i] <= position:
+            return position
+        return int(self.values[i])
+
     @classmethod
     def load(
         cls, path: Path, base_offset: int, *, log_size: int, next_offset: int | None

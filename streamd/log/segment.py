@@ -195,9 +195,13 @@ class Segment:
     ) -> FileSlice | None:
         """Whole batches from ``position`` totalling at most ``max_bytes``, stopping at batches
         whose base offset is ``>= end_offset``. With ``min_one`` the first batch is returned even
-        when it alone exceeds ``max_bytes`` (KIP-74)."""
-        pos = position
-        while pos + LOG_OVERHEAD <= self.readable_size:
+        when it alone exceeds ``max_bytes`` (KIP-74). The offset index lets the scan start at
+        the last indexed batch that still fits, so only the headers after it are read."""
+        readable = self.readable_size
+        pos = self.offset_index.farthest_within(
+            position, min(position + max_bytes, readable), end_offset
+        )
+        while pos + LOG_OVERHEAD <= readable:
             base, batch_length = PREFIX.unpack(self.file.pread(LOG_OVERHEAD, pos))
             if end_offset is not None and base >= end_offset:
                 break

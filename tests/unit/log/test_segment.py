@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from streamd.log.batch import parse_header, patch_for_append, validate_produce_batches
-from streamd.log.segment import Segment
+from streamd.log.segment import Segment, SegmentFile
 
 from .batches import simple_batch
 
@@ -68,4 +68,45 @@ def test_offset_for_timestamp_in_segment(tmp_path: Path) -> None:
     assert seg.offset_for_timestamp(3001, 0, 100) == (15, 3001)
     assert seg.offset_for_timestamp(3002, 0, 100) is None
     assert seg.offset_for_timestamp(0, 13, 100) == (13, 2001)
+    seg.close()
+
+
+def test_indexed_read_matches_a_full_header_scan(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    seg = _segment_with(tmp_path, [1, 3, 2, 5, 1, 4, 2, 2, 3, 1, 6, 1], interval=700)
+    spans = list(seg.iter_headers())
+    assert len(seg.offset_index) >= 3, "the test needs a sparse index"
+
+    def scanned(start: int, max_bytes: int, min_one: bool, end_offset: int | None) -> int:
+        end = start
+        for pos, header in spans:
+            if pos < start:
+                continue
+            if end_offset is not None and header.base_offset >= end_offset:
+                break
+            if pos + header.size - start > max_bytes and not (pos == start and min_one):
+                break
+            end = pos + header.size
+        return end - start
+
+    preads = 0
+    real_pread = SegmentFile.pread
+
+    def counting(self: SegmentFile, length: int, position: int) -> bytes:
+        nonlocal preads
+        preads += 1
+        return real_pread(self, length, position)
+
+    monkeypatch.setattr(SegmentFile, "pread", counting)
+    for start, _ in spans[:5]:
+        for max_bytes in (1, 300, 1000, 2500, seg.size):
+            for end_offset in (None, 14, 25, seg.next_offset):
+                for min_one in (True, False):
+                    got = seg.read(start, max_bytes, min_one, end_offset=end_offset)
+                    assert (got.length if got else 0) == scanned(
+                        start, max_bytes, min_one, end_offset
+                    ), (start, max_bytes, end_offset, min_one)
+    preads = 0
+    whole = seg.read(0, seg.size)
+    assert whole is not None and whole.length == seg.size
+    assert preads < len(spans) - 2, f"{preads} header reads for {len(spans)} batches"
     seg.close()
