@@ -102,11 +102,7 @@ class PartitionManifest:
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
         keys.topic_id_text(self.topic_id)
-        if self.format_version != FORMAT_VERSION:
-            raise UnsupportedManifestVersion(
-                f"partition manifest format_version {self.format_version} is not supported "
-                f"(this streamd reads version {FORMAT_VERSION})"
-            )
+        check_version(self.format_version, "partition manifest")
         if self.partition < 0:
             raise ValueError(f"invalid partition {self.partition}")
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -150,11 +146,7 @@ class TopicManifest:
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
         keys.topic_id_text(self.topic_id)
-        if self.format_version != FORMAT_VERSION:
-            raise UnsupportedManifestVersion(
-                f"topic manifest format_version {self.format_version} is not supported "
-                f"(this streamd reads version {FORMAT_VERSION})"
-            )
+        check_version(self.format_version, "topic manifest")
         if self.partition_count < 1:
             raise ValueError(f"invalid partition_count {self.partition_count}")
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in self.configs.items()):
@@ -303,6 +295,14 @@ def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
+def check_version(version: object, what: str) -> None:
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise UnsupportedManifestVersion(
+            f"{what} format_version {version!r} is not supported "
+            f"(this streamd reads version {FORMAT_VERSION})"
+        )
+
+
 def seal_document(body: Mapping[str, Any]) -> bytes:
     """The stored form of every JSON document streamd writes: sorted keys plus a CRC32C of the
     canonical body (invariant 6). Manifests and the cluster archive share it."""
@@ -319,12 +319,7 @@ def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ManifestError(f"{what} is not a JSON object")
-    version = body.get("format_version")
-    if version != FORMAT_VERSION or isinstance(version, bool):
-        raise UnsupportedManifestVersion(
-            f"{what} format_version {version!r} is not supported "
-            f"(this streamd reads version {FORMAT_VERSION})"
-        )
+    check_version(body.get("format_version"), what)
     expected = body.pop("checksum", None)
     if not is_checksum(expected):
         raise ManifestError(f"{what} has no valid checksum field")
