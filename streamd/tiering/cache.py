@@ -11,9 +11,10 @@ directory at start-up are removed, since nothing vouches for them. The bytes on 
 ``max_bytes``: room is made (least recently used chunks evicted) before a new chunk is written,
 and a chunk larger than the whole cache is returned without being cached.
 
-A few of the most recently used chunks are also kept in memory (``hot_chunks``): a consumer
+The most recently used chunks are also kept in memory, up to ``memory_bytes`` (LRU): a consumer
 replaying history reads each chunk in several fetches, and those should not each re-read and
-re-checksum the chunk file. The memory copies do not count against ``max_bytes`` (disk).
+re-checksum the chunk file; chunks loaded ahead of a reader wait there too. The memory copies do
+not count against ``max_bytes`` (disk).
 
 Concurrency: concurrent ``get_range`` calls for the same missing chunk share one fetch (the
 first caller's request runs as its own task, so cancelling one waiter does not cancel the fetch
@@ -67,7 +68,7 @@ class ChunkCache:
         *,
         max_bytes: int,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
-        hot_chunks: int = 8,
+        memory_bytes: int = 64 << 20,
     ) -> None:
         if chunk_size <= 0 or max_bytes < 0:
             raise ValueError("chunk_size must be > 0 and max_bytes >= 0")
@@ -84,7 +85,8 @@ class ChunkCache:
         self._inflight: dict[ChunkId, asyncio.Task[bytes]] = {}
         self._hits = self._misses = self._evictions = 0
         self._hot: OrderedDict[ChunkId, bytes] = OrderedDict()
-        self._hot_max = max(0, hot_chunks)
+        self._hot_bytes = 0
+        self._hot_max = max(0, memory_bytes)
 
     @property
     def stats(self) -> CacheStats:
@@ -122,20 +124,68 @@ class ChunkCache:
             return b""
         cs = self.chunk_size
         first, last = start // cs, (end - 1) // cs
-        parts: list[bytes] = []
-        for index in range(first, last + 1):
-            try:
-                chunk = await self.get_chunk(key, index, fetch_chunk)
-            except RangeNotSatisfiable:
-                if index == first:
-                    raise
+        if first == last:
+            chunk = await self.get_chunk(key, first, fetch_chunk)
+            return chunk[start - first * cs : end - first * cs]
+        # All missing chunks of the range load concurrently (parallel GETs).
+        chunks = await asyncio.gather(
+            *(self.get_chunk(key, i, fetch_chunk) for i in range(first, last + 1)),
+            return_exceptions=True,
+        )
+        parts: list[memoryview] = []
+        for index, got in zip(range(first, last + 1), chunks, strict=True):
+            if isinstance(got, RangeNotSatisfiable) and index != first:
                 break  # the previous chunk was full and ended the object
+            if isinstance(got, BaseException):
+                raise got
+            chunk = got
             lo = start - index * cs if index == first else 0
             hi = end - index * cs if index == last else len(chunk)
-            parts.append(chunk[lo:hi])
+            parts.append(memoryview(chunk)[lo:hi])
             if len(chunk) < cs:
                 break
         return b"".join(parts)
+
+    def prefetch(
+        self, key: str, index: int, fetch_chunk: Callable[[int], Awaitable[bytes]]
+    ) -> bool:
+        """Start loading chunk ``index`` of ``key`` unless it is cached or already loading.
+
+        Returns whether a load was started. The load runs as its own task (errors are logged
+        by the caller's ``fetch_chunk`` or surface on the next :meth:`get_chunk`).
+        """
+        cid = (key, index)
+        with self._lock:
+            if cid in self._hot or cid in self._index:
+                return False
+        if cid in self._inflight:
+            return False
+        with self._lock:
+            self._misses += 1
+        task = asyncio.ensure_future(self._load(cid, fetch_chunk))
+        self._inflight[cid] = task
+        task.add_done_callback(self._prefetch_done(cid))
+        return True
+
+    @property
+    def loading(self) -> int:
+        """Chunk loads in flight."""
+        return len(self._inflight)
+
+    async def cancel_loads(self) -> None:
+        """Cancel every chunk load in flight (shutdown)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _prefetch_done(self, cid: ChunkId) -> Callable[[asyncio.Task[bytes]], None]:
+        def done(task: asyncio.Task[bytes]) -> None:
+            self._inflight.pop(cid, None)
+            if not task.cancelled() and task.exception() is not None:
+                log.debug("prefetch of chunk %d of %r failed: %s", cid[1], cid[0], task.exception())
+
+        return done
 
     async def get_chunk(
         self, key: str, index: int, fetch_chunk: Callable[[int], Awaitable[bytes]]
@@ -168,19 +218,23 @@ class ChunkCache:
         return await asyncio.shield(task)
 
     def _remember(self, cid: ChunkId, data: bytes) -> None:
-        if not self._hot_max:
+        if len(data) > self._hot_max:
             return
         with self._lock:
+            old = self._hot.pop(cid, None)
+            if old is not None:
+                self._hot_bytes -= len(old)
             self._hot[cid] = data
-            self._hot.move_to_end(cid)
-            while len(self._hot) > self._hot_max:
-                self._hot.popitem(last=False)
+            self._hot_bytes += len(data)
+            while self._hot_bytes > self._hot_max:
+                _, evicted = self._hot.popitem(last=False)
+                self._hot_bytes -= len(evicted)
 
     def invalidate(self, key: str) -> None:
         """Forget every chunk of ``key`` (e.g. after its object was deleted)."""
         with self._lock:
             for cid in [c for c in self._hot if c[0] == key]:
-                del self._hot[cid]
+                self._hot_bytes -= len(self._hot.pop(cid))
             victims = [cid for cid in self._index if cid[0] == key]
         for cid in victims:
             self._drop(cid)
@@ -202,7 +256,15 @@ class ChunkCache:
                 self._bytes -= victim_size
                 self._evictions += 1
                 victims.append(victim)
-            self._bytes += size  # reserved before the write so disk use never exceeds the bound
+            # Room taken by chunks still being written cannot be freed: this one then stays
+            # in memory only (disk use never exceeds the bound, even with concurrent loads).
+            fits = self._bytes + size <= self.max_bytes
+            if fits:
+                self._bytes += size  # reserved before the write
+        if not fits:
+            if victims:
+                await asyncio.to_thread(self._unlink, victims)
+            return data
         try:
             await asyncio.to_thread(self._write, cid, data, victims)
         except OSError as exc:
@@ -216,7 +278,9 @@ class ChunkCache:
 
     def _drop(self, cid: ChunkId) -> None:
         with self._lock:
-            self._hot.pop(cid, None)
+            hot = self._hot.pop(cid, None)
+            if hot is not None:
+                self._hot_bytes -= len(hot)
             size = self._index.pop(cid, None)
             if size is not None:
                 self._bytes -= size
@@ -238,9 +302,12 @@ class ChunkCache:
             return None
         return data
 
-    def _write(self, cid: ChunkId, data: bytes, victims: list[ChunkId]) -> None:
+    def _unlink(self, victims: list[ChunkId]) -> None:
         for victim in victims:
             self._path(victim).unlink(missing_ok=True)
+
+    def _write(self, cid: ChunkId, data: bytes, victims: list[ChunkId]) -> None:
+        self._unlink(victims)
         fd, tmp = tempfile.mkstemp(dir=self._dir, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as f:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
@@ -72,45 +73,46 @@ class RemoteReader:
             )
         self._stats.remote_reads += 1
         try:
-            data, end = await self._read_batches(segment, offset, max(0, max_bytes), min_one)
+            return await self._read_batches(manifest, segment, offset, max(0, max_bytes), min_one)
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
-        self._read_ahead_from(manifest, segment, end)
-        return data
 
     async def _read_batches(
-        self, seg: SegmentMeta, offset: int, max_bytes: int, min_one: bool
-    ) -> tuple[bytes, int]:
+        self,
+        manifest: PartitionManifest,
+        seg: SegmentMeta,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+    ) -> bytes:
         index = await self._index(seg)
         start, entry_end = index.range_for_offset(offset)
-        window = _Window(self, seg, start)
-        await window.ensure(min(seg.size_bytes, entry_end + max_bytes))
-        pos = start
+        # The batch holding ``offset`` starts inside its index entry, so whatever fits in
+        # ``max_bytes`` from it lies below ``entry_end + max_bytes``; only a first batch larger
+        # than that (KIP-74 min_one) needs a second round trip.
+        want = min(seg.size_bytes, entry_end + max_bytes)
+        # Chunks for this read and the read-ahead after it (into the next segments) all start
+        # loading now, concurrently; the read below then waits only for its own.
+        self._read_ahead_from(manifest, seg, start, want - start)
+        data = await self._range(seg, start, want)
         while True:
-            if pos >= seg.size_bytes:
-                raise RemoteStorageError(f"offset {offset} not found in {seg.key}")
-            base, length = await window.prefix(pos)
-            if base > offset:
-                raise RemoteStorageError(f"batch at byte {pos} of {seg.key} starts past {offset}")
-            if await window.last_offset(pos) >= offset:
+            found = _locate(data, start, seg, offset, max_bytes, min_one)
+            if isinstance(found, tuple):
                 break
-            pos += LOG_OVERHEAD + length
-        first = end = pos
-        while end < seg.size_bytes:
-            _, length = await window.prefix(end)
-            total = length + LOG_OVERHEAD
-            if end - first + total > max_bytes and not (end == first and min_one):
-                break
-            end += total
+            data += await self._range(seg, start + len(data), found)
+        first, end = found
         if end == first:
-            return b"", end
-        await window.ensure(end)
-        data = window.slice(first, end)
+            return b""
+        data = (
+            data[first - start : end - start]
+            if (first, end) != (start, start + len(data))
+            else data
+        )
         if len(data) >= VERIFY_IN_THREAD_BYTES:
             await asyncio.to_thread(_verify_batches, data, seg, first)
         else:
             _verify_batches(data, seg, first)
-        return data, end
+        return data
 
     # ---- timestamps ----------------------------------------------------------------------------
 
@@ -171,6 +173,12 @@ class RemoteReader:
         end = min(end, seg.size_bytes)
         if start >= end:
             return b""
+        data = await self._cache.get_range(seg.key, start, end, self._chunk_fetcher(seg))
+        if len(data) != end - start:
+            raise RemoteStorageError(f"short read of {seg.key} [{start}, {end})")
+        return data
+
+    def _chunk_fetcher(self, seg: SegmentMeta) -> Callable[[int], Awaitable[bytes]]:
         chunk_size = self._cache.chunk_size
 
         async def fetch_chunk(i: int) -> bytes:
@@ -184,10 +192,7 @@ class RemoteReader:
                 )
             return data
 
-        data = await self._cache.get_range(seg.key, start, end, fetch_chunk)
-        if len(data) != end - start:
-            raise RemoteStorageError(f"short read of {seg.key} [{start}, {end})")
-        return data
+        return fetch_chunk
 
     def _failed(self, seg: SegmentMeta, exc: StreamdError) -> StreamdError:
         if isinstance(exc, OffsetOutOfRange):
@@ -202,22 +207,30 @@ class RemoteReader:
 
     # ---- read-ahead ----------------------------------------------------------------------------
 
-    def _read_ahead_from(self, manifest: PartitionManifest, seg: SegmentMeta, end: int) -> None:
-        if not self._read_ahead:
-            return
+    def _read_ahead_from(
+        self, manifest: PartitionManifest, seg: SegmentMeta | None, pos: int, needed: int
+    ) -> None:
+        """Start loading the chunks of ``[pos, pos + needed)`` of ``seg`` and of the
+        ``read_ahead`` chunks that follow it, continuing into the next archived segments."""
         cs = self._cache.chunk_size
-        last_chunk = (seg.size_bytes - 1) // cs
-        first = end // cs + 1 if end % cs else end // cs
-        for chunk in range(first, min(first + self._read_ahead, last_chunk + 1)):
-            self._spawn(self._range(seg, chunk * cs, (chunk + 1) * cs))
-        if end >= seg.size_bytes or first + self._read_ahead > last_chunk:
-            nxt = segment_for_offset(manifest, seg.last_offset + 1)
-            if nxt is not None:
-                self._spawn(self._prefetch_start(nxt))
+        budget = needed + self._read_ahead * cs
+        while seg is not None and budget > 0:
+            last = min(seg.size_bytes, pos + budget)
+            for chunk in range(pos // cs, (last - 1) // cs + 1):
+                if self._cache.loading >= MAX_READ_AHEAD_TASKS:
+                    return
+                self._prefetch(seg, chunk)
+            budget -= seg.size_bytes - pos
+            if budget <= 0:
+                return
+            seg = segment_for_offset(manifest, seg.last_offset + 1)
+            pos = 0
+            if seg is not None and seg.index_key not in self._indexes:
+                self._spawn(self._index(seg))
 
-    async def _prefetch_start(self, seg: SegmentMeta) -> None:
-        await self._index(seg)
-        await self._range(seg, 0, self._cache.chunk_size)
+    def _prefetch(self, seg: SegmentMeta, chunk: int) -> None:
+        if self._cache.prefetch(seg.key, chunk, self._chunk_fetcher(seg)):
+            self._stats.read_ahead_chunks += 1
 
     def _spawn(self, coro: object) -> None:
         if len(self._background) >= MAX_READ_AHEAD_TASKS:
@@ -238,46 +251,53 @@ class RemoteReader:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
+        await self._cache.cancel_loads()
 
 
-class _Window:
-    """A growing in-memory view of ``[start, ...)`` of one segment object."""
+def _locate(
+    data: bytes, start: int, seg: SegmentMeta, offset: int, max_bytes: int, min_one: bool
+) -> tuple[int, int] | int:
+    """Where the answer for ``offset`` lies in ``data`` (bytes ``[start, ...)`` of ``seg``).
 
-    def __init__(self, reader: RemoteReader, seg: SegmentMeta, start: int) -> None:
-        self._reader = reader
-        self._seg = seg
-        self.start = start
-        self._data = b""
+    Returns ``(first, end)``: the batch holding ``offset`` and the whole batches after it that
+    fit in ``max_bytes`` (the first one regardless when ``min_one``), as segment positions; or,
+    when ``data`` ends too early to decide, the segment position it must reach.
+    """
+    limit = start + len(data)
+    size = seg.size_bytes
+    pos = start
+    while True:
+        if pos >= size:
+            raise RemoteStorageError(f"offset {offset} not found in {seg.key}")
+        if pos + HEADER_SIZE > size:
+            raise RemoteStorageError(f"truncated batch at byte {pos} of {seg.key}")
+        if pos + HEADER_SIZE > limit:
+            return pos + HEADER_SIZE
+        base, length = _prefix(data, pos - start, pos, size, seg)
+        if base > offset:
+            raise RemoteStorageError(f"batch at byte {pos} of {seg.key} starts past {offset}")
+        if base + int.from_bytes(data[pos - start + 23 : pos - start + 27], "big") >= offset:
+            break
+        pos += LOG_OVERHEAD + length
+    first = end = pos
+    while end < size:
+        if end + LOG_OVERHEAD > limit:
+            break  # ``data`` reaches first + max_bytes (or the end): no batch here can fit
+        _, length = _prefix(data, end - start, end, size, seg)
+        total = length + LOG_OVERHEAD
+        if end - first + total > max_bytes and not (end == first and min_one):
+            break
+        if end + total > limit:
+            return end + total
+        end += total
+    return first, end
 
-    @property
-    def end(self) -> int:
-        return self.start + len(self._data)
 
-    async def ensure(self, upto: int) -> None:
-        upto = min(upto, self._seg.size_bytes)
-        if upto <= self.end:
-            return
-        fetch_to = min(self._seg.size_bytes, max(upto, self.end + 64 * 1024))
-        more = await self._reader._range(self._seg, self.end, fetch_to)
-        self._data += more
-
-    async def prefix(self, pos: int) -> tuple[int, int]:
-        await self.ensure(pos + LOG_OVERHEAD)
-        if pos + LOG_OVERHEAD > self.end:
-            raise RemoteStorageError(f"truncated batch at byte {pos} of {self._seg.key}")
-        base, length = PREFIX.unpack_from(self._data, pos - self.start)
-        if length <= 0 or pos + LOG_OVERHEAD + length > self._seg.size_bytes:
-            raise RemoteStorageError(f"bad batch length {length} at byte {pos} of {self._seg.key}")
-        return int(base), int(length)
-
-    async def last_offset(self, pos: int) -> int:
-        await self.ensure(pos + HEADER_SIZE)
-        base, _ = PREFIX.unpack_from(self._data, pos - self.start)
-        delta = int.from_bytes(self._data[pos - self.start + 23 : pos - self.start + 27], "big")
-        return int(base) + delta
-
-    def slice(self, start: int, end: int) -> bytes:
-        return self._data[start - self.start : end - self.start]
+def _prefix(data: bytes, at: int, pos: int, size: int, seg: SegmentMeta) -> tuple[int, int]:
+    base, length = PREFIX.unpack_from(data, at)
+    if length <= 0 or pos + LOG_OVERHEAD + length > size:
+        raise RemoteStorageError(f"bad batch length {length} at byte {pos} of {seg.key}")
+    return int(base), int(length)
 
 
 def _verify_batches(data: bytes, seg: SegmentMeta, position: int) -> None:

@@ -533,6 +533,8 @@ class TieringService:
                     s.download_errors),
             counter("streamd_tiering_remote_reads_total", "Fetches served from the archive.",
                     s.remote_reads),
+            counter("streamd_tiering_read_ahead_chunks_total", "Chunks loaded ahead of a reader.",
+                    s.read_ahead_chunks),
             counter("streamd_tiering_deleted_objects_total", "Objects deleted.",
                     s.deleted_objects),
             ("streamd_tiering_upload_lag_offsets", "Offsets below the high watermark not yet "

@@ -18,5 +18,6 @@ class TieringStats:
     downloaded_bytes: int = 0
     download_errors: int = 0
     remote_reads: int = 0
+    read_ahead_chunks: int = 0
     deleted_objects: int = 0
     delete_errors: int = 0

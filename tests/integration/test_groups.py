@@ -352,7 +352,9 @@ def test_static_member_restart_takes_its_place_without_a_rebalance(
     stays = member("stays")
     goes: Member | None = None
     try:
-        wait_for("the first member owns every partition", lambda: len(stays.assignment) == PARTITIONS)
+        wait_for(
+            "the first member owns every partition", lambda: len(stays.assignment) == PARTITIONS
+        )
         goes = member("goes")
         wait_for(
             "both static members assigned",

@@ -72,7 +72,7 @@ async def test_size_bound_is_respected(tmp_path: Path) -> None:
 
 async def test_eviction_follows_last_access(tmp_path: Path) -> None:
     obj = FakeObject(bytes(range(100)))
-    cache = ChunkCache(tmp_path, max_bytes=3 * ENTRY, chunk_size=CHUNK, hot_chunks=0)
+    cache = ChunkCache(tmp_path, max_bytes=3 * ENTRY, chunk_size=CHUNK, memory_bytes=0)
     for i in (0, 1, 2):
         await cache.get_chunk("k", i, obj.fetch)
     await cache.get_chunk("k", 0, obj.fetch)  # 0 is now the most recent
@@ -142,7 +142,7 @@ async def test_oversized_fetch_is_an_error(tmp_path: Path) -> None:
 
 async def test_corrupt_cached_chunk_is_refetched_not_served(tmp_path: Path) -> None:
     obj = FakeObject(bytes(range(100)))
-    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, hot_chunks=0)
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, memory_bytes=0)
     await cache.get_chunk("k", 1, obj.fetch)
     (path,) = [p for p in tmp_path.iterdir() if p.suffix == ".chunk"]
     raw = bytearray(path.read_bytes())
@@ -215,7 +215,7 @@ async def test_against_a_real_store(tmp_path: Path) -> None:
 
 async def test_hot_chunks_are_served_from_memory_until_invalidated(tmp_path: Path) -> None:
     obj = FakeObject(bytes(range(35)))
-    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, hot_chunks=2)
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, memory_bytes=2 * CHUNK)
     assert await cache.get_range("k", 0, 5, obj.fetch) == obj.data[:5]
     for path in tmp_path.iterdir():
         path.unlink()
@@ -224,3 +224,75 @@ async def test_hot_chunks_are_served_from_memory_until_invalidated(tmp_path: Pat
     cache.invalidate("k")
     assert await cache.get_range("k", 0, 10, obj.fetch) == obj.data[:10]
     assert obj.fetches[0] == 2
+
+
+async def test_a_range_loads_its_missing_chunks_concurrently(tmp_path: Path) -> None:
+    obj = FakeObject(bytes(range(100)))
+    obj.gate = asyncio.Event()
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
+    task = asyncio.create_task(cache.get_range("k", 5, 45, obj.fetch))
+    await asyncio.sleep(0.01)
+    assert sorted(obj.fetches) == [0, 1, 2, 3, 4], "every chunk's GET should be in flight at once"
+    obj.gate.set()
+    assert await task == obj.data[5:45]
+
+
+async def test_prefetch_starts_a_load_only_for_missing_chunks(tmp_path: Path) -> None:
+    obj = FakeObject(bytes(range(100)))
+    obj.gate = asyncio.Event()
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, memory_bytes=0)
+    assert cache.prefetch("k", 3, obj.fetch)
+    assert not cache.prefetch("k", 3, obj.fetch), "already loading"
+    assert cache.loading == 1
+    waiter = asyncio.create_task(cache.get_chunk("k", 3, obj.fetch))
+    await asyncio.sleep(0.01)
+    obj.gate.set()
+    assert await waiter == obj.data[30:40]
+    await asyncio.sleep(0.01)
+    assert cache.loading == 0
+    assert not cache.prefetch("k", 3, obj.fetch), "already cached on disk"
+    assert obj.fetches == Counter({3: 1})
+
+
+async def test_a_failed_prefetch_is_retried_by_the_next_read(tmp_path: Path) -> None:
+    calls = 0
+
+    async def flaky(index: int) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RemoteStorageError("boom")
+        return b"y" * CHUNK
+
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
+    assert cache.prefetch("k", 0, flaky)
+    await asyncio.sleep(0.01)
+    assert cache.loading == 0 and cache.stats.entries == 0
+    assert await cache.get_chunk("k", 0, flaky) == b"y" * CHUNK
+
+
+async def test_memory_copies_are_bounded_in_bytes(tmp_path: Path) -> None:
+    obj = FakeObject(bytes(range(100)))
+    cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK, memory_bytes=2 * CHUNK)
+    assert await cache.get_range("k", 0, 30, obj.fetch) == obj.data[:30]
+    for path in tmp_path.iterdir():
+        path.unlink()  # from here on a chunk not in memory must be fetched again
+    assert await cache.get_range("k", 10, 30, obj.fetch) == obj.data[10:30]
+    assert obj.fetches == Counter({0: 1, 1: 1, 2: 1}), "chunks 1 and 2 are still in memory"
+    assert await cache.get_range("k", 0, 10, obj.fetch) == obj.data[:10]
+    assert obj.fetches[0] == 2, "chunk 0 left memory when chunk 2 arrived"
+
+
+async def test_concurrent_loads_never_exceed_the_disk_bound(tmp_path: Path) -> None:
+    obj = FakeObject(bytes(range(100)))
+    obj.gate = asyncio.Event()
+    cache = ChunkCache(tmp_path, max_bytes=2 * ENTRY, chunk_size=CHUNK)
+    for i in range(8):
+        cache.prefetch("k", i, obj.fetch)
+    await asyncio.sleep(0.01)
+    obj.gate.set()
+    while cache.loading:
+        await asyncio.sleep(0.01)
+    assert disk_bytes(tmp_path) <= 2 * ENTRY
+    assert cache.stats.bytes <= 2 * ENTRY
+    assert await cache.get_range("k", 0, 80, obj.fetch) == obj.data[:80]

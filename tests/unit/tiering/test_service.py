@@ -7,6 +7,8 @@ across the boundary, total retention, topic deletion and an unreachable store.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -77,8 +79,11 @@ class Env:
         self.service: TieringService | None = None
 
     async def open_service(self, **settings: Any) -> TieringService:
-        cache = ChunkCache(self.tmp / "cache", max_bytes=settings.pop("cache_max", 1 << 20),
-                           chunk_size=settings.pop("chunk", 1024))
+        cache = ChunkCache(
+            self.tmp / "cache",
+            max_bytes=settings.pop("cache_max", 1 << 20),
+            chunk_size=settings.pop("chunk", 1024),
+        )
         self.service = TieringService(
             self.store,  # type: ignore[arg-type]
             self.logs,
@@ -164,6 +169,25 @@ async def test_kip74_and_max_bytes_bound(env: Env) -> None:
     assert 0 < len(many) <= 2000
     with pytest.raises(OffsetOutOfRange):
         await service.read("t", 0, plog.high_watermark + 5, 100, True)
+
+
+async def test_read_ahead_loads_the_following_segments_in_the_background(env: Env) -> None:
+    env.logs.create_topic("t", 1, TIERED)
+    await fill(env.logs, "t", 60)
+    service = await env.open_service(chunk=1024, read_ahead_chunks=2)
+    await env.tick_and_housekeep()
+    state = service._states[("t", 0)]
+    first, second = state.manifest.segments[:2]
+    assert second.size_bytes > 2048
+    await service.read("t", 0, 0, 700, True)
+    while service.cache.loading:
+        await asyncio.sleep(0.01)
+    # The read needed ``first`` whole (one index entry); two chunks more reach into ``second``.
+    cached = set(service.cache.cached_chunks())
+    assert {(second.key, 0), (second.key, 1)} <= cached
+    assert (second.key, 2) not in cached
+    assert service.stats.read_ahead_chunks >= 2
+    assert first.key in {key for key, _ in cached}
 
 
 async def test_nothing_is_deleted_locally_while_the_store_is_down(env: Env) -> None:
@@ -291,6 +315,15 @@ async def test_deleting_the_topic_deletes_its_objects(env: Env) -> None:
     assert await env.objects() == {}
 
 
+def _chunk_bytes_on_disk(directory: Path) -> int:
+    """Sum of chunk file sizes; read-ahead may delete files while this runs."""
+    total = 0
+    for path in directory.glob("*.chunk"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.stat().st_size
+    return total
+
+
 async def test_cache_stays_within_its_bound(env: Env) -> None:
     env.logs.create_topic("t", 1, TIERED | {"local.retention.bytes": "0"})
     plog = env.logs.partition("t", 0)
@@ -303,6 +336,5 @@ async def test_cache_stays_within_its_bound(env: Env) -> None:
         data = await service.read("t", 0, offset, 900, True)
         offset = validate_produce_batches(data, 1 << 30)[-1].next_offset
         peak = max(peak, service.cache.stats.bytes)
-        on_disk = sum(p.stat().st_size for p in (env.tmp / "cache").glob("*.chunk"))
-        assert on_disk <= 3000
+        assert _chunk_bytes_on_disk(env.tmp / "cache") <= 3000
     assert 0 < peak <= 3000 and service.cache.stats.evictions > 0
