@@ -163,6 +163,12 @@ KEYS: tuple[Key, ...] = (
     Key("default_partitions", _int, 1, "Partitions for auto-created / unspecified topics."),
     Key("socket.request.max.bytes", _int, 104857600, "Largest request frame accepted."),
     Key("kafka.max_inflight_bytes", _int, 67108864, "Request bytes in flight per connection."),
+    Key(
+        "log.page_cache_window_bytes",
+        _int,
+        33554432,
+        "Newest synced bytes per segment kept in the OS page cache; -1 = OS decides.",
+    ),
     Key("log.housekeeping_interval_ms", _int, 5000, "Segment roll and retention check period."),
     Key("group.initial.rebalance.delay.ms", _int, 3000, "Wait for more members of a new group."),
     Key("group.min.session.timeout.ms", _int, 6000, "Smallest session timeout a member may ask."),

@@ -70,7 +70,10 @@ class Broker:
         data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
         self.logs = LogManager(
-            data_dir, defaults=dict(cfg.topic_defaults), fsync=FsyncPolicy.parse(cfg["fsync"])
+            data_dir,
+            defaults=dict(cfg.topic_defaults),
+            fsync=FsyncPolicy.parse(cfg["fsync"]),
+            page_cache_window=cfg["log.page_cache_window_bytes"],
         )
         await asyncio.to_thread(self.logs.load)
         log.info(

@@ -44,8 +44,8 @@ class SharedFlusher:
                 jobs = [plog.take_flush_job() for plog, _ in batch]
                 try:
                     errors = await loop.run_in_executor(None, run_flush_jobs, jobs)
-                except OSError as exc:
-                    errors = [exc]
+                except Exception as exc:  # every waiter must hear of it, or produce would hang
+                    errors = [exc] * len(jobs)
                 for (plog, fut), job, error in zip(batch, jobs, errors, strict=True):
                     try:
                         plog.finish_flush_job(job, error)

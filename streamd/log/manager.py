@@ -79,12 +79,14 @@ class LogManager:
         *,
         defaults: Mapping[str, str] | None = None,
         fsync: FsyncPolicy | None = None,
+        page_cache_window: int = -1,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.topics_dir = self.data_dir / "topics"
         self.trash_dir = self.data_dir / "trash"
         self.fsync = fsync or FsyncPolicy("never")
         self.flusher = SharedFlusher()
+        self.page_cache_window = page_cache_window
         self._defaults = dict(defaults or {})
         TopicConfig.from_overrides(self._defaults, {})
         self._topics: dict[str, Topic] = {}
@@ -126,6 +128,7 @@ class LogManager:
     def _open_partition(self, topic_dir: Path, index: int, config: TopicConfig) -> PartitionLog:
         plog = PartitionLog.open(topic_dir / str(index), config, fsync=self.fsync)
         plog.flusher = self.flusher
+        plog.page_cache_window = self.page_cache_window
         return plog
 
     # ---- lookups -------------------------------------------------------------------------------

@@ -91,7 +91,24 @@ class PartitionLog:
         self._closed = False
         self.flusher: SharedFlusher | None = None
         """Set by the log manager: one group commit across all its partitions."""
+        self._page_cache_window = -1
         self.producers = self._load_producer_state()
+
+    @property
+    def page_cache_window(self) -> int:
+        """Bytes of each segment's newest data left in the OS page cache (-1: the OS decides).
+
+        Older pages are dropped after each fsync, and again after a fetch or an upload read
+        them: a write-heavy or replaying broker keeps a bounded page cache footprint, as
+        Redpanda does. Set by the log manager."""
+        return self._page_cache_window
+
+    @page_cache_window.setter
+    def page_cache_window(self, window: int) -> None:
+        self._page_cache_window = window
+        if window >= 0:
+            for segment in self._segments:
+                segment.file.uncached_below = max(0, segment.size - window)
 
     def _load_producer_state(self) -> ProducerStateTable:
         """Snapshot plus a header scan of what was appended after it (or, with no usable
@@ -220,8 +237,9 @@ class PartitionLog:
             if duplicate is not None:
                 if len(headers) != 1:
                     raise InvalidRecord("a retried idempotent batch must be sent alone")
-                return AppendResult(duplicate.base_offset, duplicate.last_offset, -1,
-                                    self._log_start)
+                return AppendResult(
+                    duplicate.base_offset, duplicate.last_offset, -1, self._log_start
+                )
         count = sum(h.last_offset_delta + 1 for h in headers)
         buf = bytearray(payload)
         self._maybe_roll(len(buf), count, now_ms)
@@ -319,7 +337,13 @@ class PartitionLog:
         files, self._unsynced = self._unsynced, []
         pending, self._pending = self._pending, []
         dir_dirty, self._dir_dirty = self._dir_dirty, False
-        return FlushJob(self.log_end_offset, pending, files, self.directory if dir_dirty else None)
+        return FlushJob(
+            self.log_end_offset,
+            pending,
+            files,
+            self.directory if dir_dirty else None,
+            self.page_cache_window,
+        )
 
     def finish_flush_job(self, job: FlushJob, error: BaseException | None) -> None:
         if error is not None:
@@ -509,6 +533,7 @@ class FlushJob:
     pending: list[tuple[Segment, bytes | bytearray, int]]
     files: list[SegmentFile]
     directory: Path | None
+    page_cache_window: int = -1
 
 
 def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
@@ -530,7 +555,7 @@ def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
     for i, job in enumerate(jobs):
         if errors[i] is None:
             try:
-                _fsync_all(job.files, job.directory)
+                _fsync_all(job.files, job.directory, job.page_cache_window)
             except OSError as exc:
                 errors[i] = exc
     if len(jobs) == 1 and errors[0] is not None:
@@ -538,10 +563,11 @@ def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
     return errors
 
 
-def _fsync_all(files: list[SegmentFile], directory: Path | None) -> None:
+def _fsync_all(files: list[SegmentFile], directory: Path | None, keep: int) -> None:
     for file in files:
         if file.fd >= 0:
             os.fsync(file.fd)
+            file.drop_synced(keep)
     if directory is not None:
         fsync_dir(directory)
 

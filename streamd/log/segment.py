@@ -23,6 +23,7 @@ from streamd.log.batch import parse_header as _parse_header
 from streamd.log.index import OffsetIndex, TimeIndex
 
 NO_TIMESTAMP = -1
+_DROP_STEP = 1 << 20
 
 
 def segment_path(directory: Path, base_offset: int, suffix: str) -> Path:
@@ -32,11 +33,35 @@ def segment_path(directory: Path, base_offset: int, suffix: str) -> Path:
 class SegmentFile:
     """An open segment file descriptor; closed explicitly or when the last user drops it."""
 
-    __slots__ = ("path", "fd")
+    __slots__ = ("path", "fd", "uncached_below")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.uncached_below = 0
+        """Pages below this position are kept out of the OS page cache (see ``drop_synced``)."""
+
+    def drop_synced(self, keep: int) -> None:
+        """Drop this file's cached pages except the last ``keep`` bytes (``keep`` < 0: none).
+
+        Called right after an fsync, so the pages are clean and the kernel frees them at once.
+        Moves in steps of 1 MiB so that a busy partition makes one call per MiB, not per batch.
+        """
+        if self.fd < 0 or keep < 0:
+            return
+        upto = (os.fstat(self.fd).st_size - keep) & ~(_DROP_STEP - 1)
+        if upto > self.uncached_below:
+            os.posix_fadvise(
+                self.fd, self.uncached_below, upto - self.uncached_below, os.POSIX_FADV_DONTNEED
+            )
+            self.uncached_below = upto
+
+    def drop_behind(self, position: int, length: int) -> None:
+        """After a bulk read: drop the pages it pulled in below ``uncached_below`` (a consumer
+        replaying old data then cycles through a few pages instead of filling the cache)."""
+        end = min(position + length, self.uncached_below)
+        if end > position and self.fd >= 0:
+            os.posix_fadvise(self.fd, position, end - position, os.POSIX_FADV_DONTNEED)
 
     def pread(self, length: int, position: int) -> bytes:
         if self.fd < 0:
@@ -75,7 +100,9 @@ class FileSlice:
         return self.file.fd
 
     def read_bytes(self) -> bytes:
-        return self.file.pread(self.length, self.position)
+        data = self.file.pread(self.length, self.position)
+        self.file.drop_behind(self.position, self.length)
+        return data
 
 
 class Segment:

@@ -218,4 +218,5 @@ class Uploader:
 
 def _read_and_scan(segment: Segment) -> tuple[bytes, SegmentScan, str]:
     data = segment.file.pread(segment.size, 0)
+    segment.file.drop_behind(0, segment.size)
     return data, scan_segment(data, segment.base_offset), crc32c_hex(data)

@@ -42,10 +42,10 @@ async def test_failed_partition_does_not_fail_the_others(
     bad, good = topic.partitions
     real_fsync_all = partition_mod._fsync_all
 
-    def failing(files, directory):  # noqa: ANN001, ANN202
+    def failing(files, directory, keep):  # noqa: ANN001, ANN202
         if any(f is bad.active.file for f in files):
             raise OSError(5, "injected EIO")
-        return real_fsync_all(files, directory)
+        return real_fsync_all(files, directory, keep)
 
     monkeypatch.setattr(partition_mod, "_fsync_all", failing)
     outcome = await asyncio.gather(
@@ -58,3 +58,64 @@ async def test_failed_partition_does_not_fail_the_others(
     assert bad.high_watermark == 0
     monkeypatch.setattr(partition_mod, "_fsync_all", real_fsync_all)
     await good.close()
+
+
+async def test_an_unexpected_flush_error_fails_the_waiters_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(jobs):  # noqa: ANN001, ANN202
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(partition_mod, "run_flush_jobs", broken)
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    topic = logs.create_topic("t", 2, {})
+    outcome = await asyncio.wait_for(
+        asyncio.gather(
+            *(p.append(simple_batch(1), now_ms=1) for p in topic.partitions), return_exceptions=True
+        ),
+        timeout=10,
+    )
+    assert all(isinstance(o, Exception) and "injected bug" in str(o) for o in outcome), outcome
+    assert all(p.high_watermark == 0 for p in topic.partitions)
+    for p in topic.partitions:
+        p.discard()
+
+
+async def test_synced_pages_behind_the_window_leave_the_page_cache(tmp_path: Path) -> None:
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), page_cache_window=1 << 20)
+    logs.load()
+    plog = logs.create_topic("t", 1, {}).partitions[0]
+    for _ in range(40):
+        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    size = plog.active.size
+    assert size > 3 << 20
+    file = plog.active.file
+    assert file.uncached_below == (size - (1 << 20)) & ~((1 << 20) - 1)
+    piece = plog.read(0, 1 << 20)
+    assert piece is not None and piece.read_bytes()[:8] == bytes(8)  # still read from the file
+    await logs.close()
+
+
+async def test_a_reopened_log_treats_all_but_its_newest_bytes_as_cold(tmp_path: Path) -> None:
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    plog = logs.create_topic("t", 1, {}).partitions[0]
+    for _ in range(40):
+        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    size = plog.active.size
+    await logs.close()
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), page_cache_window=1 << 20)
+    logs.load()
+    assert logs.partition("t", 0).active.file.uncached_below == size - (1 << 20)
+    await logs.close()
+
+
+async def test_a_negative_window_leaves_caching_to_the_os(tmp_path: Path) -> None:
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    plog = logs.create_topic("t", 1, {}).partitions[0]
+    for _ in range(40):
+        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    assert plog.active.file.uncached_below == 0
+    await logs.close()
