@@ -12,7 +12,6 @@ framing, not per-API schema, and the Fetch path wants to splice record bytes aft
 from __future__ import annotations
 
 import datetime
-import io
 import struct
 import uuid
 from collections.abc import Callable
@@ -120,19 +119,52 @@ def _reader(cls: type) -> Callable[[bytes, int], tuple[Any, int]]:
     return entity_reader(cls)  # type: ignore[no-any-return]
 
 
-def encode_response(api_key: int, version: int, correlation_id: int, body: Any) -> bytes:
-    """Length-prefixed response frame: size, header (v0, or v1 for flexible), body."""
+SCATTER_MIN = 64 * 1024
+"""Values at least this large (record sets) are not copied into the frame but sent as parts."""
+
+
+class _FrameWriter:
+    """The ``write`` target of kio's serializers: small fields accumulate in a bytearray, large
+    values (fetched record batches) are kept by reference, so a response is handed to the
+    transport as a list of parts (one ``writev``) without copying its records."""
+
+    __slots__ = ("parts", "buf", "size")
+
+    def __init__(self) -> None:
+        self.buf = bytearray(8)  # size + correlation id, filled in by the caller
+        self.parts: list[bytes | bytearray | memoryview] = [self.buf]
+        self.size = 8
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        n = len(data)
+        self.size += n
+        if n >= SCATTER_MIN:
+            self.parts.append(data)
+            self.buf = bytearray()
+            self.parts.append(self.buf)
+        else:
+            self.buf += data
+        return n
+
+
+def encode_response_parts(
+    api_key: int, version: int, correlation_id: int, body: Any
+) -> list[bytes | bytearray | memoryview]:
+    """Length-prefixed response frame (size, header v0 or v1 for flexible, body) as parts
+    whose concatenation is the frame; record sets are referenced, not copied."""
     cls: Any = type(body)
-    out = io.BytesIO()
-    out.write(b"\0\0\0\0")
-    out.write(_I32.pack(correlation_id))
+    out = _FrameWriter()
+    _I32.pack_into(out.parts[0], 4, correlation_id)
     if cls.__flexible__ and api_key != 18:  # ApiVersions always answers with header v0
         out.write(b"\0")
     _writer(cls)(out, body)
-    frame = out.getbuffer()
-    _I32.pack_into(frame, 0, len(frame) - 4)
-    del frame
-    return out.getvalue()
+    _I32.pack_into(out.parts[0], 0, out.size - 4)
+    return [p for p in out.parts if p]
+
+
+def encode_response(api_key: int, version: int, correlation_id: int, body: Any) -> bytes:
+    """Length-prefixed response frame: size, header (v0, or v1 for flexible), body."""
+    return b"".join(encode_response_parts(api_key, version, correlation_id, body))
 
 
 @cache

@@ -42,7 +42,8 @@ class _Slot:
 
     def __init__(self, size: int) -> None:
         self.done = False
-        self.data: bytes | None = None
+        self.data: list[Any] | None = None
+        """The response frame as parts (see ``codec.encode_response_parts``)."""
         self.size = size
 
 
@@ -157,14 +158,15 @@ class KafkaConnection(asyncio.Protocol):
         header = request.header
         try:
             result = await handler(request)
+            data: list[Any] | None
             if result is None:
                 data = None
             elif isinstance(result, (bytes, bytearray)):
-                data = bytes(result)
+                data = [bytes(result)]
             else:
                 if isinstance(result, dict):
                     result = codec.response(header.api_key, header.api_version, result)
-                data = codec.encode_response(
+                data = codec.encode_response_parts(
                     header.api_key, header.api_version, header.correlation_id, result
                 )
         except asyncio.CancelledError:
@@ -175,7 +177,7 @@ class KafkaConnection(asyncio.Protocol):
                 log.exception("error handling api %s from %s", header.api_key, self.peer)
             try:
                 body = codec.error_response(header.api_key, header.api_version, code)
-                data = codec.encode_response(
+                data = codec.encode_response_parts(
                     header.api_key, header.api_version, header.correlation_id, body
                 )
             except Exception:
@@ -195,7 +197,7 @@ class KafkaConnection(asyncio.Protocol):
             slot = pending.popleft()
             self.inflight -= slot.size
             if slot.data is not None and transport is not None and not self.closed:
-                transport.write(slot.data)
+                transport.writelines(slot.data)
         session = self.session
         if session is not None and not self.closed and not pending:
             if session.failed:
@@ -242,7 +244,7 @@ class KafkaConnection(asyncio.Protocol):
                 codec.response_class(API_VERSIONS, 0),
                 api_versions_body(ErrorCode.UNSUPPORTED_VERSION),
             )
-            data = codec.encode_response(API_VERSIONS, 0, header.correlation_id, body)
+            data = codec.encode_response_parts(API_VERSIONS, 0, header.correlation_id, body)
             slot = _Slot(len(frame))
             slot.done, slot.data = True, data
             self.pending.append(slot)

@@ -110,8 +110,11 @@ class ChunkCache:
         start: int,
         end: int,
         fetch_chunk: Callable[[int], Awaitable[bytes]],
-    ) -> bytes:
+    ) -> bytes | memoryview:
         """Bytes ``[start, end)`` of object ``key``, shorter if the object ends first.
+
+        A range inside one chunk comes back as a read-only view of the cached chunk (no copy);
+        a range over several chunks as new bytes.
 
         ``fetch_chunk(i)`` must return chunk ``i`` of the object from the store (e.g. a ranged
         GET of ``[i*chunk_size, (i+1)*chunk_size)``): exactly ``chunk_size`` bytes, or fewer
@@ -126,7 +129,7 @@ class ChunkCache:
         first, last = start // cs, (end - 1) // cs
         if first == last:
             chunk = await self.get_chunk(key, first, fetch_chunk)
-            return chunk[start - first * cs : end - first * cs]
+            return memoryview(chunk)[start - first * cs : end - first * cs]
         # All missing chunks of the range load concurrently (parallel GETs).
         chunks = await asyncio.gather(
             *(self.get_chunk(key, i, fetch_chunk) for i in range(first, last + 1)),

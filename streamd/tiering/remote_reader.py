@@ -64,7 +64,7 @@ class RemoteReader:
 
     async def read(
         self, manifest: PartitionManifest, offset: int, max_bytes: int, min_one: bool
-    ) -> bytes:
+    ) -> bytes | memoryview:
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -84,7 +84,7 @@ class RemoteReader:
         offset: int,
         max_bytes: int,
         min_one: bool,
-    ) -> bytes:
+    ) -> bytes | memoryview:
         index = await self._index(seg)
         start, entry_end = index.range_for_offset(offset)
         # The batch holding ``offset`` starts inside its index entry, so whatever fits in
@@ -99,15 +99,12 @@ class RemoteReader:
             found = _locate(data, start, seg, offset, max_bytes, min_one)
             if isinstance(found, tuple):
                 break
-            data += await self._range(seg, start + len(data), found)
+            data = bytes(data) + await self._range(seg, start + len(data), found)
         first, end = found
         if end == first:
             return b""
-        data = (
-            data[first - start : end - start]
-            if (first, end) != (start, start + len(data))
-            else data
-        )
+        if (first, end) != (start, start + len(data)):
+            data = memoryview(data)[first - start : end - start]  # a view: no copy
         if len(data) >= VERIFY_IN_THREAD_BYTES:
             await asyncio.to_thread(_verify_batches, data, seg, first)
         else:
@@ -169,7 +166,7 @@ class RemoteReader:
             self._indexes.popitem(last=False)
         return index
 
-    async def _range(self, seg: SegmentMeta, start: int, end: int) -> bytes:
+    async def _range(self, seg: SegmentMeta, start: int, end: int) -> bytes | memoryview:
         end = min(end, seg.size_bytes)
         if start >= end:
             return b""
@@ -255,7 +252,12 @@ class RemoteReader:
 
 
 def _locate(
-    data: bytes, start: int, seg: SegmentMeta, offset: int, max_bytes: int, min_one: bool
+    data: bytes | memoryview,
+    start: int,
+    seg: SegmentMeta,
+    offset: int,
+    max_bytes: int,
+    min_one: bool,
 ) -> tuple[int, int] | int:
     """Where the answer for ``offset`` lies in ``data`` (bytes ``[start, ...)`` of ``seg``).
 
@@ -293,14 +295,16 @@ def _locate(
     return first, end
 
 
-def _prefix(data: bytes, at: int, pos: int, size: int, seg: SegmentMeta) -> tuple[int, int]:
+def _prefix(
+    data: bytes | memoryview, at: int, pos: int, size: int, seg: SegmentMeta
+) -> tuple[int, int]:
     base, length = PREFIX.unpack_from(data, at)
     if length <= 0 or pos + LOG_OVERHEAD + length > size:
         raise RemoteStorageError(f"bad batch length {length} at byte {pos} of {seg.key}")
     return int(base), int(length)
 
 
-def _verify_batches(data: bytes, seg: SegmentMeta, position: int) -> None:
+def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -> None:
     """Every batch well-formed with a matching CRC32C and offsets inside ``seg``, densely."""
     pos = 0
     expected: int | None = None
@@ -322,7 +326,7 @@ def _verify_batches(data: bytes, seg: SegmentMeta, position: int) -> None:
 
 
 def _find_timestamp(
-    data: bytes, seg: SegmentMeta, position: int, timestamp: int, low: int, below: int
+    data: bytes | memoryview, seg: SegmentMeta, position: int, timestamp: int, low: int, below: int
 ) -> tuple[int, int] | None:
     _verify_batches(data, seg, position)
     pos = 0

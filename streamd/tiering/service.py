@@ -399,7 +399,7 @@ class TieringService:
 
     async def read(
         self, topic: str, partition: int, offset: int, max_bytes: int, min_one: bool
-    ) -> bytes:
+    ) -> bytes | memoryview:
         state = self._states.get((topic, partition))
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")

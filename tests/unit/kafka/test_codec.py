@@ -75,3 +75,23 @@ def test_log_append_time_int_becomes_datetime() -> None:
         {"index": 0, "error_code": 0, "base_offset": 5, "log_append_time": 1700000000123}]}]})
     pr = body.responses[0].partition_responses[0]
     assert round(pr.log_append_time.timestamp() * 1000) == 1700000000123
+
+
+def test_large_record_sets_are_sent_as_parts_without_copies() -> None:
+    big = memoryview(bytes(range(256)) * 1024)  # 256 KiB: referenced, not copied
+    small = b"x" * 100  # copied into the frame
+    body = codec.response(1, 12, {"responses": [{"topic": "t", "partitions": [
+        {"partition_index": 0, "high_watermark": 9, "records": big},
+        {"partition_index": 1, "high_watermark": 9, "records": small},
+    ]}]})
+    parts = codec.encode_response_parts(1, 12, 5, body)
+    assert any(p is big for p in parts)
+    assert all(len(p) < codec.SCATTER_MIN for p in parts if p is not big)
+    frame = b"".join(parts)
+    assert frame == codec.encode_response(1, 12, 5, body)
+    size, corr = struct.unpack_from(">ii", frame)
+    assert size == len(frame) - 4 and corr == 5
+    decoded, end = entity_reader(type(body))(frame, 9)
+    assert 9 + end == len(frame)  # the reader returns the bytes it consumed
+    got = decoded.responses[0].partitions
+    assert bytes(got[0].records) == bytes(big) and bytes(got[1].records) == small
