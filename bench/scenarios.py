@@ -232,6 +232,34 @@ class Produce8P(Scenario):
 
 
 @register
+class Produce1000P(Scenario):
+    """Memory with many partitions: a fresh broker, one topic of 1,000 partitions, one
+    producer writing record by record round-robin over all of them (a fifth of --records)."""
+
+    name = "partitions1000"
+    title = "produce 1 KiB round-robin over 1,000 partitions (fresh broker; watch peak RSS)"
+    isolated_broker = True
+    partitions = 1000
+
+    def _n(self, ctx: Ctx) -> int:
+        return max(self.partitions, ctx.records // 5)
+
+    def setup(self, ctx: Ctx) -> None:
+        self.topic = f"bench-produce-1000p-r{ctx.round}"
+        ctx.create_topic(self.topic, self.partitions)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        return [
+            ctx.job(
+                "produce",
+                topic=self.topic,
+                partitions=list(range(self.partitions)),
+                records=self._n(ctx),
+            )
+        ]
+
+
+@register
 class Latency(Scenario):
     name = "latency"
     title = "end-to-end latency at a fixed rate, 1 partition (producer process -> consumer process)"

@@ -169,6 +169,12 @@ KEYS: tuple[Key, ...] = (
         33554432,
         "Newest synced bytes per segment kept in the OS page cache; -1 = OS decides.",
     ),
+    Key(
+        "log.syncfs",
+        _bool,
+        True,
+        "Group commit ends with one syncfs(2) of the data filesystem, not fsync per file.",
+    ),
     Key("log.housekeeping_interval_ms", _int, 5000, "Segment roll and retention check period."),
     Key("group.initial.rebalance.delay.ms", _int, 3000, "Wait for more members of a new group."),
     Key("group.min.session.timeout.ms", _int, 6000, "Smallest session timeout a member may ask."),

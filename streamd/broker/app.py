@@ -76,6 +76,7 @@ class Broker:
             defaults=dict(cfg.topic_defaults),
             fsync=FsyncPolicy.parse(cfg["fsync"]),
             page_cache_window=cfg["log.page_cache_window_bytes"],
+            syncfs=cfg["log.syncfs"],
         )
         await asyncio.to_thread(self.logs.load)
         log.info(

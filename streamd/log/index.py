@@ -21,6 +21,8 @@ from array import array
 from bisect import bisect_left, bisect_right
 from pathlib import Path
 
+WRITE_BLOCK = 4096
+"""Pending index entries are appended to the file once they reach this many bytes."""
 
 class _SparseIndex:
     ENTRY: struct.Struct
@@ -33,6 +35,7 @@ class _SparseIndex:
         self.keys = array(self.KEY_TYPE)
         self.values = array(self.VALUE_TYPE)
         self._fd: int | None = None
+        self._unwritten = bytearray()
         self.persist = True
         """False while recovery rebuilds the entries in memory before one :meth:`rewrite`."""
 
@@ -44,9 +47,26 @@ class _SparseIndex:
         self.values.append(value)
         if not self.persist:
             return
+        # Entries reach the file in blocks, not one write(2) each: the index is derived data
+        # (recovery checks it against the log and rebuilds it), so a tail lost in a crash only
+        # makes it sparser. Sealing, fsync and close write out what is pending.
+        self._unwritten += self.ENTRY.pack(key, value)
+        if len(self._unwritten) >= WRITE_BLOCK:
+            self.write_out()
+
+    def write_out(self) -> None:
+        """Append the pending entries to the file."""
+        if not self._unwritten:
+            return
         if self._fd is None:
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.write(self._fd, self.ENTRY.pack(key, value))
+        view = memoryview(self._unwritten)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        finally:
+            view.release()
+        self._unwritten.clear()
 
     def entries(self) -> list[tuple[int, int]]:
         return list(zip(self.keys, self.values, strict=True))
@@ -64,21 +84,27 @@ class _SparseIndex:
 
     def rewrite(self) -> None:
         """Replace the file with the in-memory entries (tmp + rename)."""
+        self._unwritten.clear()
         self.close()
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_bytes(self.encode())
         os.replace(tmp, self.path)
 
     def fsync(self) -> None:
+        self.write_out()
         if self._fd is not None:
             os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        try:
+            self.write_out()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
 
     def delete(self) -> None:
+        self._unwritten.clear()
         self.close()
         self.path.unlink(missing_ok=True)
 

@@ -37,6 +37,7 @@ from streamd.log.fsync import FsyncPolicy
 from streamd.log.names import validate_topic_name
 from streamd.log.partition import PartitionLog, now_ms
 from streamd.log.segment import Segment
+from streamd.log.syncfs import FilesystemSync
 from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
 
 __all__ = ["FsyncPolicy", "LogManager", "Topic"]
@@ -80,12 +81,13 @@ class LogManager:
         defaults: Mapping[str, str] | None = None,
         fsync: FsyncPolicy | None = None,
         page_cache_window: int = -1,
+        syncfs: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.topics_dir = self.data_dir / "topics"
         self.trash_dir = self.data_dir / "trash"
         self.fsync = fsync or FsyncPolicy("never")
-        self.flusher = SharedFlusher()
+        self.flusher = SharedFlusher(FilesystemSync(self.data_dir) if syncfs else None)
         self.page_cache_window = page_cache_window
         self._defaults = dict(defaults or {})
         TopicConfig.from_overrides(self._defaults, {})
@@ -321,6 +323,8 @@ class LogManager:
             for partition in topic.partitions:
                 await partition.close()
         self._topics.clear()
+        if self.flusher.fs_sync is not None:
+            self.flusher.fs_sync.close()
 
 
 def _always(segment: Segment) -> bool:

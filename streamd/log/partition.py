@@ -44,6 +44,7 @@ from streamd.log.fsync import FsyncPolicy
 from streamd.log.producer_state import ProducerStateTable
 from streamd.log.recovery import recover_partition, write_clean_marker
 from streamd.log.segment import FileSlice, Segment, SegmentFile
+from streamd.log.syncfs import FilesystemSync
 from streamd.log.topic_config import TopicConfig
 
 log = logging.getLogger("streamd.log")
@@ -536,9 +537,13 @@ class FlushJob:
     page_cache_window: int = -1
 
 
-def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
-    """Write every job's deferred batches, then fsync: in a worker thread, never on the loop.
-    All writes go first so that the disk sees them before the first fsync of the round."""
+def run_flush_jobs(
+    jobs: list[FlushJob], fs_sync: FilesystemSync | None = None
+) -> list[BaseException | None]:
+    """Write every job's deferred batches, then make them durable: in a worker thread, never
+    on the loop. All writes go first so that the disk sees them before the first sync of the
+    round. With ``fs_sync`` the files on its filesystem are synced by one ``syncfs`` (see
+    :mod:`streamd.log.syncfs`), the others by fsync."""
     errors: list[BaseException | None] = []
     for job in jobs:
         try:
@@ -552,15 +557,46 @@ def run_flush_jobs(jobs: list[FlushJob]) -> list[BaseException | None]:
             errors.append(None)
         except OSError as exc:
             errors.append(exc)
-    for i, job in enumerate(jobs):
-        if errors[i] is None:
-            try:
-                _fsync_all(job.files, job.directory, job.page_cache_window)
-            except OSError as exc:
-                errors[i] = exc
+    if fs_sync is not None and fs_sync.available:
+        _syncfs_round(jobs, errors, fs_sync)
+    else:
+        for i, job in enumerate(jobs):
+            if errors[i] is None:
+                try:
+                    _fsync_all(job.files, job.directory, job.page_cache_window)
+                except OSError as exc:
+                    errors[i] = exc
     if len(jobs) == 1 and errors[0] is not None:
         raise errors[0]
     return errors
+
+
+def _syncfs_round(
+    jobs: list[FlushJob], errors: list[BaseException | None], fs_sync: FilesystemSync
+) -> None:
+    try:
+        covered = fs_sync.covers
+        for i, job in enumerate(jobs):
+            if errors[i] is None:
+                others = [f for f in job.files if f.fd >= 0 and not covered(f.dev)]
+                directory = job.directory
+                if directory is not None and covered(os.stat(directory).st_dev):
+                    directory = None
+                if others or directory is not None:
+                    try:
+                        _fsync_all(others, directory, job.page_cache_window)
+                    except OSError as exc:
+                        errors[i] = exc
+        fs_sync.sync()
+    except OSError as exc:
+        for i in range(len(jobs)):
+            if errors[i] is None:
+                errors[i] = exc
+        return
+    for i, job in enumerate(jobs):
+        if errors[i] is None and job.page_cache_window >= 0:
+            for file in job.files:
+                file.drop_synced(job.page_cache_window)
 
 
 def _fsync_all(files: list[SegmentFile], directory: Path | None, keep: int) -> None:

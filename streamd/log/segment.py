@@ -33,11 +33,12 @@ def segment_path(directory: Path, base_offset: int, suffix: str) -> Path:
 class SegmentFile:
     """An open segment file descriptor; closed explicitly or when the last user drops it."""
 
-    __slots__ = ("path", "fd", "uncached_below")
+    __slots__ = ("path", "fd", "uncached_below", "dev")
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.fd: int = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        self.dev = os.fstat(self.fd).st_dev
         self.uncached_below = 0
         """Pages below this position are kept out of the OS page cache (see ``drop_synced``)."""
 

@@ -15,9 +15,9 @@ async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
     rounds: list[int] = []
     real = partition_mod.run_flush_jobs
 
-    def counting(jobs):  # noqa: ANN001, ANN202
+    def counting(jobs, fs_sync=None):  # noqa: ANN001, ANN202
         rounds.append(len(jobs))
-        return real(jobs)
+        return real(jobs, fs_sync)
 
     monkeypatch.setattr(partition_mod, "run_flush_jobs", counting)
     logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
@@ -63,7 +63,7 @@ async def test_failed_partition_does_not_fail_the_others(
 async def test_an_unexpected_flush_error_fails_the_waiters_instead_of_hanging(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken(jobs):  # noqa: ANN001, ANN202
+    def broken(jobs, fs_sync=None):  # noqa: ANN001, ANN202
         raise RuntimeError("injected bug")
 
     monkeypatch.setattr(partition_mod, "run_flush_jobs", broken)
@@ -119,3 +119,24 @@ async def test_a_negative_window_leaves_caching_to_the_os(tmp_path: Path) -> Non
         await plog.append(simple_batch(100, value_size=1000), now_ms=1)
     assert plog.active.file.uncached_below == 0
     await logs.close()
+
+
+async def test_index_entries_are_written_in_blocks_and_all_on_close(tmp_path: Path) -> None:
+    from streamd.log.index import OffsetIndex
+
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
+    logs.load()
+    plog = logs.create_topic("t", 1, {"index.interval.bytes": "1"}).partitions[0]
+    for _ in range(30):
+        await plog.append(simple_batch(2, value_size=10), now_ms=1)
+    segment = plog.active
+    index_path = segment.offset_index.path
+    entries = segment.offset_index.entries()
+    assert len(entries) == 29  # every batch but the first is indexed
+    on_disk = index_path.stat().st_size if index_path.exists() else 0
+    assert on_disk < len(entries) * OffsetIndex.ENTRY.size, "buffered, not one write per entry"
+    base = segment.base_offset
+    size = segment.size
+    await logs.close()
+    reloaded = OffsetIndex.load(index_path, base, log_size=size, next_offset=60)
+    assert reloaded is not None and reloaded.entries() == entries
