@@ -260,6 +260,34 @@ class Produce1000P(Scenario):
 
 
 @register
+class Consume1000P(Produce1000P):
+    """Fetch cost with many partitions: the same topic (filled unmeasured by one round-robin
+    producer), then one consumer assigned all 1,000 partitions reads everything."""
+
+    name = "consume1000"
+    title = "consume 1,000 partitions from offset 0 (fresh broker; fill unmeasured)"
+
+    def setup(self, ctx: Ctx) -> None:
+        super().setup(ctx)
+        res = ctx.run_jobs(super().jobs(ctx), "fill")
+        got = sum(r["records"] for r in res)
+        if got != self._n(ctx):
+            raise RuntimeError(f"fill of {self.topic}: {got}/{self._n(ctx)} records acknowledged")
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        return [
+            ctx.job(
+                "consume",
+                topic=self.topic,
+                partitions=list(range(self.partitions)),
+                start_offset=0,
+                records=self._n(ctx),
+                group=f"bench-1000-{ctx.round}",
+            )
+        ]
+
+
+@register
 class Latency(Scenario):
     name = "latency"
     title = "end-to-end latency at a fixed rate, 1 partition (producer process -> consumer process)"
