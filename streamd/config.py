@@ -162,6 +162,7 @@ KEYS: tuple[Key, ...] = (
     Key("auto_create_topics", _bool, False, "Create unknown topics on Metadata/Produce."),
     Key("default_partitions", _int, 1, "Partitions for auto-created / unspecified topics."),
     Key("socket.request.max.bytes", _int, 104857600, "Largest request frame accepted."),
+    Key("kafka.sendfile", _bool, True, "Send large fetched record sets with sendfile (no TLS)."),
     Key("kafka.max_inflight_bytes", _int, 67108864, "Request bytes in flight per connection."),
     Key(
         "log.page_cache_window_bytes",

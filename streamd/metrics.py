@@ -19,6 +19,7 @@ class Metrics:
         self.requests: Counter[int] = Counter()
         self.produced_bytes = 0
         self.fetched_bytes = 0
+        self.sendfile_bytes = 0
         self._collectors: list[Callable[[], Iterable[Family]]] = []
 
     def count_request(self, api_key: int) -> None:
@@ -47,6 +48,12 @@ class Metrics:
                 "Record batch bytes served to consumers.",
                 "counter",
                 [({}, self.fetched_bytes)],
+            ),
+            (
+                "streamd_fetch_sendfile_bytes_total",
+                "Record batch bytes sent from segment files with sendfile (no copy).",
+                "counter",
+                [({}, self.sendfile_bytes)],
             ),
         ]
         for fn in self._collectors:

@@ -73,6 +73,8 @@ class Request:
     principal: str = "User:ANONYMOUS"
     session: Any = None
     listener: Any = None
+    zero_copy: bool = False
+    """The response may carry segment file ranges (``streamd.kafka.zerocopy.FileRecords``)."""
 
     @property
     def version(self) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections import deque
 from typing import Any
 
@@ -26,6 +27,7 @@ from streamd.kafka import codec
 from streamd.kafka.apis import REGISTRY
 from streamd.kafka.context import KafkaContext, Request
 from streamd.kafka.framing import FrameDecoder
+from streamd.kafka.zerocopy import close_files, has_files, read_files, send_parts
 
 log = logging.getLogger("streamd.kafka")
 
@@ -66,9 +68,22 @@ class KafkaConnection(asyncio.Protocol):
         self.closed = False
         self.close_scheduled = False
         self.tasks: set[asyncio.Task[None]] = set()
+        self.zero_copy = False
+        """Fetch responses may carry segment file ranges, sent with sendfile (no TLS)."""
+        self.sending = False
+        """A response is being written with sendfile; later ones wait for it."""
+        self._sock_fd = -1
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self.zero_copy = (
+            self.ctx.config["kafka.sendfile"]
+            and sock is not None
+            and transport.get_extra_info("sslcontext") is None
+            and transport.get_extra_info("ssl_object") is None
+            and hasattr(os, "sendfile")
+        )
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if peer else "?"
         protocol = self.listener.protocol if self.listener is not None else "PLAINTEXT"
@@ -85,6 +100,11 @@ class KafkaConnection(asyncio.Protocol):
         self.closed = True
         for task in self.tasks:
             task.cancel()
+        for slot in self.pending:
+            close_files(slot.data)
+            slot.data = None
+        if not self.sending:
+            self._close_sock()
         if self.ctx.metrics is not None:
             self.ctx.metrics.connections -= 1
 
@@ -149,6 +169,7 @@ class KafkaConnection(asyncio.Protocol):
             request.principal = session.principal
             request.session = session
         request.listener = self.listener
+        request.zero_copy = self.zero_copy
         task = asyncio.ensure_future(self._run(spec.handler, request, slot))
         if not task.done():
             self.tasks.add(task)
@@ -193,11 +214,28 @@ class KafkaConnection(asyncio.Protocol):
     def _flush(self) -> None:
         pending = self.pending
         transport = self.transport
-        while pending and pending[0].done:
+        while pending and pending[0].done and not self.sending:
             slot = pending.popleft()
             self.inflight -= slot.size
-            if slot.data is not None and transport is not None and not self.closed:
-                transport.writelines(slot.data)
+            data, slot.data = slot.data, None
+            if data is None:
+                continue
+            if transport is None or self.closed:
+                close_files(data)
+                continue
+            if has_files(data):
+                if self.zero_copy:
+                    self.sending = True
+                    task = asyncio.ensure_future(self._send_with_files(data))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+                    break  # the task resumes flushing when the response is out
+                try:
+                    data = read_files(data)
+                except (OSError, StreamdError) as exc:
+                    self._abort(f"reading a fetch response failed: {exc}")
+                    return
+            transport.writelines(data)
         session = self.session
         if session is not None and not self.closed and not pending:
             if session.failed:
@@ -206,6 +244,35 @@ class KafkaConnection(asyncio.Protocol):
             if session.authenticated and self.decoder.max_bytes != self.max_frame:
                 self.decoder.max_bytes = self.max_frame
         self._update_reading()
+
+    async def _send_with_files(self, data: list[Any]) -> None:
+        """Write one response whose record sets are file ranges (see streamd.kafka.zerocopy)."""
+        transport = self.transport
+        try:
+            assert transport is not None
+            while transport.get_write_buffer_size() and not self.closed:
+                await asyncio.sleep(0.001)  # earlier responses still in the transport's buffer
+            if self.closed:
+                return
+            if self._sock_fd < 0:
+                self._sock_fd = os.dup(transport.get_extra_info("socket").fileno())
+            sent = await send_parts(asyncio.get_running_loop(), self._sock_fd, data)
+            if self.ctx.metrics is not None:
+                self.ctx.metrics.sendfile_bytes += sent
+        except (OSError, StreamdError) as exc:
+            self._abort(f"sending a fetch response failed: {exc}")
+        finally:
+            close_files(data)
+            self.sending = False
+            if self.closed:
+                self._close_sock()
+        if not self.closed:
+            self._flush()
+
+    def _close_sock(self) -> None:
+        if self._sock_fd >= 0:
+            fd, self._sock_fd = self._sock_fd, -1
+            os.close(fd)
 
     def _close_after_failed_login(self) -> None:
         """Stop reading, then close once the client had time to read the answer.
@@ -220,9 +287,7 @@ class KafkaConnection(asyncio.Protocol):
         self.transport.pause_reading()
         self.reading_paused = True
         delay = max(MIN_CLOSE_DELAY_S, self.ctx.security.failed_auth_delay_s)
-        asyncio.get_running_loop().call_later(
-            delay, self._abort, "SASL authentication failed"
-        )
+        asyncio.get_running_loop().call_later(delay, self._abort, "SASL authentication failed")
 
     def _update_reading(self) -> None:
         if self.transport is None or self.closed or self.close_scheduled:

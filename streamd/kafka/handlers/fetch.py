@@ -22,6 +22,8 @@ from streamd.kafka import codec
 from streamd.kafka.apis import api
 from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.zerocopy import FileRecords
+from streamd.log.segment import FileSlice
 
 LATEST, EARLIEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -3, -4, -5
 
@@ -56,14 +58,36 @@ async def _read_partition(
         if offset < plog.log_start_offset:
             data = await tiering.read(name, index, offset, max_bytes, min_one)
         else:
+            # A local record set stays a file range until the response is final (see
+            # _materialize): a long poll may read a partition several times.
             piece = plog.read(offset, max_bytes, min_one=min_one)
-            data = b"" if piece is None else piece.read_bytes()
+            if piece is not None:
+                entry["records"] = piece
+                return entry, piece.length
+            data = b""
     except StreamdError as exc:
         entry["error_code"] = exc.code
         return entry, 0
     if data:
         entry["records"] = data
     return entry, len(data)
+
+
+def _materialize(entry: dict[str, Any], zero_copy: bool) -> None:
+    """Turn a local record set (a file range) into what the response carries: a
+    :class:`FileRecords` sent with sendfile when the connection allows and the set is large,
+    else its bytes."""
+    piece = entry.get("records")
+    if not isinstance(piece, FileSlice):
+        return
+    try:
+        if zero_copy and piece.length >= codec.SCATTER_MIN:
+            entry["records"] = FileRecords(piece)
+        else:
+            entry["records"] = piece.read_bytes()
+    except (OSError, StreamdError) as exc:
+        del entry["records"]
+        entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
 
 
 @api(1, "Fetch", 4, 12)
@@ -119,6 +143,7 @@ async def fetch(req: Request) -> dict[str, Any]:
     responses: list[dict[str, Any]] = []
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for name, entry in entries:
+        _materialize(entry, req.zero_copy)
         parts = by_topic.get(name)
         if parts is None:
             parts = by_topic[name] = []
