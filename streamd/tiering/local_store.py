@@ -28,7 +28,7 @@ from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
-from streamd.tiering.checksum import crc32c_hex, verify
+from streamd.tiering.checksum import crc32c, crc32c_hex, verify
 from streamd.tiering.store import (
     CHECKSUM_METADATA_KEY,
     InvalidKey,
@@ -39,11 +39,13 @@ from streamd.tiering.store import (
     StoreAccessError,
     StoreError,
     normalize_metadata,
+    pread_exactly,
     validate_key,
     validate_range,
 )
 
 _MAGIC = b"SDOBJ1"
+COPY_BLOCK = 16 << 20
 _LEN = struct.Struct(">I")
 _TMP_DIR = ".streamd-tmp"
 _MAX_HEADER = 1 << 20
@@ -82,6 +84,22 @@ class LocalStore:
         meta = normalize_metadata(metadata)
         meta[CHECKSUM_METADATA_KEY] = crc32c_hex(data)
         await asyncio.to_thread(self._put, key, path, bytes(data), if_absent, meta)
+
+    async def put_file(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        *,
+        checksum: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the first ``size`` bytes of file ``fd`` (whose CRC32C is ``checksum``),
+        copying it in blocks: memory stays bounded whatever the size."""
+        path = self._path(key)
+        meta = normalize_metadata(metadata)
+        meta[CHECKSUM_METADATA_KEY] = checksum
+        await asyncio.to_thread(self._put_file, key, path, fd, size, meta)
 
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
         path = self._path(key)
@@ -142,6 +160,36 @@ class LocalStore:
                 if self._fsync:
                     os.fsync(f.fileno())
             self._publish(key, tmp_name, path, if_absent)
+        except OSError as exc:
+            raise StoreError(f"put {key!r} into {self.description} failed: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+
+    def _put_file(self, key: str, path: Path, src: int, size: int, meta: dict[str, str]) -> None:
+        header = json.dumps({"metadata": meta}, sort_keys=True).encode()
+        tmp_dir = self._root / _TMP_DIR
+        try:
+            tmp_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
+        except OSError as exc:
+            raise StoreAccessError(
+                f"cannot write to local object store {self._root}: {exc}"
+            ) from exc
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC + _LEN.pack(len(header)) + header)
+                crc = 0
+                for offset in range(0, size, COPY_BLOCK):
+                    data = pread_exactly(src, min(COPY_BLOCK, size - offset), offset)
+                    crc = crc32c(data, crc)
+                    f.write(data)
+                if format(crc, "08x") != meta[CHECKSUM_METADATA_KEY]:
+                    raise StoreError(f"put {key!r}: the source changed while it was copied")
+                f.flush()
+                if self._fsync:
+                    os.fsync(f.fileno())
+            self._publish(key, tmp_name, path, False)
         except OSError as exc:
             raise StoreError(f"put {key!r} into {self.description} failed: {exc}") from exc
         finally:

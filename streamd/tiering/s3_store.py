@@ -28,6 +28,7 @@ Decisions:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -42,7 +43,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
 from streamd.errors import ConfigError
-from streamd.tiering.checksum import crc32c_hex, verify
+from streamd.tiering.checksum import crc32c, crc32c_hex, verify
 from streamd.tiering.store import (
     CHECKSUM_METADATA_KEY,
     ObjectExists,
@@ -52,6 +53,7 @@ from streamd.tiering.store import (
     StoreAccessError,
     StoreError,
     normalize_metadata,
+    pread_exactly,
     validate_key,
     validate_range,
 )
@@ -155,6 +157,8 @@ class S3Store:
                 self.description,
             )
         self._list_page_size = 1000
+        self.part_size = 16 << 20
+        """put_file: files larger than this go up as multipart uploads of parts this large."""
         self.requests = 0
         self.retries = 0
 
@@ -197,6 +201,73 @@ class S3Store:
                 await self.put(key, data, if_absent=True, metadata=metadata)
                 return
         await self._call(f"put {key!r}", lambda c: c.put_object(**args))
+
+    async def put_file(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        *,
+        checksum: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the first ``size`` bytes of file ``fd`` (whose CRC32C is ``checksum``).
+
+        Up to ``part_size`` bytes go in one PUT; larger files as a multipart upload of
+        ``part_size`` parts read one at a time, so memory stays bounded by one part whatever
+        the segment size. Each part is retried on its own; a failed upload is aborted (the
+        bucket keeps no parts) and the whole object is tried again on the next tick.
+        """
+        if size <= self.part_size:
+            data = await asyncio.to_thread(pread_exactly, fd, size, 0)
+            if crc32c_hex(data) != checksum:
+                raise StoreError(f"put {key!r}: the source changed while it was read")
+            await self.put(key, data, metadata=metadata)
+            return
+        full = self._full_key(key)
+        meta = normalize_metadata(metadata)
+        meta[CHECKSUM_METADATA_KEY] = checksum
+        created = await self._call(
+            f"start multipart upload of {key!r}",
+            lambda c: c.create_multipart_upload(Bucket=self._bucket, Key=full, Metadata=meta),
+        )
+        upload_id = created["UploadId"]
+        try:
+            parts = []
+            crc = 0
+            for number, offset in enumerate(range(0, size, self.part_size), start=1):
+                data = await asyncio.to_thread(
+                    pread_exactly, fd, min(self.part_size, size - offset), offset
+                )
+                crc = crc32c(data, crc)
+
+                def upload(c: Any, n: int = number, body: bytes = data) -> Awaitable[Any]:
+                    return c.upload_part(  # type: ignore[no-any-return]
+                        Bucket=self._bucket, Key=full, UploadId=upload_id, PartNumber=n, Body=body
+                    )
+
+                resp = await self._call(f"upload part {number} of {key!r}", upload)
+                parts.append({"ETag": resp["ETag"], "PartNumber": number})
+            if format(crc, "08x") != checksum:
+                raise StoreError(f"put {key!r}: the source changed while it was read")
+            await self._call(
+                f"complete multipart upload of {key!r}",
+                lambda c: c.complete_multipart_upload(
+                    Bucket=self._bucket,
+                    Key=full,
+                    UploadId=upload_id,
+                    MultipartUpload={"Parts": parts},
+                ),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._call(
+                    f"abort multipart upload of {key!r}",
+                    lambda c: c.abort_multipart_upload(
+                        Bucket=self._bucket, Key=full, UploadId=upload_id
+                    ),
+                )
+            raise
 
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
         full = self._full_key(key)

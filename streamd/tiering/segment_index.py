@@ -20,12 +20,14 @@ a segment damaged on local disk is never archived as if it were good.
 from __future__ import annotations
 
 import bisect
+import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streamd.errors import CorruptMessage, RemoteStorageError
-from streamd.log.batch import check_batch
+from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch
+from streamd.tiering.checksum import crc32c
 
 MAGIC = b"SDRX"
 VERSION = 1
@@ -79,6 +81,61 @@ class SegmentScan:
     last_offset: int
 
 
+class _Scanner:
+    """The state of one pass over a segment's batches, fed in pieces."""
+
+    def __init__(self, base_offset: int, interval_bytes: int) -> None:
+        self.interval = interval_bytes
+        self.entries: list[tuple[int, int, int]] = []
+        self.expected = base_offset
+        self.records = 0
+        self.first_ts = self.max_ts = -1
+        self.entry_start = -interval_bytes
+
+    def feed(self, data: bytes | memoryview, position: int, more: int) -> int:
+        """Scan the whole batches in ``data`` (segment bytes from ``position``, with ``more``
+        bytes of the segment after it); returns the bytes consumed. A batch cut off at the end
+        of ``data`` is left for the next piece if the segment holds the rest of it."""
+        end = len(data)
+        pos = 0
+        while pos < end:
+            if more:
+                if end - pos < HEADER_SIZE:
+                    break
+                batch_end = pos + LOG_OVERHEAD + PREFIX.unpack_from(data, pos)[1]
+                if end < batch_end <= end + more:
+                    break
+            header = check_batch(data, pos, end)
+            at = position + pos
+            if header.base_offset != self.expected:
+                raise CorruptMessage(
+                    f"batch at byte {at} has base offset {header.base_offset}, "
+                    f"expected {self.expected}"
+                )
+            if at - self.entry_start >= self.interval:
+                self.entries.append((header.base_offset, at, header.max_timestamp))
+                self.entry_start = at
+            elif header.max_timestamp > self.entries[-1][2]:
+                e = self.entries[-1]
+                self.entries[-1] = (e[0], e[1], header.max_timestamp)
+            if at == 0:
+                self.first_ts = header.first_timestamp
+            self.max_ts = max(self.max_ts, header.max_timestamp)
+            self.records += header.records_count
+            self.expected = header.next_offset
+            pos += header.size
+        return pos
+
+    def result(self) -> SegmentScan:
+        return SegmentScan(
+            index=encode_index(self.entries),
+            record_count=self.records,
+            first_timestamp=self.first_ts,
+            max_timestamp=self.max_ts,
+            last_offset=self.expected - 1,
+        )
+
+
 def scan_segment(
     data: bytes | memoryview,
     base_offset: int,
@@ -89,39 +146,43 @@ def scan_segment(
 
     Raises :class:`CorruptMessage` on a bad batch, a torn tail or non-dense offsets.
     """
-    end = len(data)
-    if end == 0:
+    if len(data) == 0:
         raise CorruptMessage("empty segment")
-    entries: list[tuple[int, int, int]] = []
-    pos = 0
-    expected = base_offset
-    records = 0
-    first_ts = max_ts = -1
-    entry_start = -interval_bytes
-    while pos < end:
-        header = check_batch(data, pos, end)
-        if header.base_offset != expected:
-            raise CorruptMessage(
-                f"batch at byte {pos} has base offset {header.base_offset}, expected {expected}"
-            )
-        if pos - entry_start >= interval_bytes:
-            entries.append((header.base_offset, pos, header.max_timestamp))
-            entry_start = pos
-        elif header.max_timestamp > entries[-1][2]:
-            entries[-1] = (entries[-1][0], entries[-1][1], header.max_timestamp)
-        if pos == 0:
-            first_ts = header.first_timestamp
-        max_ts = max(max_ts, header.max_timestamp)
-        records += header.records_count
-        expected = header.next_offset
-        pos += header.size
-    return SegmentScan(
-        index=encode_index(entries),
-        record_count=records,
-        first_timestamp=first_ts,
-        max_timestamp=max_ts,
-        last_offset=expected - 1,
-    )
+    scanner = _Scanner(base_offset, interval_bytes)
+    scanner.feed(data, 0, more=0)
+    return scanner.result()
+
+
+SCAN_BLOCK = 16 << 20
+
+
+def scan_segment_file(
+    fd: int,
+    size: int,
+    base_offset: int,
+    *,
+    interval_bytes: int = DEFAULT_INTERVAL_BYTES,
+    block: int = SCAN_BLOCK,
+) -> tuple[SegmentScan, str]:
+    """:func:`scan_segment` of the first ``size`` bytes of file ``fd``, read in ``block``-sized
+    pieces (memory stays bounded by a block plus one batch), and the CRC32C of those bytes."""
+    if size == 0:
+        raise CorruptMessage("empty segment")
+    scanner = _Scanner(base_offset, interval_bytes)
+    crc = 0
+    pending = b""  # bytes of a batch cut by the previous block
+    read = 0
+    while read < size:
+        data = os.pread(fd, min(block, size - read), read)
+        if not data:
+            raise CorruptMessage(f"segment ends at byte {read}, expected {size}")
+        crc = crc32c(data, crc)
+        position = read - len(pending)
+        read += len(data)
+        piece = pending + data if pending else data
+        used = scanner.feed(piece, position, more=size - read)
+        pending = piece[used:]
+    return scanner.result(), format(crc, "08x")
 
 
 def encode_index(entries: Sequence[tuple[int, int, int]]) -> bytes:

@@ -31,6 +31,7 @@ Contract shared by both (checked by ``tests/unit/tiering/test_store_contract.py`
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -141,6 +142,17 @@ def validate_range(byte_range: tuple[int, int]) -> tuple[int, int]:
     if start < 0 or end < start:
         raise ValueError(f"invalid byte range [{start}, {end})")
     return start, end
+
+
+def pread_exactly(fd: int, length: int, position: int) -> bytes:
+    """``length`` bytes of file ``fd`` at ``position`` (StoreError if the file is shorter)."""
+    data = os.pread(fd, length, position)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), position + len(data))
+        if not more:
+            raise StoreError(f"file ended at byte {position + len(data)}, expected {length}")
+        data += more
+    return data
 
 
 def normalize_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:

@@ -46,9 +46,9 @@ from streamd.tiering.manifest import (
     dump_partition_manifest,
 )
 from streamd.tiering.partition_state import PartitionState
-from streamd.tiering.segment_index import SegmentScan, scan_segment
+from streamd.tiering.segment_index import scan_segment_file
 from streamd.tiering.stats import TieringStats
-from streamd.tiering.store import ObjectStore, StoreError
+from streamd.tiering.store import ObjectStore, StoreError, pread_exactly
 
 log = logging.getLogger("streamd.tiering")
 
@@ -150,40 +150,64 @@ class Uploader:
         )
         async with self._sem:
             try:
-                data, scan, checksum = await asyncio.to_thread(_read_and_scan, segment)
-            except (StreamdError, OSError) as exc:
+                # A private descriptor: the segment may be closed (topic deleted) meanwhile.
+                fd = os.dup(segment.file.fd)
+            except OSError as exc:
                 self._stats.upload_errors += 1
                 return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")
-            if scan.last_offset != segment.last_offset:
-                self._stats.upload_errors += 1
-                return UploadResult(
-                    Outcome.FAILED,
-                    error=f"{where} holds offsets up to {scan.last_offset}, expected "
-                    f"{segment.last_offset}",
-                )
-            seg_key = keys.segment_key(
-                state.topic, state.topic_id, state.partition, segment.base_offset, scan.last_offset
-            )
-            index_key = keys.segment_index_key(
-                state.topic, state.topic_id, state.partition, segment.base_offset, scan.last_offset
-            )
             try:
+                return await self._upload(state, segment, fd, where)
+            finally:
+                os.close(fd)
+
+    async def _upload(
+        self, state: PartitionState, segment: Segment, fd: int, where: str
+    ) -> UploadResult:
+        size = segment.size
+        try:
+            scan, checksum = await asyncio.to_thread(
+                scan_segment_file, fd, size, segment.base_offset
+            )
+        except (StreamdError, OSError) as exc:
+            self._stats.upload_errors += 1
+            return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")
+        if scan.last_offset != segment.last_offset:
+            self._stats.upload_errors += 1
+            return UploadResult(
+                Outcome.FAILED,
+                error=f"{where} holds offsets up to {scan.last_offset}, expected "
+                f"{segment.last_offset}",
+            )
+        seg_key = keys.segment_key(
+            state.topic, state.topic_id, state.partition, segment.base_offset, scan.last_offset
+        )
+        index_key = keys.segment_index_key(
+            state.topic, state.topic_id, state.partition, segment.base_offset, scan.last_offset
+        )
+        try:
+            put_file = getattr(self._store, "put_file", None)
+            if put_file is not None:
+                # Streamed from the file in parts: memory stays bounded by one part.
+                await put_file(seg_key, fd, size, checksum=checksum)
+            else:
+                data = await asyncio.to_thread(_read_all, fd, size)
                 await self._store.put(seg_key, data)
-                self._stats.uploaded_bytes += len(data)
-                if self._crash_hook:
-                    log.error("tiering.debug.fail_after_segment_upload: exiting after %s", seg_key)
-                    os._exit(75)
-                await self._store.put(index_key, scan.index)
-                self._stats.uploaded_bytes += len(scan.index)
-            except StoreError as exc:
-                self._stats.upload_errors += 1
-                outcome = Outcome.RETRY if exc.retriable else Outcome.FAILED
-                return UploadResult(outcome, error=f"upload of {where} failed: {exc}")
+            segment.file.drop_behind(0, size)
+            self._stats.uploaded_bytes += size
+            if self._crash_hook:
+                log.error("tiering.debug.fail_after_segment_upload: exiting after %s", seg_key)
+                os._exit(75)
+            await self._store.put(index_key, scan.index)
+            self._stats.uploaded_bytes += len(scan.index)
+        except StoreError as exc:
+            self._stats.upload_errors += 1
+            outcome = Outcome.RETRY if exc.retriable else Outcome.FAILED
+            return UploadResult(outcome, error=f"upload of {where} failed: {exc}")
         self._stats.uploaded_segments += 1
         meta = SegmentMeta(
             base_offset=segment.base_offset,
             last_offset=scan.last_offset,
-            size_bytes=len(data),
+            size_bytes=size,
             first_timestamp=scan.first_timestamp,
             max_timestamp=scan.max_timestamp,
             record_count=scan.record_count,
@@ -216,7 +240,5 @@ class Uploader:
         return UploadResult(Outcome.OK)
 
 
-def _read_and_scan(segment: Segment) -> tuple[bytes, SegmentScan, str]:
-    data = segment.file.pread(segment.size, 0)
-    segment.file.drop_behind(0, segment.size)
-    return data, scan_segment(data, segment.base_offset), crc32c_hex(data)
+def _read_all(fd: int, size: int) -> bytes:
+    return pread_exactly(fd, size, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from streamd.errors import CorruptMessage
@@ -61,3 +63,39 @@ def test_decode_rejects_garbage() -> None:
             decode_index(bad, len(data))
     with pytest.raises(IndexFormatError):
         decode_index(good, 0)
+
+
+@pytest.mark.parametrize("block", [61, 100, 777, 4096, 1 << 20])
+def test_scanning_a_file_in_blocks_matches_scanning_it_whole(tmp_path, block: int) -> None:  # noqa: ANN001
+    from streamd.tiering.checksum import crc32c_hex
+    from streamd.tiering.segment_index import scan_segment_file
+
+    data = segment_bytes(40)
+    path = tmp_path / "seg.log"
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        scan, checksum = scan_segment_file(fd, len(data), 0, interval_bytes=700, block=block)
+        assert scan == scan_segment(data, 0, interval_bytes=700)
+        assert checksum == crc32c_hex(data)
+        with pytest.raises(CorruptMessage):
+            scan_segment_file(fd, len(data) - 10, 0, block=block)  # a torn tail
+        with pytest.raises(CorruptMessage):
+            scan_segment_file(fd, len(data), 3, block=block)  # offsets that do not start at 3
+    finally:
+        os.close(fd)
+
+
+def test_a_garbage_length_does_not_make_the_file_scan_buffer_the_segment(tmp_path) -> None:  # noqa: ANN001
+    from streamd.tiering.segment_index import scan_segment_file
+
+    data = bytearray(segment_bytes(10))
+    data[8:12] = (10**9).to_bytes(4, "big")  # first batch claims a gigabyte
+    path = tmp_path / "seg.log"
+    path.write_bytes(bytes(data))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(CorruptMessage):
+            scan_segment_file(fd, len(data), 0, block=100)
+    finally:
+        os.close(fd)

@@ -181,3 +181,29 @@ async def test_corrupted_object_is_never_returned(backend: StoreUnderTest) -> No
 
 async def test_check_accepts_a_usable_store(backend: StoreUnderTest) -> None:
     await backend.store.check()
+
+
+@pytest.mark.parametrize("size", [0, 1000, 12 * 1024 * 1024 + 5])
+async def test_put_file_streams_a_file_in_parts(
+    backend: StoreUnderTest, tmp_path, size: int
+) -> None:  # noqa: ANN001
+    store = backend.store
+    if hasattr(store, "part_size"):
+        store.part_size = 5 * 1024 * 1024  # S3's smallest part: 12 MiB go up in 3 parts
+    blob = os.urandom(size)
+    path = tmp_path / "seg.log"
+    path.write_bytes(blob + b"tail that is not part of the object")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        await store.put_file("f/seg.log", fd, size, checksum=crc32c_hex(blob))  # type: ignore[attr-defined]
+        with pytest.raises(RemoteStorageError, match="changed"):
+            await store.put_file("f/other.log", fd, size + 1, checksum=crc32c_hex(blob))  # type: ignore[attr-defined]
+    finally:
+        os.close(fd)
+    assert await store.get("f/seg.log") == blob
+    info = await store.head("f/seg.log")
+    assert info is not None and info.size == size
+    assert info.metadata[CHECKSUM_METADATA_KEY] == crc32c_hex(blob)
+    if hasattr(store, "part_size") and size > store.part_size:
+        assert (info.etag or "").strip('"').endswith("-3"), "3 parts: a multipart ETag"
+    assert await store.head("f/other.log") is None, "a failed upload leaves no object"
