@@ -52,9 +52,16 @@ def select_candidates(
             continue
         if segment.next_offset - 1 <= manifest.last_uploaded_offset:
             continue
+        if not manifest.segments and segment.next_offset <= manifest.remote_start_offset:
+            continue  # every record in it was deleted (DeleteRecords) before it was archived
         if segment.next_offset > high_watermark or segment.readable_size < segment.size:
             break
-        if not (fresh and not out) and segment.base_offset != expected:
+        after_deleted = (
+            not out
+            and not manifest.segments
+            and segment.base_offset <= manifest.remote_start_offset
+        )
+        if not (fresh and not out) and not after_deleted and segment.base_offset != expected:
             kind = "gap" if segment.base_offset > expected else "overlap"
             reason = (
                 f"local segment {segment.base_offset}-{segment.next_offset - 1} leaves a {kind} "

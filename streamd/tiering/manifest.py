@@ -88,7 +88,8 @@ class PartitionManifest:
     - segments are contiguous: ``segments[i+1].base_offset == segments[i].last_offset + 1``;
     - ``last_uploaded_offset`` is the last offset of the last segment (``-1``: nothing yet);
     - ``remote_start_offset`` (earliest offset a client may fetch from the bucket) lies inside the
-      first segment; with no segments it equals ``last_uploaded_offset + 1``.
+      first segment; with no segments it is at least ``last_uploaded_offset + 1`` (more when
+      DeleteRecords removed offsets that were never archived: they are gone for good).
     """
 
     topic: str
@@ -120,8 +121,8 @@ class PartitionManifest:
                 )
             if not segs[0].base_offset <= self.remote_start_offset <= segs[0].last_offset:
                 raise ManifestConflict("remote_start_offset must lie inside the first segment")
-        elif self.remote_start_offset != self.last_uploaded_offset + 1:
-            raise ManifestConflict("an empty manifest starts right after its last uploaded offset")
+        elif self.remote_start_offset < self.last_uploaded_offset + 1:
+            raise ManifestConflict("an empty manifest starts after its last uploaded offset")
 
     @property
     def next_offset(self) -> int:
@@ -175,13 +176,26 @@ def add_segment(manifest: PartitionManifest, meta: SegmentMeta) -> PartitionMani
             f"(up to {manifest.last_uploaded_offset}) of {manifest.topic}/{manifest.partition}"
         )
     first_ever = manifest.last_uploaded_offset == -1 and not manifest.segments
-    if meta.base_offset != manifest.next_offset and not first_ever:
+    # Offsets below the remote start of an empty manifest were deleted (DeleteRecords): a
+    # segment may skip them, and whatever it holds below the start stays unreadable.
+    after_deleted = not manifest.segments and meta.base_offset <= manifest.remote_start_offset
+    if meta.base_offset != manifest.next_offset and not (first_ever or after_deleted):
         kind = "gap" if meta.base_offset > manifest.next_offset else "overlap"
         raise ManifestConflict(
             f"segment {meta.base_offset}-{meta.last_offset} leaves a {kind}: "
             f"{manifest.topic}/{manifest.partition} expects base offset {manifest.next_offset}"
         )
-    start = meta.base_offset if not manifest.segments else manifest.remote_start_offset
+    if not manifest.segments and meta.last_offset < manifest.remote_start_offset:
+        raise ManifestConflict(
+            f"segment {meta.base_offset}-{meta.last_offset} lies wholly below the remote start "
+            f"{manifest.remote_start_offset} of {manifest.topic}/{manifest.partition}"
+        )
+    if manifest.segments:
+        start = manifest.remote_start_offset
+    elif first_ever:
+        start = meta.base_offset
+    else:
+        start = max(meta.base_offset, manifest.remote_start_offset)
     return replace(
         manifest,
         segments=(*manifest.segments, meta),
@@ -209,6 +223,23 @@ def advance_remote_start(
     removed = tuple(s for s in manifest.segments if s.last_offset < offset)
     kept = manifest.segments[len(removed) :]
     return replace(manifest, segments=kept, remote_start_offset=offset), removed
+
+
+def delete_records_before(
+    manifest: PartitionManifest, offset: int
+) -> tuple[PartitionManifest, tuple[SegmentMeta, ...]]:
+    """DeleteRecords: no offset below ``offset`` may be served from the bucket any more.
+
+    Like :func:`advance_remote_start`, but ``offset`` may lie beyond what is archived (the
+    records deleted were never uploaded): the manifest then keeps no segment and starts at
+    ``offset``, and the next upload may begin anywhere up to it. Returns the new manifest and
+    the segments now wholly below the start (delete their objects after storing it).
+    """
+    if offset <= manifest.remote_start_offset:
+        return manifest, ()
+    if offset <= manifest.next_offset and manifest.segments:
+        return advance_remote_start(manifest, offset)
+    return replace(manifest, segments=(), remote_start_offset=offset), manifest.segments
 
 
 def segment_for_offset(manifest: PartitionManifest, offset: int) -> SegmentMeta | None:

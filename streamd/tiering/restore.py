@@ -106,8 +106,11 @@ class PartitionPlan:
 
     @property
     def next_offset(self) -> int:
-        """Where the empty local log starts: the next offset a producer gets."""
-        return self.manifest.next_offset if self.manifest else 0
+        """Where the empty local log starts: the next offset a producer gets (never below the
+        remote start: offsets deleted by DeleteRecords are not handed out again)."""
+        if self.manifest is None:
+            return 0
+        return max(self.manifest.next_offset, self.manifest.remote_start_offset)
 
     @property
     def segments(self) -> int:

@@ -48,6 +48,7 @@ from streamd.tiering.manifest import (
     ManifestError,
     TopicManifest,
     advance_remote_start,
+    delete_records_before,
     dump_topic_manifest,
     load_partition_manifest,
 )
@@ -292,6 +293,30 @@ class TieringService:
         local_cut = min(advanced.remote_start_offset, plog.high_watermark)
         if local_cut > plog.log_start_offset:
             plog.delete_records_before(local_cut)
+
+    async def delete_records(self, topic: str, partition: int, offset: int) -> None:
+        """DeleteRecords on a tiered partition: before the local log start moves, the stored
+        manifest stops serving every offset below ``offset`` (KIP-405). Objects of segments
+        now wholly below it are deleted after the manifest is stored. Raises StoreError when
+        the manifest cannot be stored (nothing has changed then)."""
+        state = self._states.get((topic, partition))
+        if state is None:
+            return
+        async with state.lock:
+            moved, removed = delete_records_before(state.manifest, offset)
+            if moved is state.manifest:
+                return
+            stored = await self._uploader.store_manifest(state, moved)
+            if stored.outcome is not Outcome.OK:
+                raise StoreError(stored.error or "manifest not stored", retriable=True)
+            log.info(
+                "%s-%d: DeleteRecords moved the remote start to %d (%d segments dropped)",
+                topic, partition, offset, len(removed),
+            )
+            for seg in removed:
+                self.cache.invalidate(seg.key)
+                state.pending_deletes += [seg.key, seg.index_key]
+        self._spawn(self._delete_pending(state))
 
     async def _delete_pending(self, state: PartitionState) -> None:
         if not state.pending_deletes:

@@ -233,6 +233,50 @@ def test_total_retention_moves_earliest_and_clients_reset(
         resetting.close()
 
 
+def test_delete_records_hides_archived_offsets_and_uploads_go_on(
+    moto_s3: MotoS3, broker_factory, topic_name: str  # noqa: ANN001
+) -> None:
+    bucket = moto_s3.new_bucket()
+    broker = broker_factory(settings(moto_s3, bucket))
+    config = TIERED | {"segment.bytes": "65536", "local.retention.bytes": "131072"}
+    ops.create_topic(broker.bootstrap, topic_name, 1, config)
+    records = make_records(3000, seed=5)
+    produce(broker.bootstrap, topic_name, records[:2000])
+    wait_partition(broker, topic_name, "archived", lambda r: r["local_start_offset"] > 500)
+    cut = 300  # archived only: below the local start
+    tp = TopicPartition(topic_name, 0, cut)
+    client = ops.admin(broker.bootstrap)  # referenced until its future resolves
+    deleted = client.delete_records([tp], request_timeout=15)[tp].result(20)
+    assert deleted.low_watermark == cut
+    assert list_offset(broker, topic_name, -2) == cut
+    produce(broker.bootstrap, topic_name, records[2000:])
+    report = wait_partition(
+        broker,
+        topic_name,
+        "uploads after DeleteRecords",
+        lambda r: r["last_uploaded_offset"] > 2000 and r["pending_deletes"] == 0,
+    )
+    assert report["blocked"] is None and report["remote_start_offset"] == cut
+    manifests = check_bucket_consistent(moto_s3, bucket)
+    assert manifests[0].segments[0].base_offset <= cut <= manifests[0].segments[0].last_offset
+
+    c = ops.consumer(broker.bootstrap, **{"auto.offset.reset": "earliest"})
+    try:
+        c.assign([TopicPartition(topic_name, 0, 0)])  # below the start: reset to `cut`
+        got = []
+        deadline = time.monotonic() + 30
+        while len(got) < 50 and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is not None:
+                if msg.error() is not None:
+                    raise KafkaException(msg.error())
+                got.append(msg)
+        assert got and got[0].offset() == cut
+        assert [m.value() for m in got] == [r.value for r in records[cut : cut + len(got)]]
+    finally:
+        c.close()
+
+
 def test_delete_topic_removes_its_objects(
     moto_s3: MotoS3, broker_factory, topic_name: str  # noqa: ANN001
 ) -> None:

@@ -177,7 +177,15 @@ async def delete_records(req: Request) -> dict[str, Any]:
                 continue
             try:
                 plog = topic.partitions[p.partition_index]
-                entry["low_watermark"] = plog.delete_records_before(p.offset)
+                offset = plog.high_watermark if p.offset == -1 else p.offset
+                if 0 <= offset <= plog.high_watermark and ctx.tiering is not None:
+                    # The archive stops serving the deleted offsets first (KIP-405); if its
+                    # manifest cannot be stored, nothing is deleted.
+                    await ctx.tiering.delete_records(t.name, p.partition_index, offset)
+                low = plog.delete_records_before(offset)
+                if ctx.tiering is not None:  # the partition's start includes the archive
+                    low = ctx.tiering.earliest_offset(t.name, p.partition_index, plog)
+                entry["low_watermark"] = low
                 entry["error_code"] = ErrorCode.NONE
             except StreamdError as exc:
                 entry["error_code"] = exc.code

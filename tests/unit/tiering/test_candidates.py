@@ -24,9 +24,17 @@ def manifest_upto(last: int, start: int = 0):  # noqa: ANN201
     if last < start:
         return m
     meta = SegmentMeta(
-        base_offset=start, last_offset=last, size_bytes=1, first_timestamp=0, max_timestamp=0,
-        record_count=last - start + 1, checksum="00000000", key="k.log", index_key="k.index",
-        index_checksum="00000000", uploaded_at_ms=0,
+        base_offset=start,
+        last_offset=last,
+        size_bytes=1,
+        first_timestamp=0,
+        max_timestamp=0,
+        record_count=last - start + 1,
+        checksum="00000000",
+        key="k.log",
+        index_key="k.index",
+        index_checksum="00000000",
+        uploaded_at_ms=0,
     )
     return add_segment(m, meta)
 
@@ -87,3 +95,13 @@ def test_manifest_emptied_by_retention_continues_at_its_end() -> None:
 
     emptied, _ = advance_remote_start(manifest_upto(9), 10)
     assert bases(select_candidates(log(0, 10, 20), emptied, 21)) == [10]
+
+
+def test_after_delete_records_past_the_archive_uploads_resume_at_the_deleted_point() -> None:
+    from streamd.tiering.manifest import delete_records_before
+
+    m, _ = delete_records_before(manifest_upto(19), 45)
+    sel = select_candidates(log(20, 40, 60, 80), m, 81)
+    assert bases(sel) == [40, 60] and sel.blocked is None  # 20-39 is wholly deleted
+    sel = select_candidates(log(50, 60), m, 61)
+    assert sel.blocked is not None and "gap" in sel.blocked  # 45-49 missing locally

@@ -16,6 +16,7 @@ from streamd.tiering.manifest import (
     UnsupportedManifestVersion,
     add_segment,
     advance_remote_start,
+    delete_records_before,
     dump_partition_manifest,
     dump_topic_manifest,
     empty_manifest,
@@ -204,7 +205,32 @@ def test_values_are_frozen_and_validated() -> None:
         seg(10, 9)
     with pytest.raises(ValueError):
         seg(0, 9, checksum="xyz")
-    with pytest.raises(ManifestConflict):
-        PartitionManifest(topic="t", topic_id=TID, partition=0, remote_start_offset=5)
+    with pytest.raises(ManifestConflict):  # an empty manifest cannot start inside its archive
+        PartitionManifest(
+            topic="t", topic_id=TID, partition=0, remote_start_offset=3, last_uploaded_offset=9
+        )
     with pytest.raises(UnsupportedManifestVersion):
         PartitionManifest(topic="t", topic_id=TID, partition=0, format_version=2)
+
+
+def test_delete_records_inside_the_archive_moves_the_start_and_drops_whole_segments() -> None:
+    m = built((0, 9), (10, 19), (20, 29))
+    moved, removed = delete_records_before(m, 15)
+    assert moved.remote_start_offset == 15 and [s.base_offset for s in removed] == [0]
+    assert segment_for_offset(moved, 14) is None and segment_for_offset(moved, 15) is not None
+    assert delete_records_before(moved, 12) == (moved, ())  # never backwards
+
+
+def test_delete_records_beyond_the_archive_empties_it_and_the_next_upload_may_skip_ahead() -> None:
+    m = built((0, 9), (10, 19))
+    moved, removed = delete_records_before(m, 45)
+    assert moved.segments == () and moved.remote_start_offset == 45 and len(removed) == 2
+    assert load_partition_manifest(dump_partition_manifest(moved)) == moved
+    # The local segment holding 45 starts at 40: offsets 20-39 were deleted, never archived.
+    after = add_segment(moved, seg(40, 59))
+    assert after.remote_start_offset == 45 and after.last_uploaded_offset == 59
+    assert segment_for_offset(after, 44) is None and segment_for_offset(after, 45) is not None
+    with pytest.raises(ManifestConflict):
+        add_segment(moved, seg(46, 59))  # 45 itself would be missing: a real gap
+    with pytest.raises(ManifestConflict):
+        add_segment(moved, seg(20, 39))  # every record in it was deleted

@@ -156,6 +156,61 @@ async def test_pipeline_archives_then_local_retention_and_remote_reads(env: Env)
         assert await replay(service, plog, "t", max_bytes) == local_before
 
 
+async def delete_records(service: TieringService, plog: Any, offset: int) -> None:
+    """What the DeleteRecords handler does: the archive first, then the local log."""
+    await service.delete_records("t", 0, offset)
+    plog.delete_records_before(offset)
+    for task in list(service._background):
+        await task
+
+
+async def test_delete_records_inside_the_archive_hides_and_deletes_what_lies_below(
+    env: Env,
+) -> None:
+    env.logs.create_topic("t", 1, TIERED)
+    plog = env.logs.partition("t", 0)
+    await fill(env.logs, "t", 60)
+    service = await env.open_service()
+    await env.tick_and_housekeep()
+    manifest = service._states[("t", 0)].manifest
+    first, second = manifest.segments[:2]
+    cut = second.base_offset + 2
+    assert cut < plog.log_start_offset, "the cut must lie in archived-only data"
+    await delete_records(service, plog, cut)
+    assert service.earliest_offset("t", 0, plog) == cut
+    with pytest.raises(OffsetOutOfRange):
+        await service.read("t", 0, cut - 1, 1000, True)
+    data = await service.read("t", 0, cut, 1000, True)
+    assert validate_produce_batches(data, 1 << 30)[0].base_offset <= cut
+    objects = await env.objects()
+    assert first.key not in objects and first.index_key not in objects
+    assert second.key in objects
+    stored = load_partition_manifest(await env.bucket.get(service._states[("t", 0)].manifest_key))
+    assert stored.remote_start_offset == cut
+
+
+async def test_delete_records_past_the_archive_does_not_block_later_uploads(env: Env) -> None:
+    env.logs.create_topic("t", 1, TIERED | {"local.retention.bytes": "-1"})
+    plog = env.logs.partition("t", 0)
+    await fill(env.logs, "t", 30)
+    service = await env.open_service()
+    await env.tick_and_housekeep()
+    archived_to = service._states[("t", 0)].manifest.last_uploaded_offset
+    await fill(env.logs, "t", 30)  # sealed segments that are not archived yet
+    cut = plog.high_watermark - 20
+    assert cut > archived_to + 1
+    await delete_records(service, plog, cut)
+    await fill(env.logs, "t", 30)
+    await env.tick_and_housekeep()
+    state = service._states[("t", 0)]
+    assert state.blocked is None and state.last_error is None
+    assert state.manifest.remote_start_offset == cut
+    assert state.manifest.last_uploaded_offset > cut
+    assert service.earliest_offset("t", 0, plog) == cut
+    with pytest.raises(OffsetOutOfRange):
+        await service.read("t", 0, cut - 1, 1000, True)
+
+
 async def test_kip74_and_max_bytes_bound(env: Env) -> None:
     env.logs.create_topic("t", 1, TIERED)
     plog = env.logs.partition("t", 0)
