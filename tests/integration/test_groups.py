@@ -165,6 +165,10 @@ class Member:
             heartbeat_interval_ms=300,
             auto_commit_interval_ms=200,
             partition_assignment_strategy=(RangePartitionAssignor, RoundRobinPartitionAssignor),
+            # Under load the first join can race the topic's first metadata response: the
+            # leader then assigns nothing ("No partition metadata") and only notices the
+            # partitions at the next refresh, 5 minutes later by default.
+            metadata_max_age_ms=2000,
         )
         try:
             while not self._stop.is_set():
@@ -186,6 +190,7 @@ class Member:
                 session_timeout_ms=SESSION_MS,
                 heartbeat_interval_ms=300,
                 auto_commit_interval_ms=200,
+                metadata_max_age_ms=2000,  # as for kafka-python above
             )
             await c.start()
             try:
