@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from streamd.errors import StorageError
+from streamd.log.files import pread_exactly
 from streamd.log.segment import FileSlice
 
 
@@ -48,13 +49,7 @@ class FileRecords:
 
     def read(self) -> bytes:
         """The bytes themselves (for a transport that cannot take a file)."""
-        data = os.pread(self.fd, self.length, self.position)
-        while len(data) < self.length:
-            more = os.pread(self.fd, self.length - len(data), self.position + len(data))
-            if not more:
-                raise StorageError("segment file ended before the fetched range")
-            data += more
-        return data
+        return pread_exactly(self.fd, self.length, self.position, "a segment file")
 
     def __del__(self) -> None:
         self.close()  # a response dropped before it was sent (error, cancelled request)

@@ -10,6 +10,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from streamd.errors import StorageError
+
+
+def pread_exactly(fd: int, length: int, position: int, what: object = "file") -> bytes:
+    """``length`` bytes of ``fd`` at ``position``; StorageError if the file ends first."""
+    data = os.pread(fd, length, position)
+    while len(data) < length:
+        more = os.pread(fd, length - len(data), position + len(data))
+        if not more:
+            raise StorageError(f"short read of {what} at {position}: it ends first")
+        data += more
+    return data
+
 
 def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)

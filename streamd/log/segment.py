@@ -20,6 +20,7 @@ from pathlib import Path
 from streamd.errors import StorageError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, BatchHeader, iter_record_timestamps
 from streamd.log.batch import parse_header as _parse_header
+from streamd.log.files import pread_exactly
 from streamd.log.index import OffsetIndex, TimeIndex
 
 NO_TIMESTAMP = -1
@@ -67,13 +68,7 @@ class SegmentFile:
     def pread(self, length: int, position: int) -> bytes:
         if self.fd < 0:
             raise StorageError(f"{self.path} is closed")
-        data = os.pread(self.fd, length, position)
-        while len(data) < length:
-            more = os.pread(self.fd, length - len(data), position + len(data))
-            if not more:
-                raise StorageError(f"short read of {self.path} at {position}")
-            data += more
-        return data
+        return pread_exactly(self.fd, length, position, self.path)
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -31,14 +31,14 @@ Contract shared by both (checked by ``tests/unit/tiering/test_store_contract.py`
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
 
-from streamd.errors import ConfigError, RemoteStorageError
+from streamd.errors import ConfigError, RemoteStorageError, StorageError
+from streamd.log import files
 
 CHECKSUM_METADATA_KEY = "streamd-crc32c"
 
@@ -146,13 +146,10 @@ def validate_range(byte_range: tuple[int, int]) -> tuple[int, int]:
 
 def pread_exactly(fd: int, length: int, position: int) -> bytes:
     """``length`` bytes of file ``fd`` at ``position`` (StoreError if the file is shorter)."""
-    data = os.pread(fd, length, position)
-    while len(data) < length:
-        more = os.pread(fd, length - len(data), position + len(data))
-        if not more:
-            raise StoreError(f"file ended at byte {position + len(data)}, expected {length}")
-        data += more
-    return data
+    try:
+        return files.pread_exactly(fd, length, position, "the file to upload")
+    except StorageError as exc:
+        raise StoreError(str(exc)) from exc
 
 
 def normalize_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:
