@@ -24,7 +24,7 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
@@ -143,6 +143,29 @@ class LocalStore:
     def _put(
         self, key: str, path: Path, data: bytes, if_absent: bool, meta: dict[str, str]
     ) -> None:
+        self._write_object(key, path, lambda f: f.write(data), if_absent, meta)
+
+    def _put_file(self, key: str, path: Path, src: int, size: int, meta: dict[str, str]) -> None:
+        def copy(f: BinaryIO) -> None:
+            crc = 0
+            for offset in range(0, size, COPY_BLOCK):
+                data = pread_exactly(src, min(COPY_BLOCK, size - offset), offset)
+                crc = crc32c(data, crc)
+                f.write(data)
+            if format(crc, "08x") != meta[CHECKSUM_METADATA_KEY]:
+                raise StoreError(f"put {key!r}: the source changed while it was copied")
+
+        self._write_object(key, path, copy, False, meta)
+
+    def _write_object(
+        self,
+        key: str,
+        path: Path,
+        write_body: Callable[[BinaryIO], object],
+        if_absent: bool,
+        meta: dict[str, str],
+    ) -> None:
+        """Header + body into a temporary file (fsynced), then published at ``path``."""
         header = json.dumps({"metadata": meta}, sort_keys=True).encode()
         tmp_dir = self._root / _TMP_DIR
         try:
@@ -155,41 +178,11 @@ class LocalStore:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(_MAGIC + _LEN.pack(len(header)) + header)
-                f.write(data)
+                write_body(f)
                 f.flush()
                 if self._fsync:
                     os.fsync(f.fileno())
             self._publish(key, tmp_name, path, if_absent)
-        except OSError as exc:
-            raise StoreError(f"put {key!r} into {self.description} failed: {exc}") from exc
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-
-    def _put_file(self, key: str, path: Path, src: int, size: int, meta: dict[str, str]) -> None:
-        header = json.dumps({"metadata": meta}, sort_keys=True).encode()
-        tmp_dir = self._root / _TMP_DIR
-        try:
-            tmp_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
-        except OSError as exc:
-            raise StoreAccessError(
-                f"cannot write to local object store {self._root}: {exc}"
-            ) from exc
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + _LEN.pack(len(header)) + header)
-                crc = 0
-                for offset in range(0, size, COPY_BLOCK):
-                    data = pread_exactly(src, min(COPY_BLOCK, size - offset), offset)
-                    crc = crc32c(data, crc)
-                    f.write(data)
-                if format(crc, "08x") != meta[CHECKSUM_METADATA_KEY]:
-                    raise StoreError(f"put {key!r}: the source changed while it was copied")
-                f.flush()
-                if self._fsync:
-                    os.fsync(f.fileno())
-            self._publish(key, tmp_name, path, False)
         except OSError as exc:
             raise StoreError(f"put {key!r} into {self.description} failed: {exc}") from exc
         finally:

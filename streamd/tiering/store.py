@@ -112,6 +112,19 @@ class ObjectStore(Protocol):
         metadata: Mapping[str, str] | None = None,
     ) -> None: ...
 
+    async def put_file(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        *,
+        checksum: str,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the first ``size`` bytes of file ``fd`` whose CRC32C is ``checksum``, reading
+        it in bounded pieces; refuse (StoreError) if the bytes read do not match."""
+        ...
+
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes: ...
 
     async def head(self, key: str) -> ObjectInfo | None: ...

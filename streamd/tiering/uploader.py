@@ -48,7 +48,7 @@ from streamd.tiering.manifest import (
 from streamd.tiering.partition_state import PartitionState
 from streamd.tiering.segment_index import scan_segment_file
 from streamd.tiering.stats import TieringStats
-from streamd.tiering.store import ObjectStore, StoreError, pread_exactly
+from streamd.tiering.store import ObjectStore, StoreError
 
 log = logging.getLogger("streamd.tiering")
 
@@ -185,13 +185,8 @@ class Uploader:
             state.topic, state.topic_id, state.partition, segment.base_offset, scan.last_offset
         )
         try:
-            put_file = getattr(self._store, "put_file", None)
-            if put_file is not None:
-                # Streamed from the file in parts: memory stays bounded by one part.
-                await put_file(seg_key, fd, size, checksum=checksum)
-            else:
-                data = await asyncio.to_thread(_read_all, fd, size)
-                await self._store.put(seg_key, data)
+            # Streamed from the file in parts: memory stays bounded by one part.
+            await self._store.put_file(seg_key, fd, size, checksum=checksum)
             segment.file.drop_behind(0, size)
             self._stats.uploaded_bytes += size
             if self._crash_hook:
@@ -238,7 +233,3 @@ class Uploader:
         state.last_upload_ms = now_ms()
         await self._on_manifest_stored(manifest)
         return UploadResult(Outcome.OK)
-
-
-def _read_all(fd: int, size: int) -> bytes:
-    return pread_exactly(fd, size, 0)

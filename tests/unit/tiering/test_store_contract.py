@@ -195,9 +195,9 @@ async def test_put_file_streams_a_file_in_parts(
     path.write_bytes(blob + b"tail that is not part of the object")
     fd = os.open(path, os.O_RDONLY)
     try:
-        await store.put_file("f/seg.log", fd, size, checksum=crc32c_hex(blob))  # type: ignore[attr-defined]
+        await store.put_file("f/seg.log", fd, size, checksum=crc32c_hex(blob))
         with pytest.raises(RemoteStorageError, match="changed"):
-            await store.put_file("f/other.log", fd, size + 1, checksum=crc32c_hex(blob))  # type: ignore[attr-defined]
+            await store.put_file("f/other.log", fd, size + 1, checksum=crc32c_hex(blob))
     finally:
         os.close(fd)
     assert await store.get("f/seg.log") == blob
