@@ -46,6 +46,8 @@ from streamd.tiering.cache import ChunkCache
 from streamd.tiering.candidates import select_candidates
 from streamd.tiering.manifest import (
     ManifestError,
+    PartitionManifest,
+    SegmentMeta,
     TopicManifest,
     advance_remote_start,
     delete_records_before,
@@ -275,21 +277,13 @@ class TieringService:
         )
         if new_start is None:
             return
-        async with state.lock:
-            advanced, removed = advance_remote_start(state.manifest, new_start)
-            if advanced is state.manifest:
-                return
-            stored = await self._uploader.store_manifest(state, advanced)
-            if stored.outcome is not Outcome.OK:
-                state.note_error(stored.error or "manifest not stored")
-                return
-            log.info(
-                "%s-%d: remote start advanced to %d by retention (%d segments expired)",
-                state.topic, state.partition, advanced.remote_start_offset, len(removed),
+        try:
+            advanced = await self._move_remote_start(
+                state, lambda m: advance_remote_start(m, new_start), "by retention"
             )
-            for seg in removed:
-                self.cache.invalidate(seg.key)
-                state.pending_deletes += [seg.key, seg.index_key]
+        except StoreError as exc:
+            state.note_error(str(exc))
+            return
         local_cut = min(advanced.remote_start_offset, plog.high_watermark)
         if local_cut > plog.log_start_offset:
             plog.delete_records_before(local_cut)
@@ -302,21 +296,35 @@ class TieringService:
         state = self._states.get((topic, partition))
         if state is None:
             return
+        await self._move_remote_start(
+            state, lambda m: delete_records_before(m, offset), "by DeleteRecords"
+        )
+        self._spawn(self._delete_pending(state))
+
+    async def _move_remote_start(
+        self,
+        state: PartitionState,
+        move: Callable[[PartitionManifest], tuple[PartitionManifest, tuple[SegmentMeta, ...]]],
+        why: str,
+    ) -> PartitionManifest:
+        """Advance the remote start (invariant 5): store the moved manifest first, then queue
+        the objects of the segments that fell below it for deletion. Returns the manifest in
+        force; raises StoreError when the new one could not be stored (nothing changed)."""
         async with state.lock:
-            moved, removed = delete_records_before(state.manifest, offset)
+            moved, removed = move(state.manifest)
             if moved is state.manifest:
-                return
+                return moved
             stored = await self._uploader.store_manifest(state, moved)
             if stored.outcome is not Outcome.OK:
                 raise StoreError(stored.error or "manifest not stored", retriable=True)
             log.info(
-                "%s-%d: DeleteRecords moved the remote start to %d (%d segments dropped)",
-                topic, partition, offset, len(removed),
+                "%s-%d: remote start moved to %d %s (%d segments dropped)",
+                state.topic, state.partition, moved.remote_start_offset, why, len(removed),
             )
             for seg in removed:
                 self.cache.invalidate(seg.key)
                 state.pending_deletes += [seg.key, seg.index_key]
-        self._spawn(self._delete_pending(state))
+            return moved
 
     async def _delete_pending(self, state: PartitionState) -> None:
         if not state.pending_deletes:
@@ -329,7 +337,8 @@ class TieringService:
             state.note_error(f"cannot delete expired objects: {exc}")
             return
         self.stats.deleted_objects += len(doomed)
-        state.pending_deletes = [k for k in state.pending_deletes if k not in set(doomed)]
+        done = set(doomed)
+        state.pending_deletes = [k for k in state.pending_deletes if k not in done]
 
     # ---- the veto ------------------------------------------------------------------------------
 
