@@ -87,14 +87,32 @@ def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return click.option(
+def format_option(
+    fn: Callable[..., Any] | None = None, *, help: str = "Output format."
+) -> Any:
+    """``--format text|json`` as ``fmt``: ``@format_option`` or ``@format_option(help=...)``."""
+    option = click.option(
         "--format",
         "fmt",
         type=click.Choice(["text", "json"]),
         default="text",
         show_default=True,
-        help="Output format.",
+        help=help,
+    )
+    return option if fn is None else option(fn)
+
+
+def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--config FILE`` and repeatable ``--set KEY=VALUE`` (broker config, as ``serve``)."""
+    fn = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config key by its dotted name (repeatable).",
+    )(fn)
+    return click.option(
+        "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."
     )(fn)
 
 

@@ -18,7 +18,13 @@ import click
 from confluent_kafka import KafkaException
 
 from streamd.cli import acl, cluster, group, restore, topic, user
-from streamd.cli.common import MECHANISMS, CliError, Settings, describe_kafka_error
+from streamd.cli.common import (
+    MECHANISMS,
+    CliError,
+    Settings,
+    config_options,
+    describe_kafka_error,
+)
 from streamd.cli.specs import SpecError
 
 
@@ -105,14 +111,7 @@ def cli(
 
 
 @cli.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config key by its dotted name (repeatable).",
-)
+@config_options
 @click.option(
     "--log-level",
     default="INFO",

@@ -34,6 +34,7 @@ from streamd.cli.common import (
     client_command,
     consumer,
     describe_kafka_error,
+    format_option,
     guard,
     producer,
     settings,
@@ -137,14 +138,7 @@ class _Reporter:
     "--acks", type=click.Choice(["0", "1", "all", "-1"]), default="all", show_default=True
 )
 @click.option("-q", "--quiet", is_flag=True, help="Do not report each record's offset.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="How acknowledgements are reported (json: one per line).",
-)
+@format_option(help="How acknowledgements are reported (json: one per line).")
 def produce(
     name: str,
     path: Path | None,
@@ -307,14 +301,7 @@ def _progress(path: Path) -> Any:
     help="Output template: %k key, %v value, %o offset, %p partition, "
     "%t timestamp ms, %h headers, %T topic (default '%v').",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one object per record and line.",
-)
+@format_option(help="json: one object per record and line.")
 def consume(
     name: str,
     offset_spec: str,

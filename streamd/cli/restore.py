@@ -19,7 +19,14 @@ from typing import Any
 
 import click
 
-from streamd.cli.common import echo_json, render_fields, render_table, section
+from streamd.cli.common import (
+    config_options,
+    echo_json,
+    format_option,
+    render_fields,
+    render_table,
+    section,
+)
 
 PARTIAL_EXIT = 3
 RANGES_SHOWN = 8
@@ -61,27 +68,13 @@ class _RichProgress:
 
 
 @click.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
-@click.option(
-    "--set",
-    "overrides",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Override a config key by its dotted name (repeatable).",
-)
+@config_options
 @click.option(
     "--topic", "topics", multiple=True, metavar="NAME", help="Restore only this topic (repeatable)."
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--force", is_flag=True, help="Restore into a non-empty data_dir.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="Summary format.",
-)
+@format_option(help="Summary format.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def restore(
     config_path: str | None,
