@@ -1,5 +1,6 @@
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -7,6 +8,18 @@ import streamd.log.partition as partition_mod
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.manager import LogManager
 from tests.unit.log.batches import simple_batch
+
+
+def open_logs(tmp_path: Path, **options: Any) -> LogManager:
+    """A loaded log manager with fsync "always" (plus ``options``)."""
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), **options)
+    logs.load()
+    return logs
+
+
+async def fill_4mb(plog: Any) -> None:
+    for _ in range(40):
+        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
 
 
 async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
@@ -20,8 +33,7 @@ async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
         return real(jobs, fs_sync)
 
     monkeypatch.setattr(partition_mod, "run_flush_jobs", counting)
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 8, {})
     results = await asyncio.gather(
         *(p.append(simple_batch(2), now_ms=1) for p in topic.partitions for _ in range(3))
@@ -36,8 +48,7 @@ async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
 async def test_failed_partition_does_not_fail_the_others(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 2, {})
     bad, good = topic.partitions
     real_fsync_all = partition_mod._fsync_all
@@ -67,8 +78,7 @@ async def test_an_unexpected_flush_error_fails_the_waiters_instead_of_hanging(
         raise RuntimeError("injected bug")
 
     monkeypatch.setattr(partition_mod, "run_flush_jobs", broken)
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 2, {})
     outcome = await asyncio.wait_for(
         asyncio.gather(
@@ -83,11 +93,9 @@ async def test_an_unexpected_flush_error_fails_the_waiters_instead_of_hanging(
 
 
 async def test_synced_pages_behind_the_window_leave_the_page_cache(tmp_path: Path) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), page_cache_window=1 << 20)
-    logs.load()
+    logs = open_logs(tmp_path, page_cache_window=1 << 20)
     plog = logs.create_topic("t", 1, {}).partitions[0]
-    for _ in range(40):
-        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    await fill_4mb(plog)
     size = plog.active.size
     assert size > 3 << 20
     file = plog.active.file
@@ -98,25 +106,20 @@ async def test_synced_pages_behind_the_window_leave_the_page_cache(tmp_path: Pat
 
 
 async def test_a_reopened_log_treats_all_but_its_newest_bytes_as_cold(tmp_path: Path) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     plog = logs.create_topic("t", 1, {}).partitions[0]
-    for _ in range(40):
-        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    await fill_4mb(plog)
     size = plog.active.size
     await logs.close()
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), page_cache_window=1 << 20)
-    logs.load()
+    logs = open_logs(tmp_path, page_cache_window=1 << 20)
     assert logs.partition("t", 0).active.file.uncached_below == size - (1 << 20)
     await logs.close()
 
 
 async def test_a_negative_window_leaves_caching_to_the_os(tmp_path: Path) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     plog = logs.create_topic("t", 1, {}).partitions[0]
-    for _ in range(40):
-        await plog.append(simple_batch(100, value_size=1000), now_ms=1)
+    await fill_4mb(plog)
     assert plog.active.file.uncached_below == 0
     await logs.close()
 
@@ -124,8 +127,7 @@ async def test_a_negative_window_leaves_caching_to_the_os(tmp_path: Path) -> Non
 async def test_index_entries_are_written_in_blocks_and_all_on_close(tmp_path: Path) -> None:
     from streamd.log.index import OffsetIndex
 
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"))
-    logs.load()
+    logs = open_logs(tmp_path)
     plog = logs.create_topic("t", 1, {"index.interval.bytes": "1"}).partitions[0]
     for _ in range(30):
         await plog.append(simple_batch(2, value_size=10), now_ms=1)

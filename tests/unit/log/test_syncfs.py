@@ -16,6 +16,12 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+def open_syncfs_logs(tmp_path: Path) -> LogManager:
+    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), syncfs=True)
+    logs.load()
+    return logs
+
+
 def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     calls: list[int] = []
     real = os.fsync
@@ -31,8 +37,7 @@ def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 async def test_a_round_over_many_partitions_is_one_syncfs_not_an_fsync_per_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), syncfs=True)
-    logs.load()
+    logs = open_syncfs_logs(tmp_path)
     topic = logs.create_topic("t", 8, {})
     syncs = 0
     fs_sync = logs.flusher.fs_sync
@@ -56,8 +61,7 @@ async def test_a_round_over_many_partitions_is_one_syncfs_not_an_fsync_per_file(
 async def test_files_on_another_filesystem_are_still_fsynced(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), syncfs=True)
-    logs.load()
+    logs = open_syncfs_logs(tmp_path)
     elsewhere, here = logs.create_topic("t", 2, {}).partitions
     elsewhere.active.file.dev = -42  # as if the partition lived on another mount
     fsyncs = count_fsyncs(monkeypatch)
@@ -72,8 +76,7 @@ async def test_files_on_another_filesystem_are_still_fsynced(
 async def test_a_syncfs_error_fails_every_waiter_and_nothing_becomes_visible(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    logs = LogManager(tmp_path, fsync=FsyncPolicy.parse("always"), syncfs=True)
-    logs.load()
+    logs = open_syncfs_logs(tmp_path)
     topic = logs.create_topic("t", 3, {})
     fs_sync = logs.flusher.fs_sync
     assert fs_sync is not None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -114,7 +115,8 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_fetch(tmp_path: Path)
     assert first.cancelled()
 
 
-async def test_failed_fetch_is_not_cached_and_is_retried(tmp_path: Path) -> None:
+def fails_once(fill: bytes) -> Callable[[int], Awaitable[bytes]]:
+    """A fetcher whose first call fails like a store error; later calls return a chunk."""
     calls = 0
 
     async def flaky(index: int) -> bytes:
@@ -122,8 +124,13 @@ async def test_failed_fetch_is_not_cached_and_is_retried(tmp_path: Path) -> None
         calls += 1
         if calls == 1:
             raise RemoteStorageError("boom")
-        return b"x" * CHUNK
+        return fill * CHUNK
 
+    return flaky
+
+
+async def test_failed_fetch_is_not_cached_and_is_retried(tmp_path: Path) -> None:
+    flaky = fails_once(b"x")
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     with pytest.raises(RemoteStorageError, match="boom"):
         await cache.get_chunk("k", 0, flaky)
@@ -255,15 +262,7 @@ async def test_prefetch_starts_a_load_only_for_missing_chunks(tmp_path: Path) ->
 
 
 async def test_a_failed_prefetch_is_retried_by_the_next_read(tmp_path: Path) -> None:
-    calls = 0
-
-    async def flaky(index: int) -> bytes:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise RemoteStorageError("boom")
-        return b"y" * CHUNK
-
+    flaky = fails_once(b"y")
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     assert cache.prefetch("k", 0, flaky)
     await asyncio.sleep(0.01)
