@@ -61,6 +61,8 @@ class FilesystemSync:
         return self._syncfs is not None
 
     def _open(self) -> int:
+        if self._fd >= 0:
+            return self._fd  # the common case: no lock per file of a flush round
         with self._lock:
             if self._fd < 0:
                 fd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
