@@ -32,12 +32,13 @@ import bisect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError
 from streamd.log.batch import patch_for_append, validate_produce_batches
+from streamd.log.compaction.records import first_keyless_record
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
@@ -210,6 +211,10 @@ class PartitionLog:
     def size_bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def update_config(self, config: TopicConfig) -> None:
         self.config = config
         self.active.index_interval_bytes = config.index_interval_bytes
@@ -232,6 +237,11 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        if self.config.compact and first_keyless_record(payload, headers) is not None:
+            raise InvalidRecord(
+                "Compacted topic cannot accept message without key in topic partition "
+                f"{self.directory.parent.name}-{self.directory.name}."
+            )
         producers = self.producers
         for header in headers:
             duplicate = producers.check(header)
@@ -273,7 +283,7 @@ class PartitionLog:
             return
         if (
             segment.size + incoming_bytes > self.config.segment_bytes
-            or now - segment.created_ms >= self.config.segment_ms
+            or now - segment.created_ms >= self.config.roll_ms
             or self.log_end_offset + incoming_count - 1 - segment.base_offset > MAX_RELATIVE_OFFSET
         ):
             self._roll(now)
@@ -293,9 +303,10 @@ class PartitionLog:
         self._dir_dirty = True
 
     def roll_if_due(self, now: int) -> bool:
-        """Roll a non-empty active segment older than ``segment.ms``."""
+        """Roll a non-empty active segment older than ``segment.ms`` (or, on a compacted
+        topic, ``max.compaction.lag.ms``: the active segment is never cleaned)."""
         segment = self.active
-        if not segment.is_empty and now - segment.created_ms >= self.config.segment_ms:
+        if not segment.is_empty and now - segment.created_ms >= self.config.roll_ms:
             self._roll(now)
             return True
         return False
@@ -378,11 +389,13 @@ class PartitionLog:
         limit = self.high_watermark if upto is None else min(upto, self.high_watermark)
         if offset >= limit:
             return None
-        segment = self._segment_for(offset)
-        found = segment.find_position(offset)
-        if found is None:
-            return None
-        return segment.read(found[0], max_bytes, min_one, end_offset=limit)
+        first = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        for segment in self._segments[first:]:
+            # A compacted segment may end in a gap: the offset is then served by a later one.
+            found = segment.find_position(max(offset, segment.base_offset))
+            if found is not None:
+                return segment.read(found[0], max_bytes, min_one, end_offset=limit)
+        return None
 
     def _segment_for(self, offset: int) -> Segment:
         return self._segments[max(0, bisect.bisect_right(self._bases, offset) - 1)]
@@ -399,6 +412,43 @@ class PartitionLog:
             if found is not None:
                 return found
         return None
+
+    # ---- compaction ----------------------------------------------------------------------------
+
+    def holds_run(self, run: Sequence[Segment]) -> bool:
+        """True while ``run`` is still a run of consecutive sealed segments of this open log
+        (the cleaner checks it right before swapping in their cleaned copy)."""
+        if self._closed or not run:
+            return False
+        try:
+            i = next(n for n, s in enumerate(self._segments) if s is run[0])
+        except StopIteration:
+            return False
+        window = self._segments[i : i + len(run)]
+        return (
+            i + len(run) < len(self._segments)
+            and len(window) == len(run)
+            and all(a is b for a, b in zip(window, run, strict=True))
+        )
+
+    def replace_segments(self, old: Sequence[Segment], new: Segment) -> None:
+        """Put the cleaner's copy ``new`` in place of the consecutive sealed segments ``old``
+        (``holds_run(old)`` must be true). ``new`` already owns ``old[0]``'s file names (see
+        :mod:`streamd.log.compaction.swap`); the other old segments' files are deleted here.
+        Readers holding slices of old segments keep reading the bytes they were given."""
+        assert self.holds_run(old) and new.base_offset == old[0].base_offset
+        i = self._segments.index(old[0])
+        self._segments[i : i + len(old)] = [new]
+        self._bases = [s.base_offset for s in self._segments]
+        gone = {id(s.file) for s in old}
+        self._unsynced = [f for f in self._unsynced if id(f) not in gone]
+        self._sealed_this_session = [s for s in self._sealed_this_session if s not in old]
+        if self._page_cache_window >= 0:
+            new.file.uncached_below = max(0, new.size - self._page_cache_window)
+        old[0].close()
+        for segment in old[1:]:
+            segment.delete()
+        self._dir_dirty = True
 
     # ---- deletion ------------------------------------------------------------------------------
 

@@ -6,8 +6,8 @@ broker default, else the table's default. Every value is validated; errors name 
 
 Semantics worth knowing:
 
-- ``cleanup.policy`` accepts ``delete``, ``compact`` and ``compact,delete`` and is stored, but
-  streamd enforces only deletion (time/size retention); compaction is not implemented.
+- ``cleanup.policy`` accepts ``delete``, ``compact`` and ``compact,delete``: ``compact`` runs
+  the log cleaner (:mod:`streamd.log.compaction`), ``delete`` time/size retention.
 - ``retention.ms`` / ``retention.bytes``: -1 means unlimited. ``local.retention.*`` = -2 means
   "same as the total retention"; otherwise they must not exceed it (Kafka's rule).
 - ``segment.bytes`` is bounded by the u32 file positions of the offset index.
@@ -29,7 +29,7 @@ INT64_MAX = 2**63 - 1
 @dataclass(frozen=True, slots=True)
 class ConfigKey:
     name: str
-    type: Literal["string", "list", "int", "long", "boolean"]
+    type: Literal["string", "list", "int", "long", "double", "boolean"]
     default: str
     doc: str
     parse: Callable[[str, str], object] = field(repr=False)
@@ -50,6 +50,16 @@ def _int(low: int, high: int) -> Callable[[str, str], object]:
         return value
 
     return parse
+
+
+def _ratio(name: str, raw: str) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise InvalidConfig(f"{name}: {raw!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise InvalidConfig(f"{name}: {value} is out of range [0, 1]")
+    return value
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -85,6 +95,34 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
             "delete",
             "delete or compact (compact is stored, only delete is enforced)",
             _cleanup_policy,
+        ),
+        ConfigKey(
+            "delete.retention.ms",
+            "long",
+            str(DAY_MS),
+            "keep tombstones this long after their first cleaning (compacted topics)",
+            _int(0, INT64_MAX),
+        ),
+        ConfigKey(
+            "min.compaction.lag.ms",
+            "long",
+            "0",
+            "a record stays uncompacted at least this long",
+            _int(0, INT64_MAX),
+        ),
+        ConfigKey(
+            "max.compaction.lag.ms",
+            "long",
+            str(INT64_MAX),
+            "a record is compacted at most this long after it was written",
+            _int(1, INT64_MAX),
+        ),
+        ConfigKey(
+            "min.cleanable.dirty.ratio",
+            "double",
+            "0.5",
+            "clean a compacted partition once this share of it is dirty",
+            _ratio,
         ),
         ConfigKey(
             "segment.bytes",
@@ -170,6 +208,10 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicConfig:
     cleanup_policy: str = "delete"
+    delete_retention_ms: int = DAY_MS
+    min_compaction_lag_ms: int = 0
+    max_compaction_lag_ms: int = INT64_MAX
+    min_cleanable_dirty_ratio: float = 0.5
     segment_bytes: int = 1 << 30
     segment_ms: int = 7 * DAY_MS
     retention_ms: int = 7 * DAY_MS
@@ -204,6 +246,11 @@ class TopicConfig:
         return config
 
     def _check_consistency(self) -> None:
+        if self.min_compaction_lag_ms > self.max_compaction_lag_ms:
+            raise InvalidConfig(
+                f"min.compaction.lag.ms ({self.min_compaction_lag_ms}) must not exceed "
+                f"max.compaction.lag.ms ({self.max_compaction_lag_ms})"
+            )
         for local, total in (
             ("local.retention.ms", "retention.ms"),
             ("local.retention.bytes", "retention.bytes"),
@@ -230,6 +277,18 @@ class TopicConfig:
         if self.local_retention_bytes == -2:
             return self.retention_bytes
         return self.local_retention_bytes
+
+    @property
+    def compact(self) -> bool:
+        return "compact" in self.cleanup_policy.split(",")
+
+    @property
+    def roll_ms(self) -> int:
+        """When the active segment rolls: ``segment.ms``, or sooner on a compacted topic with
+        ``max.compaction.lag.ms`` (Kafka's rule: the active segment is never cleaned)."""
+        if self.compact:
+            return min(self.segment_ms, self.max_compaction_lag_ms)
+        return self.segment_ms
 
     @property
     def log_append_time(self) -> bool:
