@@ -65,6 +65,13 @@ def _store(v: Any) -> str:
     raise ValueError("expected file:///abs/dir or s3://bucket[/prefix]")
 
 
+def _cleaner_crash_point(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in ("", "commit", "install"):
+        raise ValueError("expected commit, install or empty")
+    return s
+
+
 def _str(v: Any) -> str:
     return str(v)
 
@@ -177,6 +184,26 @@ KEYS: tuple[Key, ...] = (
         "Group commit ends with one syncfs(2) of the data filesystem, not fsync per file.",
     ),
     Key("log.housekeeping_interval_ms", _int, 5000, "Segment roll and retention check period."),
+    Key("log.cleaner.enable", _bool, True, "Compact topics with cleanup.policy=compact."),
+    Key(
+        "log.cleaner.dedupe_buffer_bytes",
+        _int,
+        134217728,
+        "Memory bound of the cleaner's key -> offset map (one pass maps what fits).",
+    ),
+    Key(
+        "log.cleaner.io_max_bytes_per_second",
+        _int,
+        0,
+        "Cleaner reads plus writes per second; 0 = no limit.",
+    ),
+    Key("log.cleaner.backoff_ms", _int, 15000, "How often the cleaner looks for dirty logs."),
+    Key(
+        "log.cleaner.debug.crash_at",
+        _cleaner_crash_point,
+        "",
+        "Test hook: exit right after the first swap's commit or install step (crash simulation).",
+    ),
     Key("group.initial.rebalance.delay.ms", _int, 3000, "Wait for more members of a new group."),
     Key("group.min.session.timeout.ms", _int, 6000, "Smallest session timeout a member may ask."),
     Key("group.max.session.timeout.ms", _int, 1800000, "Largest session timeout a member may ask."),

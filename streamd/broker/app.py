@@ -26,6 +26,7 @@ from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
+from streamd.log.compaction.cleaner import CleanerSettings, LogCleaner
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
@@ -65,6 +66,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.cleaner: LogCleaner | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -123,6 +125,20 @@ class Broker:
         self.archive = self._start_archive()
         # --- end cluster metadata archive ---
         self.tasks.append(asyncio.create_task(self._housekeeping()))
+        # --- log compaction (streamd/log/compaction) ---
+        self.cleaner = LogCleaner(
+            self.logs,
+            CleanerSettings(
+                enabled=cfg["log.cleaner.enable"],
+                map_bytes=cfg["log.cleaner.dedupe_buffer_bytes"],
+                io_bytes_per_second=cfg["log.cleaner.io_max_bytes_per_second"],
+                backoff_ms=cfg["log.cleaner.backoff_ms"],
+                crash_at=cfg["log.cleaner.debug.crash_at"],
+            ),
+        )
+        self.cleaner.start()
+        self.metrics.add_collector(self.cleaner.metric_families)
+        # --- end log compaction ---
         policy = FsyncPolicy.parse(cfg["fsync"])
         if policy.interval_ms:
             self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
@@ -241,6 +257,14 @@ class Broker:
 
         admin.route("GET", "/v1/topics/{topic}/storage", storage)
 
+        async def compaction(query: Any, topic: str) -> Any:
+            rows = self.cleaner.status(topic) if self.cleaner is not None else None
+            if rows is None:
+                return json_reply({"error": f"unknown topic {topic!r}"}, 404)
+            return json_reply({"topic": topic, "partitions": rows})
+
+        admin.route("GET", "/v1/topics/{topic}/compaction", compaction)
+
         async def archive(query: Any) -> Any:
             if self.archive is None:
                 return json_reply({"error": "cluster metadata archive not running"}, 404)
@@ -314,6 +338,8 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
+        if self.cleaner is not None:
+            await self.cleaner.stop()
         if self.groups is not None:
             await self.groups.close()
         if self.tiering is not None:

@@ -54,6 +54,9 @@ class CleanerSettings:
     map_bytes: int = 128 * 1024 * 1024
     io_bytes_per_second: int = 0
     backoff_ms: int = 15_000
+    crash_at: str = ""
+    """Test hook: "commit" or "install" makes the broker exit right after that step of its
+    first swap, as a kill -9 there would (``log.cleaner.debug.crash_at``)."""
 
 
 def policy_of(config: TopicConfig) -> CompactionPolicy:
@@ -171,6 +174,8 @@ class LogCleaner:
         )
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self.cleaning: PartitionLog | None = None
+        """The partition whose pass is running."""
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -281,7 +286,11 @@ class LogCleaner:
         if chosen is None:
             return False
         plog, found = chosen
-        await self.clean(plog, found, now)
+        self.cleaning = plog
+        try:
+            await self.clean(plog, found, now)
+        finally:
+            self.cleaning = None
         return True
 
     # ---- one pass ------------------------------------------------------------------------------
@@ -407,19 +416,26 @@ class LogCleaner:
             message["max_timestamp"],
             message["last_batch_base"],
         )
-        if not plog.holds_run(old):
+        drop = meta.size == 0
+        if not self._swappable(plog, old, drop):
             await asyncio.to_thread(_abandon, directory, base)
             return False
         try:
-            indexes = await asyncio.to_thread(_commit, directory, meta)
+            indexes = await asyncio.to_thread(_commit, directory, meta, drop)
         except OSError as exc:
             log.warning("%s: cannot commit cleaned segment %d: %s", directory, base, exc)
             await asyncio.to_thread(_abandon, directory, base)
             return False
-        if not plog.holds_run(old):
+        if not self._swappable(plog, old, drop):
             await asyncio.to_thread(_abandon, directory, base)
             return False
+        self._crash_point("commit")
+        if indexes is None:
+            plog.replace_segments(old, None)
+            await asyncio.to_thread(swap.finish, directory, base)
+            return True
         swap.install(directory, base)
+        self._crash_point("install")
         segment = swap.open_cleaned_segment(
             directory,
             meta,
@@ -430,6 +446,16 @@ class LogCleaner:
         plog.replace_segments(old, segment)
         await asyncio.to_thread(swap.finish, directory, base)
         return True
+
+    def _crash_point(self, step: str) -> None:
+        if self.settings.crash_at == step:
+            log.warning("log.cleaner.debug.crash_at=%s: exiting now", step)
+            os._exit(99)
+
+    @staticmethod
+    def _swappable(plog: PartitionLog, old: list[Segment], drop: bool) -> bool:
+        """The group's segments are still the partition's (and, to drop them, not its first)."""
+        return plog.holds_run(old) and not (drop and plog.segments[0] is old[0])
 
     def _account(self, report: PassReport) -> None:
         totals = self.totals
@@ -444,6 +470,60 @@ class LogCleaner:
             totals.last_map_fill = report.map_entries / report.map_capacity
 
     # ---- observability -------------------------------------------------------------------------
+
+    def metric_families(self) -> list[tuple[str, str, str, list[tuple[dict[str, str], float]]]]:
+        """Prometheus families: bytes cleaned, pass time, key-map fill, dirtiest ratio."""
+        t = self.totals
+        now = now_ms()
+        ratios = [
+            ({"topic": name, "partition": str(index)}, self.assess(plog, now).dirty_ratio)
+            for name, index, plog in self._compacted()
+            if not plog.closed
+        ]
+        return [
+            (
+                "streamd_log_cleaner_passes_total",
+                "Cleaning passes run.",
+                "counter",
+                [({}, t.passes)],
+            ),
+            (
+                "streamd_log_cleaner_failed_passes_total",
+                "Cleaning passes that failed.",
+                "counter",
+                [({}, t.failed_passes)],
+            ),
+            (
+                "streamd_log_cleaner_read_bytes_total",
+                "Log bytes the cleaner read and rewrote (the dirty log cleaned).",
+                "counter",
+                [({}, t.bytes_read)],
+            ),
+            (
+                "streamd_log_cleaner_written_bytes_total",
+                "Cleaned log bytes written.",
+                "counter",
+                [({}, t.bytes_written)],
+            ),
+            (
+                "streamd_log_cleaner_pass_seconds_total",
+                "Time spent in cleaning passes.",
+                "counter",
+                [({}, t.pass_seconds)],
+            ),
+            (
+                "streamd_log_cleaner_key_map_fill_ratio",
+                "Share of the key map the last pass used (log.cleaner.dedupe_buffer_bytes).",
+                "gauge",
+                [({}, t.last_map_fill)],
+            ),
+            (
+                "streamd_log_cleaner_dirty_ratio",
+                "Dirty share of each compacted partition.",
+                "gauge",
+                ratios,
+            ),
+        ]
 
     def status(self, topic: str) -> list[dict[str, Any]] | None:
         """Per partition of a compacted topic: the dirty section now and the last pass."""
@@ -460,6 +540,7 @@ class LogCleaner:
                 {
                     "partition": index,
                     "compacted": found.config.compact,
+                    "cleaning_now": self.cleaning is plog,
                     "dirty_ratio": round(section.dirty_ratio, 4),
                     "clean_bytes": section.clean_bytes,
                     "dirty_bytes": section.dirty_bytes,
@@ -479,7 +560,11 @@ class LogCleaner:
         return rows
 
 
-def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any]:
+def _commit(directory: Path, meta: CleanedSegment, drop: bool) -> tuple[Any, Any] | None:
+    """Steps 1-2 of a swap, off the event loop; the cleaned indexes (None for a drop)."""
+    if drop:
+        swap.commit(directory, meta.base_offset, meta.end_offset, drop=True)
+        return None
     indexes = swap.load_indexes(directory, meta.base_offset, meta.size, meta.end_offset)
     swap.commit(directory, meta.base_offset, meta.end_offset)
     return indexes

@@ -10,8 +10,9 @@ Filtering (:class:`BatchFilter`), for every batch of the segments being cleaned:
    discarded once its transaction has no data left *and* its delete horizon has passed. A
    batch holding the last data offset of a producer that is still active (or the last marker of
    an active producer without data) is kept even when it becomes empty, so that producer's
-   sequence and epoch survive; so is the batch that ends the cleaning round, so the last offset
-   stays known. Any other batch left without records is dropped.
+   sequence and epoch survive; so is the batch that ends the cleaning round (Kafka), and the
+   last batch of the log's first segment (so the log start keeps a segment). Any other batch
+   left without records is dropped.
 2. Record retention. A record beyond the key map's ``latest_offset`` stays. A keyed record stays
    when no later offset of its key was mapped, except a tombstone whose batch's delete horizon
    has passed. A record without a key is dropped (Kafka counts it as invalid).
@@ -127,6 +128,10 @@ class BatchFilter:
     now_ms: int
     delete_retention_ms: int
     stats: FilterStats = field(default_factory=FilterStats)
+    group_end: int = -1
+    """Set while cleaning the log's first group: its last batch is kept too, so the log's
+    first segment is never empty (a later group left empty is dropped instead, see
+    :mod:`streamd.log.compaction.swap`)."""
 
     def apply(self, batch: bytes | memoryview, header: BatchHeader) -> bytes | memoryview | None:
         """The bytes to write for ``batch`` (itself when unchanged), or None to drop it."""
@@ -141,8 +146,10 @@ class BatchFilter:
             discard_records = discardable and horizon is not None and horizon <= self.now_ms
         else:
             discardable = discard_records = self.txn.on_data(header)
-        retain_empty = (header.producer_id >= 0 and self._is_producer_tail(header)) or (
-            header.next_offset == self.round_end
+        retain_empty = (
+            (header.producer_id >= 0 and self._is_producer_tail(header))
+            or header.next_offset == self.round_end
+            or header.next_offset == self.group_end
         )
         if discard_records and not retain_empty:
             if control:

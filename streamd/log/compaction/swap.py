@@ -15,6 +15,13 @@ segment after the group:
    changes (:meth:`streamd.log.partition.PartitionLog.replace_segments`).
 4. The directory is fsynced and the marker removed.
 
+A group that cleaning left without any batch is *dropped* rather than swapped: its marker says
+so, step 3 deletes all its segments and the previous segment's range grows to the group's end
+(offsets in between are a gap). An empty segment would be a useless file, and a run of
+segments holding nothing but record-less batches makes librdkafka consumers give up ("might be
+too large to fetch": it doubles its fetch size on every answer without a record). The log's
+first group is never dropped: its last batch is kept (:mod:`streamd.log.compaction.filter`).
+
 Recovery (:func:`recover_swaps`, before anything else opens the partition) finishes every swap
 whose marker exists: renames what is still ``.cleaned``, deletes the group's other segments,
 deletes ``<base>``'s old indexes when no cleaned one is left to rename (they are rebuilt), then
@@ -98,9 +105,11 @@ def remove_cleaned(directory: Path, base: int) -> None:
         cleaned_path(directory, base, suffix).unlink(missing_ok=True)
 
 
-def commit(directory: Path, base: int, end: int) -> None:
-    """Step 2: from now on the swap of ``[base, end)`` completes, even after a crash."""
-    atomic_write(marker_path(directory, base), json.dumps({"end": end}).encode())
+def commit(directory: Path, base: int, end: int, *, drop: bool = False) -> None:
+    """Step 2: from now on the swap (or, with ``drop``, the removal) of ``[base, end)``
+    completes, even after a crash."""
+    doc = {"end": end, "drop": drop}
+    atomic_write(marker_path(directory, base), json.dumps(doc).encode())
 
 
 def install(directory: Path, base: int) -> None:
@@ -198,12 +207,29 @@ def recover_swaps(directory: Path) -> None:
         base = int(name[:20])
         marker = directory / name
         try:
-            end = int(json.loads(marker.read_bytes())["end"])
+            doc = json.loads(marker.read_bytes())
+            end, drop = int(doc["end"]), bool(doc.get("drop", False))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("%s: unreadable swap marker %s (%s); ignoring it", directory, name, exc)
             marker.unlink(missing_ok=True)
             continue
         cleaned_log = cleaned_path(directory, base, ".log")
+        if drop:
+            log.warning(
+                "%s: completing the removal of cleaned-out segments [%d, %d) after a crash",
+                directory,
+                base,
+                end,
+            )
+            for other in _segment_bases(directory):
+                if base <= other < end:
+                    for suffix in SEGMENT_SUFFIXES:
+                        segment_path(directory, other, suffix).unlink(missing_ok=True)
+            remove_cleaned(directory, base)
+            fsync_dir(directory)
+            marker.unlink()
+            fsync_dir(directory)
+            continue
         if not cleaned_log.exists() and not segment_path(directory, base, ".log").exists():
             marker.unlink(missing_ok=True)
             continue

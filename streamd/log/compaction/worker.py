@@ -229,6 +229,7 @@ def run_pass(
         filt.stats = FilterStats()
         txn.retained_aborts = []
         base, end = group[0].base_offset, group[-1].end_offset
+        filt.group_end = end if base == segments[0].base_offset else -1
         writer = _Writer(directory, base, request.index_interval_bytes, request.now_ms)
         for info in group:
             path = segment_path(directory, info.base_offset, ".log")

@@ -51,10 +51,15 @@ def _files(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
 
 
+def _commit(directory: Path, group: dict[str, Any]) -> None:
+    swap.commit(directory, group["base"], group["end"], drop=group["size"] == 0)
+
+
 def _install(directory: Path, group: dict[str, Any]) -> None:
-    swap.commit(directory, group["base"], group["end"])
-    swap.install(directory, group["base"])
-    for base in group["replaces"][1:]:
+    _commit(directory, group)
+    if group["size"]:
+        swap.install(directory, group["base"])
+    for base in group["replaces"][0 if group["size"] == 0 else 1 :]:
         for suffix in swap.SEGMENT_SUFFIXES:
             segment_path(directory, base, suffix).unlink(missing_ok=True)
 
@@ -89,7 +94,20 @@ def _crash_before_marker_removal(directory: Path, groups: list[dict[str, Any]]) 
 def _crash_in_second_group(directory: Path, groups: list[dict[str, Any]]) -> None:
     _install(directory, groups[0])
     swap.finish(directory, groups[0]["base"])
-    _crash_after_log_rename(directory, groups[1:])
+    second = next(g for g in groups[1:] if g["size"])
+    _crash_after_log_rename(directory, [second])
+
+
+def _crash_while_dropping_an_empty_group(directory: Path, groups: list[dict[str, Any]]) -> None:
+    for group in groups[:-1]:
+        if group["size"] == 0:
+            _commit(directory, group)
+            first = group["replaces"][0]
+            segment_path(directory, first, ".log").unlink()
+            return
+        _install(directory, group)
+        swap.finish(directory, group["base"])
+    raise AssertionError("the scenario needs a group that cleaning empties")
 
 
 def _crash_with_torn_cleaned_file(directory: Path, groups: list[dict[str, Any]]) -> None:
@@ -106,6 +124,7 @@ CRASHES: list[Callable[[Path, list[dict[str, Any]]], None]] = [
     _crash_after_log_rename,
     _crash_before_marker_removal,
     _crash_in_second_group,
+    _crash_while_dropping_an_empty_group,
 ]
 
 
