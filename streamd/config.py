@@ -194,8 +194,8 @@ KEYS: tuple[Key, ...] = (
     Key(
         "log.cleaner.io_max_bytes_per_second",
         _int,
-        0,
-        "Cleaner reads plus writes per second; 0 = no limit.",
+        20971520,
+        "Cleaner reads plus writes per second (keeps live latency low); 0 = no limit.",
     ),
     Key("log.cleaner.backoff_ms", _int, 15000, "How often the cleaner looks for dirty logs."),
     Key(

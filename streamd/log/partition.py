@@ -433,39 +433,29 @@ class PartitionLog:
 
     def replace_segments(self, old: Sequence[Segment], new: Segment | None) -> None:
         """Put the cleaner's copy ``new`` in place of the consecutive sealed segments ``old``
-        (``holds_run(old)`` must be true). ``new`` already owns ``old[0]``'s file names (see
-        :mod:`streamd.log.compaction.swap`); the other old segments' files are deleted here.
-        With ``new`` None (cleaning left nothing) all of ``old`` is deleted and the previous
-        segment's range grows over the gap. Readers holding slices of old segments keep
-        reading the bytes they were given."""
+        (``holds_run(old)`` must be true); with ``new`` None (cleaning left nothing) the
+        previous segment's range grows over the gap instead. Only the segment list changes
+        here: the cleaner has put the files in place (:mod:`streamd.log.compaction.swap`) and
+        deletes and closes the old ones later, off the event loop, so that readers holding
+        slices of them keep reading the bytes they were given."""
         assert self.holds_run(old)
         i = self._segments.index(old[0])
         if new is None:
             assert i > 0, "the log's first segment is never dropped"
             self._segments[i - 1].next_offset = old[-1].next_offset
             self._segments[i : i + len(old)] = []
-            gone = {id(s.file) for s in old}
-            self._unsynced = [f for f in self._unsynced if id(f) not in gone]
-            self._sealed_this_session = [s for s in self._sealed_this_session if s not in old]
-            for segment in old:
-                segment.delete()
-            self._bases = [s.base_offset for s in self._segments]
-            self._dir_dirty = True
-            return
-        assert new.base_offset == old[0].base_offset
-        self._segments[i : i + len(old)] = [new]
+        else:
+            assert new.base_offset == old[0].base_offset
+            self._segments[i : i + len(old)] = [new]
+            if self._page_cache_window >= 0:
+                new.file.uncached_below = max(0, new.size - self._page_cache_window)
         self._bases = [s.base_offset for s in self._segments]
         gone = {id(s.file) for s in old}
         self._unsynced = [f for f in self._unsynced if id(f) not in gone]
         self._sealed_this_session = [s for s in self._sealed_this_session if s not in old]
-        if self._page_cache_window >= 0:
-            new.file.uncached_below = max(0, new.size - self._page_cache_window)
-        # old[0]'s names now hold the cleaned files: only its index objects are closed; its
-        # descriptor stays open for slices being sent and closes with the last of them.
-        old[0].offset_index.close()
-        old[0].time_index.close()
-        for segment in old[1:]:
-            segment.delete()
+        for segment in old:
+            segment.offset_index.close()
+            segment.time_index.close()
         self._dir_dirty = True
 
     # ---- deletion ------------------------------------------------------------------------------

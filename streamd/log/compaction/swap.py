@@ -7,28 +7,34 @@ A pass writes each cleaned group next to the segments it replaces (Kafka's ``.cl
 and then swaps it in, where ``base`` is the group's first segment and ``end`` the base of the
 segment after the group:
 
-1. The cleaner process writes and fsyncs the ``.cleaned`` files.
-2. ``<base>.swap`` (holding ``end``) is written atomically (fsync, directory fsync). This is the
-   commit point: from here on the swap completes, after a crash too.
-3. On the event loop, in one step: the cleaned indexes, then the cleaned log, are renamed over
-   ``<base>``'s files, the group's other segments are deleted, and the partition's segment list
-   changes (:meth:`streamd.log.partition.PartitionLog.replace_segments`).
-4. The directory is fsynced and the marker removed.
+1. The cleaner process writes the ``.cleaned`` files and fsyncs the log.
+2. Commit: ``<base>.log.cleaned`` is renamed to ``<base>.<end>.swap`` and the directory is
+   fsynced. From here on the swap completes, after a crash too.
+3. On the event loop, in one step: the cleaned indexes are renamed over ``<base>``'s, the
+   group's other segments are deleted, the ``.swap`` file becomes ``<base>.log`` (last: until
+   then the ``.swap`` file is there to tell recovery what to finish), and the partition's
+   segment list changes (:meth:`streamd.log.partition.PartitionLog.replace_segments`).
+4. Off the loop: the directory is fsynced, then the replaced segments are deleted.
 
-A group that cleaning left without any batch is *dropped* rather than swapped: its marker says
-so, step 3 deletes all its segments and the previous segment's range grows to the group's end
-(offsets in between are a gap). An empty segment would be a useless file, and a run of
-segments holding nothing but record-less batches makes librdkafka consumers give up ("might be
-too large to fetch": it doubles its fetch size on every answer without a record). The log's
-first group is never dropped: its last batch is kept (:mod:`streamd.log.compaction.filter`).
+Three fsyncs per group (Kafka's ``.cleaned`` -> ``.swap`` -> ``.log`` needs as many): with the
+broker's own group commit syncing the same filesystem, every extra journal commit shows up in
+produce latency while a pass runs.
 
-Recovery (:func:`recover_swaps`, before anything else opens the partition) finishes every swap
-whose marker exists: renames what is still ``.cleaned``, deletes the group's other segments,
-deletes ``<base>``'s old indexes when no cleaned one is left to rename (they are rebuilt), then
-removes the marker. Without a marker, ``.cleaned`` files are an unfinished pass and are deleted:
-the old segments are intact. A marker whose ``<base>.log`` is gone (the partition was truncated
-since) is obsolete and removed. So a kill -9 at any point leaves either the old segments or the
-cleaned ones, never a mix and never a partial file that recovery trusts.
+A group that cleaning left without any batch is *dropped* rather than swapped: the commit is an
+empty ``<base>.<end>.drop`` file, the previous segment's range grows to the group's end
+(offsets in between are a gap), and step 4 deletes the group's segments, then the marker.
+An empty segment would be a useless file, and a run of segments holding nothing but record-less
+batches makes librdkafka consumers give up ("might be too large to fetch": it doubles its fetch
+size on every answer without a record). The log's first group is never
+dropped: its last batch is kept (:mod:`streamd.log.compaction.filter`).
+
+Recovery (:func:`recover_swaps`, before anything else opens the partition) finishes every
+committed swap: it deletes the group's other segments (and ``.deleted`` leftovers), renames
+the cleaned indexes that are still ``.cleaned`` (or deletes ``<base>``'s old ones, which are
+rebuilt), and renames the ``.swap`` file to ``<base>.log``; a ``.drop`` marker's segments are
+deleted. Uncommitted ``.cleaned`` files are an unfinished pass and are deleted: the old
+segments are intact. So a kill -9 at any point leaves either the old segments or the cleaned
+ones, never a mix and never a partial file that recovery trusts.
 
 The checkpoint (``cleaner-checkpoint``: the first dirty offset and the earliest pending delete
 horizon) is written before the first swap of a pass. Recovery accepts offset gaps, and batches
@@ -38,10 +44,12 @@ the dense-offset check that catches a corrupt tail.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,9 +62,12 @@ log = logging.getLogger("streamd.log.cleaner")
 CHECKPOINT_FILE = "cleaner-checkpoint"
 CLEANED = ".cleaned"
 SWAP = ".swap"
+DROP = ".drop"
+DELETED = ".deleted"
 INDEX_SUFFIXES = (".index", ".timeindex", ".txnindex")
 SEGMENT_SUFFIXES = (".log", *INDEX_SUFFIXES)
 _BASE = re.compile(r"(\d{20})\.")
+_COMMITTED = re.compile(r"(\d{20})\.(\d{20})\.(swap|drop)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +107,12 @@ def cleaned_path(directory: Path, base: int, suffix: str) -> Path:
     return segment_path(directory, base, suffix + CLEANED)
 
 
-def marker_path(directory: Path, base: int) -> Path:
-    return segment_path(directory, base, SWAP)
+def swap_path(directory: Path, base: int, end: int) -> Path:
+    return directory / f"{base:020d}.{end:020d}{SWAP}"
+
+
+def drop_path(directory: Path, base: int, end: int) -> Path:
+    return directory / f"{base:020d}.{end:020d}{DROP}"
 
 
 def remove_cleaned(directory: Path, base: int) -> None:
@@ -108,38 +123,62 @@ def remove_cleaned(directory: Path, base: int) -> None:
 def commit(directory: Path, base: int, end: int, *, drop: bool = False) -> None:
     """Step 2: from now on the swap (or, with ``drop``, the removal) of ``[base, end)``
     completes, even after a crash."""
-    doc = {"end": end, "drop": drop}
-    atomic_write(marker_path(directory, base), json.dumps(doc).encode())
+    if drop:
+        drop_path(directory, base, end).touch()
+    else:
+        os.replace(cleaned_path(directory, base, ".log"), swap_path(directory, base, end))
+    fsync_dir(directory)
 
 
-def install(directory: Path, base: int) -> None:
-    """Step 3 on disk: the cleaned files take ``base``'s names (indexes first). Cheap metadata
-    operations only; the caller then swaps the segment objects."""
-    for suffix in (*INDEX_SUFFIXES, ".log"):
+def install(directory: Path, base: int, end: int, others: Sequence[int]) -> None:
+    """Step 3 on disk: the cleaned indexes take ``base``'s names, the group's ``others``
+    segments are renamed away (``.deleted``), and only then the ``.swap`` file becomes
+    ``<base>.log``, so that any prefix of these operations that reaches the disk still has the
+    ``.swap`` file that tells recovery to finish them. Renames only (no file is freed here: that
+    can take milliseconds per segment, and this runs on the event loop); the caller then swaps
+    the segment objects and :func:`finish` deletes the ``.deleted`` files."""
+    for suffix in INDEX_SUFFIXES:
         source = cleaned_path(directory, base, suffix)
         target = segment_path(directory, base, suffix)
         try:
             os.replace(source, target)
         except FileNotFoundError:
-            if suffix != ".log":
-                target.unlink(missing_ok=True)
+            target.unlink(missing_ok=True)
+    for other in others:
+        for suffix in SEGMENT_SUFFIXES:
+            with contextlib.suppress(FileNotFoundError):
+                path = segment_path(directory, other, suffix)
+                os.replace(path, path.with_name(path.name + DELETED))
+    os.replace(swap_path(directory, base, end), segment_path(directory, base, ".log"))
+
+
+def finish(directory: Path, base: int, end: int, gone: Sequence[int]) -> None:
+    """Step 4, off the event loop: make the renames durable, delete the replaced segments
+    ``gone`` (renamed away by :func:`install`, or still named for a dropped group), then forget
+    a drop marker."""
+    fsync_dir(directory)
+    marker = drop_path(directory, base, end)
+    dropped = marker.exists()
+    for other in gone:
+        for suffix in SEGMENT_SUFFIXES:
+            path = segment_path(directory, other, suffix)
+            if dropped:
+                path.unlink(missing_ok=True)
             else:
-                raise
+                path.with_name(path.name + DELETED).unlink(missing_ok=True)
+    if dropped:
+        fsync_dir(directory)
+        marker.unlink()
+        fsync_dir(directory)
 
 
-def finish(directory: Path, base: int) -> None:
-    """Step 4: make the renames and deletions durable, then forget the marker."""
-    fsync_dir(directory)
-    marker_path(directory, base).unlink(missing_ok=True)
-    fsync_dir(directory)
-
-
-def abandon(directory: Path, base: int) -> None:
+def abandon(directory: Path, base: int, end: int) -> None:
     """Undo steps 1-2 of a swap that will not happen (the segments changed meanwhile)."""
     remove_cleaned(directory, base)
-    marker = marker_path(directory, base)
-    if marker.exists():
-        marker.unlink()
+    committed = [swap_path(directory, base, end), drop_path(directory, base, end)]
+    if any(p.exists() for p in committed):
+        for path in committed:
+            path.unlink(missing_ok=True)
         fsync_dir(directory)
 
 
@@ -200,63 +239,46 @@ def open_cleaned_segment(
 
 
 def recover_swaps(directory: Path) -> None:
-    """Finish the swaps whose marker exists and delete unfinished cleaned files (see the module
+    """Finish every committed swap or drop and delete unfinished cleaned files (see the module
     docstring). Runs before the partition's segments are opened."""
-    names = [p.name for p in directory.iterdir()]
-    for name in sorted(n for n in names if n.endswith(SWAP) and _BASE.match(n)):
-        base = int(name[:20])
-        marker = directory / name
-        try:
-            doc = json.loads(marker.read_bytes())
-            end, drop = int(doc["end"]), bool(doc.get("drop", False))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("%s: unreadable swap marker %s (%s); ignoring it", directory, name, exc)
-            marker.unlink(missing_ok=True)
+    names = sorted(p.name for p in directory.iterdir())
+    changed = False
+    for name in names:
+        found = _COMMITTED.fullmatch(name)
+        if found is None:
             continue
-        cleaned_log = cleaned_path(directory, base, ".log")
-        if drop:
-            log.warning(
-                "%s: completing the removal of cleaned-out segments [%d, %d) after a crash",
-                directory,
-                base,
-                end,
-            )
-            for other in _segment_bases(directory):
-                if base <= other < end:
-                    for suffix in SEGMENT_SUFFIXES:
-                        segment_path(directory, other, suffix).unlink(missing_ok=True)
-            remove_cleaned(directory, base)
-            fsync_dir(directory)
-            marker.unlink()
-            fsync_dir(directory)
-            continue
-        if not cleaned_log.exists() and not segment_path(directory, base, ".log").exists():
-            marker.unlink(missing_ok=True)
-            continue
+        base, end, kind = int(found.group(1)), int(found.group(2)), found.group(3)
         log.warning(
-            "%s: completing the swap of cleaned segments [%d, %d) after a crash",
+            "%s: completing the %s of cleaned segments [%d, %d) after a crash",
             directory,
+            "swap" if kind == "swap" else "removal",
             base,
             end,
         )
+        first = base if kind == "drop" else base + 1
         for other in _segment_bases(directory):
-            if base < other < end:
+            if first <= other < end:
                 for suffix in SEGMENT_SUFFIXES:
                     segment_path(directory, other, suffix).unlink(missing_ok=True)
-        for suffix in INDEX_SUFFIXES:
-            source = cleaned_path(directory, base, suffix)
-            if source.exists():
-                os.replace(source, segment_path(directory, base, suffix))
-            elif suffix != ".txnindex":
-                segment_path(directory, base, suffix).unlink(missing_ok=True)
-        if cleaned_log.exists():
-            os.replace(cleaned_log, segment_path(directory, base, ".log"))
+        if kind == "drop":
+            remove_cleaned(directory, base)
+        else:
+            for suffix in INDEX_SUFFIXES:
+                source = cleaned_path(directory, base, suffix)
+                if source.exists():
+                    os.replace(source, segment_path(directory, base, suffix))
+                elif suffix != ".txnindex":
+                    segment_path(directory, base, suffix).unlink(missing_ok=True)
+            os.replace(directory / name, segment_path(directory, base, ".log"))
         fsync_dir(directory)
-        marker.unlink()
-        fsync_dir(directory)
+        if kind == "drop":
+            (directory / name).unlink()
+        changed = True
     for name in names:
-        if name.endswith(CLEANED):
+        if name.endswith((CLEANED, DELETED)):
             (directory / name).unlink(missing_ok=True)
+    if changed:
+        fsync_dir(directory)
 
 
 def _segment_bases(directory: Path) -> list[int]:
