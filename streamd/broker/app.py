@@ -25,6 +25,7 @@ from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
+from streamd.kafka.offsets_topic import OffsetsTopic
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
@@ -96,10 +97,15 @@ class Broker:
             metrics=self.metrics,
         )
         # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
+        gconfig = group_config(cfg.values)
+        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
+        if await asyncio.to_thread(offsets_topic.open):
+            offsets_topic.seed(self.groups)
+        self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()

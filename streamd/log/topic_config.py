@@ -150,6 +150,13 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
             _choice("CreateTime", "LogAppendTime"),
         ),
         ConfigKey(
+            "message.downconversion.enable",
+            "boolean",
+            "true",
+            "serve Fetch v0-v3 (message format v0/v1) by converting the stored v2 batches",
+            _bool,
+        ),
+        ConfigKey(
             "min.insync.replicas",
             "int",
             "1",
@@ -179,6 +186,7 @@ class TopicConfig:
     remote_storage_enable: bool = False
     max_message_bytes: int = 1048588
     message_timestamp_type: str = "CreateTime"
+    message_downconversion_enable: bool = True
     min_insync_replicas: int = 1
     index_interval_bytes: int = 4096
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)

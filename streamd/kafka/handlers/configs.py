@@ -8,6 +8,9 @@ applies SET / DELETE per key (APPEND / SUBTRACT are for list configs, which topi
 Authorization: describing needs DESCRIBE_CONFIGS, altering ALTER_CONFIGS, on the topic
 (TOPIC_AUTHORIZATION_FAILED) or on the cluster for broker configs (CLUSTER_AUTHORIZATION_FAILED).
 Sensitive broker settings (secrets, bootstrap passwords) are described with a null value.
+DescribeConfigs v0 has no config source: ``is_default`` is set for values from the built-in
+defaults (Kafka 3.9 always answers false there, but its clients read true as DEFAULT_CONFIG).
+Internal topics' configs are the broker's: altering them answers INVALID_REQUEST.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from streamd.kafka.apis import api
 from streamd.kafka.authz import ALTER_CONFIGS, DESCRIBE_CONFIGS, authorize, authorize_cluster
 from streamd.kafka.authz import TOPIC as TOPIC_RESOURCE
 from streamd.kafka.context import Request
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
 
 TOPIC, BROKER, BROKER_LOGGER = 2, 4, 8
@@ -81,10 +85,11 @@ def describe_broker_configs(ctx: Any, keys: Any) -> list[dict[str, Any]]:
     return out
 
 
-@api(32, "DescribeConfigs", 1, 4)
+@api(32, "DescribeConfigs", 0, 4)
 async def describe_configs(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     results = []
+    v0 = req.version == 0
     for res in req.body.resources:
         entry: dict[str, Any] = {
             "resource_type": res.resource_type,
@@ -120,6 +125,10 @@ async def describe_configs(req: Request) -> dict[str, Any]:
                 error_code=ErrorCode.INVALID_REQUEST,
                 error_message=f"unsupported resource type {res.resource_type}",
             )
+            continue
+        if v0:
+            for c in entry["configs"]:
+                c["is_default"] = c["config_source"] == DEFAULT
     return {"results": results}
 
 
@@ -154,6 +163,9 @@ async def _apply(req: Request, res: Any, compute: Any) -> dict[str, Any]:
             error_code=ErrorCode.INVALID_REQUEST,
             error_message="only topic configs can be altered at runtime",
         )
+        return entry
+    if is_internal(res.resource_name):
+        entry.update(error_code=ErrorCode.INVALID_REQUEST, error_message="internal topic")
         return entry
     topic = ctx.logs.get(res.resource_name)
     if topic is None:

@@ -15,6 +15,7 @@ from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import REGISTRY, api
 from streamd.kafka.authz import DESCRIBE, TOPIC, authorize, may_create_topic
 from streamd.kafka.context import Request
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
 
 
@@ -52,7 +53,7 @@ def topic_metadata(ctx: Any, topic: Any) -> dict[str, Any]:
         "error_code": ErrorCode.NONE,
         "name": topic.name,
         "topic_id": topic.topic_id,
-        "is_internal": False,
+        "is_internal": is_internal(topic.name),
         "partitions": [
             {
                 "error_code": ErrorCode.NONE,
@@ -106,7 +107,7 @@ async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[st
     if topic is None:
         try:
             validate_topic_name(name)
-            if not (allow_create and ctx.config["auto_create_topics"]):
+            if is_internal(name) or not (allow_create and ctx.config["auto_create_topics"]):
                 return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
             if not may_create_topic(req, name):
                 return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}

@@ -7,6 +7,9 @@ The payload stays bytes from the socket to the file: the log validates headers a
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
+Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
+(:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
+Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
 """
 
 from __future__ import annotations
@@ -19,9 +22,13 @@ from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
 from streamd.kafka.authz import TOPIC, WRITE, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.legacy.records import up_convert
+from streamd.kafka.offsets_topic import is_internal
 
 
-def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, Any]:
+def _stage(
+    topic: Any, index: int, records: Any, old_format: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
     returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
@@ -34,6 +41,8 @@ def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, A
         return entry, None, None
     plog = topic.partitions[index]
     try:
+        if old_format:
+            records = up_convert(records)
         result = plog.stage_append(records, now_ms=int(time.time() * 1000))
     except StreamdError as exc:
         entry["error_code"] = exc.code
@@ -59,7 +68,7 @@ async def _durable(ctx: Any, name: str, entry: dict[str, Any], plog: Any, result
     ctx.waiters.notify(name, entry["index"])
 
 
-@api(0, "Produce", 3, 9)
+@api(0, "Produce", 0, 9)
 async def produce(req: Request) -> dict[str, Any] | None:
     ctx = req.ctx
     body = req.body
@@ -67,6 +76,8 @@ async def produce(req: Request) -> dict[str, Any] | None:
     responses = []
     waits = []
     produced = 0
+    old_format = req.version < 3
+    transactional_id = getattr(body, "transactional_id", None)
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -76,10 +87,12 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif body.transactional_id is not None:
+            elif transactional_id is not None:
                 entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            elif is_internal(t.name):
+                entries.append(_failed(p.index, ErrorCode.INVALID_TOPIC_EXCEPTION))
             else:
-                entry, plog, result = _stage(topic, p.index, p.records)
+                entry, plog, result = _stage(topic, p.index, p.records, old_format)
                 entries.append(entry)
                 if plog is not None:
                     produced += len(p.records)

@@ -131,11 +131,9 @@ class _Builder:
             if nullable:
                 annotation = annotation | None
             name = kio.name if kio is not None else _snake(spec["name"])
-            default = MISSING if not nullable else None
-            return name, annotation, field(default=default)
+            return name, annotation, _field_of({}, None if nullable else MISSING)
         if kio is not None and kio.metadata.get("kafka_type") is not None:
-            default = kio.default
-            return kio.name, kio.type, field(metadata=dict(kio.metadata), default=default)
+            return kio.name, kio.type, _field_of(dict(kio.metadata), kio.default)
         kafka_type = inner
         py: Any = _PRIMITIVES[inner]
         if inner == "int16" and spec["name"] == "ErrorCode":
@@ -146,9 +144,13 @@ class _Builder:
         default = _default(spec, kafka_type) if not is_array else MISSING
         if default is None and not nullable:
             default = MISSING
-        return _snake(spec["name"]), annotation, field(
-            metadata={"kafka_type": kafka_type}, default=default
-        )
+        return _snake(spec["name"]), annotation, _field_of({"kafka_type": kafka_type}, default)
+
+
+def _field_of(metadata: dict[str, Any], default: Any) -> Field[Any]:
+    if metadata:
+        return field(metadata=metadata, default=default)  # type: ignore[no-any-return]
+    return field(default=default)  # type: ignore[no-any-return]
 
 
 def _inner_entity(annotation: Any) -> type | None:
