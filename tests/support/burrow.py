@@ -10,7 +10,9 @@ Fetch v0 with message format v0), and reading committed offsets from ``__consume
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -54,8 +56,6 @@ class Burrow:
 
     def _spawn(self, args: list[str], log: Path, env: dict[str, str] | None = None
                ) -> subprocess.Popen[bytes]:
-        import os
-
         out = log.open("wb")
         proc = subprocess.Popen(args, cwd=self.dir, stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, **(env or {})}, start_new_session=True)
@@ -126,9 +126,9 @@ min-distance=1
     def close(self) -> None:
         for proc in reversed(self.procs):
             if proc.poll() is None:
-                proc.terminate()
+                os.killpg(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(10)
                 except subprocess.TimeoutExpired:
-                    proc.kill()
+                    os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()

@@ -98,6 +98,11 @@ class Wire:
         body, _ = entity_reader(response)(payload, size)
         return body
 
+    def request_bytes_old(self, request: Any) -> bytes:
+        self.correlation_id += 1
+        request.with_header(self.correlation_id, CLIENT_ID)
+        return request.encode(header=True, framed=True)  # type: ignore[no-any-return]
+
     def call_old(self, request: Any) -> Any:
         """Send a kafka-python ``kafka.protocol.old`` request struct and decode the answer with
         kafka-python's response struct of the same version, as a dict.
@@ -107,9 +112,7 @@ class Wire:
         """
         from kafka.protocol.old.api import ResponseClassRegistry
 
-        self.correlation_id += 1
-        request.with_header(self.correlation_id, CLIENT_ID)
-        self.send(request.encode(header=True, framed=True))
+        self.send(self.request_bytes_old(request))
         payload = self.read_frame()
         response_cls = ResponseClassRegistry.get_response_class(request.header)
         assert response_cls is not None, type(request)
