@@ -62,12 +62,14 @@ class UnsupportedCompression(StreamdError):
 # ---- up-conversion ------------------------------------------------------------------------
 
 
-def _bytes_field(data: bytes, pos: int) -> tuple[bytes | None, int]:
+def _bytes_field(data: bytes, pos: int, end: int) -> tuple[bytes | None, int]:
+    if pos + 4 > end:
+        raise CorruptMessage("message field runs past the end of the message")
     (size,) = _I32.unpack_from(data, pos)
     pos += 4
     if size < 0:
         return None, pos
-    if pos + size > len(data):
+    if pos + size > end:
         raise CorruptMessage("message field runs past the end of the message")
     return data[pos : pos + size], pos + size
 
@@ -95,9 +97,8 @@ def iter_messages(data: bytes) -> Iterator[tuple[int, int, int, bytes | None, by
         if magic == 1:
             (timestamp,) = struct.unpack_from(">q", data, p)
             p += 8
-        message = data[: body + size]
-        key, p = _bytes_field(message, p)
-        value, p = _bytes_field(message, p)
+        key, p = _bytes_field(data, p, body + size)
+        value, p = _bytes_field(data, p, body + size)
         yield magic, attributes, timestamp, key, value
         pos = body + size
 
