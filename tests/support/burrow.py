@@ -33,16 +33,25 @@ def available() -> str | None:
         else None
 
 
-def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float,
+               probe: bytes = b"", expect: bytes = b"") -> None:
+    """Wait until ``port`` accepts connections (and answers ``probe`` with ``expect``: a
+    ZooKeeper that listens may not serve sessions yet; ``srvr`` says when it does)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+                if not probe:
+                    return
+                sock.sendall(probe)
+                sock.settimeout(2)
+                if sock.recv(64).startswith(expect):
+                    return
         except OSError:
-            time.sleep(0.1)
+            pass
+        time.sleep(0.1)
     raise RuntimeError(f"port {port} not open after {timeout}s:\n{log.read_text()[-3000:]}")
 
 
@@ -68,11 +77,12 @@ class Burrow:
         (d / "zoo.cfg").write_text(
             f"tickTime=2000\ndataDir={d / 'zk'}\nclientPort={self.zk_port}\n"
             "clientPortAddress=127.0.0.1\nadmin.enableServer=false\n"
+            "4lw.commands.whitelist=srvr\n"
         )
         zk_log = d / "zookeeper.log"
         zk = self._spawn([str(ZK_SERVER), "start-foreground", str(d / "zoo.cfg")], zk_log,
                          {"ZOO_LOG_DIR": str(d), "ZOO_LOG4J_PROP": "INFO,CONSOLE"})
-        _wait_port(self.zk_port, zk, zk_log, 60)
+        _wait_port(self.zk_port, zk, zk_log, 60, probe=b"srvr", expect=b"Zookeeper")
         servers = json.dumps([self.bootstrap])
         (d / "burrow.toml").write_text(f"""
 [general]
