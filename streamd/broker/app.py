@@ -25,7 +25,7 @@ from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
-from streamd.kafka.offsets_topic import OffsetsTopic
+from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
@@ -278,7 +278,9 @@ class Broker:
         archive = ClusterArchive(
             self.tiering.store,
             cluster_id=self.ctx.cluster_id,
-            topics=lambda: topic_entries(logs),
+            # __consumer_offsets is derived from the offsets archived here: a restored broker
+            # re-creates and seeds it when it starts (streamd.kafka.offsets_topic).
+            topics=lambda: [e for e in topic_entries(logs) if not is_internal(e["name"])],
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,

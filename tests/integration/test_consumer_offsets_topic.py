@@ -270,3 +270,51 @@ def test_burrow_reports_the_lag_of_a_group(burrow: tuple[BrokerProcess, burrow_s
     topics = monitor.get("/v3/kafka/streamd/topic")
     assert topic_name in topics["topics"]
     assert monitor.get(f"/v3/kafka/streamd/topic/{topic_name}")["offsets"] == [10]
+
+
+def test_restored_broker_rebuilds_consumer_offsets(broker_factory: Any, topic_name: str,
+                                                  tmp_path: Path) -> None:
+    """The topic is not archived (it is derived): ``streamd restore`` brings back the committed
+    offsets and the restored broker writes them into a fresh ``__consumer_offsets``."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import urllib.request
+
+    broker = broker_factory({"tiering.offsets_archive_interval_ms": "200"})
+    group = "lag-monitor-group"
+    create_topic(broker.bootstrap, topic_name)
+    commit(broker.bootstrap, group, topic_name, 0)  # the topic is not tiered: 0 is its end
+
+    def archived() -> bool:
+        url = f"http://127.0.0.1:{broker.admin_port}/v1/cluster/archive"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            status = json.loads(resp.read())
+        return not status["offsets"]["pending"] and status["offsets"]["offsets"] >= 1 \
+            and not status["metadata"]["pending"]
+
+    deadline = time.monotonic() + 30
+    while not archived():
+        assert time.monotonic() < deadline, "offsets never archived"
+        time.sleep(0.2)
+    broker.stop()
+    store = f"file://{broker.workdir / 'bucket'}"
+    restored = BrokerProcess(tmp_path / "restored" / "data", {"tiering.store": store},
+                             log_path=tmp_path / "restored.log")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "streamd", "restore", "--set",
+         f"data_dir={restored.data_dir}", "--set", f"tiering.store={store}"],
+        capture_output=True, text=True, timeout=60, env=env,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (restored.data_dir / "topics" / OFFSETS).exists()
+    try:
+        restored.start()
+        records = wait_for(restored.bootstrap, JAVA_PARTITION[group],
+                           lambda rs: committed_in_topic(rs, group, topic_name))
+        assert [v["offset"] for v in committed_in_topic(records, group, topic_name)] == [0]
+    finally:
+        restored.close()
