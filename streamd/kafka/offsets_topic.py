@@ -30,15 +30,12 @@ covers it).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import fields
 from typing import Any, get_args
-
-from kio.serial import entity_writer
 
 from streamd.errors import StreamdError
 from streamd.groups.model import Group, OffsetInfo, OffsetRecord
@@ -75,32 +72,26 @@ def partition_for(group_id: str, partitions: int = DEFAULT_PARTITIONS) -> int:
     return (0 if h == -(1 << 31) else abs(h)) % partitions
 
 
-def _encode(name: str, version: int, **values: Any) -> bytes:
-    cls = legacy.record(name, version)
-    out = io.BytesIO()
-    out.write(version.to_bytes(2, "big", signed=True))
-    entity_writer(cls)(out, cls(**values))
-    return out.getvalue()
-
-
 def offset_key(group_id: str, topic: str, partition: int) -> bytes:
-    return _encode("OffsetCommitKey", 1, group=group_id, topic=topic, partition=partition)
+    return legacy.encode_record(
+        "OffsetCommitKey", 1, group=group_id, topic=topic, partition=partition
+    )
 
 
 def offset_value(info: OffsetInfo) -> bytes:
     if info.expire_ts >= 0:
-        return _encode(
+        return legacy.encode_record(
             "OffsetCommitValue", 1, offset=info.offset, metadata=info.metadata,
             commit_timestamp=info.commit_ts, expire_timestamp=info.expire_ts,
         )
-    return _encode(
+    return legacy.encode_record(
         "OffsetCommitValue", 3, offset=info.offset, leader_epoch=info.leader_epoch,
         metadata=info.metadata, commit_timestamp=info.commit_ts,
     )
 
 
 def group_key(group_id: str) -> bytes:
-    return _encode("GroupMetadataKey", 2, group=group_id)
+    return legacy.encode_record("GroupMetadataKey", 2, group=group_id)
 
 
 def group_value(group: Group) -> bytes:
@@ -120,7 +111,7 @@ def group_value(group: Group) -> bytes:
         )
         for m in group.members.values()
     )
-    return _encode(
+    return legacy.encode_record(
         "GroupMetadataValue", 3,
         protocol_type=group.protocol_type or "",
         generation=group.generation,

@@ -22,6 +22,7 @@ Only non-flexible versions are built: every retired version predates flexible ve
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
@@ -34,6 +35,7 @@ from kio.index import load_request_schema, load_response_schema
 from kio.schema.errors import ErrorCode
 from kio.schema.request_header.v1.header import RequestHeader
 from kio.schema.response_header.v0.header import ResponseHeader
+from kio.serial import entity_writer
 from kio.static.constants import EntityType
 
 _PRIMITIVES: dict[str, type] = {
@@ -208,3 +210,12 @@ def record(name: str, version: int) -> type:
     if not _valid(spec, version):
         raise ValueError(f"{name} has no non-flexible version {version}")
     return _Builder(spec, version, EntityType.data).entity(name, spec["fields"], None, top=True)
+
+
+def encode_record(name: str, version: int, **values: Any) -> bytes:
+    """A coordinator record key or value: its int16 version, then the schema's fields."""
+    cls = record(name, version)
+    out = io.BytesIO()
+    out.write(version.to_bytes(2, "big", signed=True))
+    entity_writer(cls)(out, cls(**values))
+    return out.getvalue()
