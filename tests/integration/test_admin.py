@@ -254,6 +254,25 @@ def test_list_offsets_earliest_latest(broker: BrokerProcess, topic_name: str) ->
     assert ops.watermarks(broker.bootstrap, topic_name, 0) == (0, 0)
 
 
+def test_list_offsets_max_timestamp(broker: BrokerProcess, topic_name: str) -> None:
+    """KIP-734 (ListOffsets -3): the offset and timestamp of the record with the largest
+    timestamp, which need not be the last one."""
+    ops.create_topic(broker.bootstrap, topic_name, 1)
+    tp = TopicPartition(topic_name, 0)
+    client = ops.admin(broker.bootstrap)
+    empty = client.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(20)
+    assert (empty.offset, empty.timestamp) == (-1, -1)
+
+    now = int(time.time() * 1000)
+    stamps = [now - 5000, now - 4000, now + 60_000, now - 3000, now - 2000]
+    prod = ops.producer(broker.bootstrap)
+    for i, ts in enumerate(stamps):
+        prod.produce(topic_name, value=b"v%d" % i, partition=0, timestamp=ts)
+        assert prod.flush(15) == 0
+    found = client.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(20)
+    assert (found.offset, found.timestamp) == (2, now + 60_000)
+
+
 def test_delete_records(broker: BrokerProcess, topic_name: str) -> None:
     ops.create_topic(broker.bootstrap, topic_name, 1)
     values = [f"v{i}".encode() for i in range(100)]
