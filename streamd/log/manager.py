@@ -285,10 +285,9 @@ class LogManager:
             config = topic.config
             tiered = config.remote_storage_enable
             if tiered:
-                retention_ms = config.effective_local_retention_ms
-                retention_bytes = config.effective_local_retention_bytes
+                retention_ms, retention_bytes = config.local_retention_limits
             else:
-                retention_ms, retention_bytes = config.retention_ms, config.retention_bytes
+                retention_ms, retention_bytes = config.retention_limits
             for index, partition in enumerate(topic.partitions):
                 partition.roll_if_due(now)
                 gone = partition.apply_retention(

@@ -43,6 +43,7 @@ from streamd.log.batch import (
     patch_for_append,
     validate_produce_batches,
 )
+from streamd.log.conform import check_timestamps, conform_batches
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
@@ -237,6 +238,7 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
             duplicate = producers.check(header)
@@ -247,7 +249,7 @@ class PartitionLog:
                     duplicate.base_offset, duplicate.last_offset, -1, self._log_start
                 )
         count = sum(h.last_offset_delta + 1 for h in headers)
-        buf = bytearray(payload)
+        buf, headers = conform_batches(payload, headers, self.config)
         self._maybe_roll(len(buf), count, now_ms)
         base = self.log_end_offset
         append_time = now_ms if self.config.log_append_time else None

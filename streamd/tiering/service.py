@@ -268,11 +268,12 @@ class TieringService:
         not_archived = sum(
             s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
         )
+        retention_ms, retention_bytes = topic.config.retention_limits
         new_start = plan_remote_start(
             manifest,
             now_ms=now_ms(),
-            retention_ms=topic.config.retention_ms,
-            retention_bytes=topic.config.retention_bytes,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
             local_bytes_not_archived=not_archived,
         )
         if new_start is None:
