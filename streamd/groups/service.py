@@ -107,6 +107,12 @@ class GroupService:
                 await self._flusher
         self.log.close()
 
+    def reconfigure(self, config: GroupConfig) -> None:
+        """New coordinator settings (dynamic broker configs); they apply to the next request
+        and deadline."""
+        self.config = config
+        self.coordinator.config = config
+
     async def _tick_loop(self) -> None:
         next_expiry = wall_ms() + EXPIRY_INTERVAL_MS
         while True:

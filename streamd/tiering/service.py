@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,14 @@ class TieringService:
         scheduler.start()
         self._scheduler = scheduler
         await self.kick()
+
+    def set_upload_interval(self, interval_ms: int) -> None:
+        """Reschedule the upload job (``tiering.upload_interval_ms`` changed at runtime)."""
+        self.settings = replace(self.settings, upload_interval_ms=interval_ms)
+        if self._scheduler is not None:
+            self._scheduler.reschedule_job(
+                "tiering-upload", trigger="interval", seconds=max(1, interval_ms) / 1000
+            )
 
     async def kick(self) -> None:
         """The scheduled job: start a tick unless one is still running."""
