@@ -15,7 +15,17 @@ from streamd.groups.coordinator import CommitOffset
 from streamd.groups.model import JoinRequest
 from streamd.kafka import codec
 from streamd.kafka.apis import api
-from streamd.kafka.authz import DELETE, DESCRIBE, GROUP, READ, TOPIC, authorize, authorize_cluster
+from streamd.kafka.authz import (
+    DELETE,
+    DESCRIBE,
+    GROUP,
+    NOT_REQUESTED,
+    READ,
+    TOPIC,
+    authorize,
+    authorize_cluster,
+    authorized_operations,
+)
 from streamd.kafka.context import Request
 from streamd.kafka.handlers.meta import advertised_address
 
@@ -319,8 +329,12 @@ async def describe_groups(req: Request) -> dict[str, Any]:
             groups.append({"group_id": group_id, "error_code": E.GROUP_AUTHORIZATION_FAILED})
             continue
         d = req.ctx.groups.describe(group_id)
+        operations = NOT_REQUESTED
+        if getattr(req.body, "include_authorized_operations", False):
+            operations = authorized_operations(req, GROUP, group_id)
         groups.append(
             {
+                "authorized_operations": operations,
                 "error_code": E.NONE,
                 "group_id": d.group_id,
                 "group_state": d.state,
