@@ -26,6 +26,7 @@ from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
+from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.log.topic_config import TopicConfig
@@ -255,6 +256,39 @@ class Broker:
             return json_reply(self.archive.status())
 
         admin.route("GET", "/v1/cluster/archive", archive)
+
+        async def logdirs(query: Any) -> Any:
+            return json_reply(await self.log_dirs_report())
+
+        admin.route("GET", "/v1/logdirs", logdirs)
+
+    async def log_dirs_report(self) -> dict[str, Any]:
+        """``GET /v1/logdirs``: what DescribeLogDirs answers, plus what the archive holds per
+        partition (``archive_bytes``, streamd's own field; 0 when nothing is archived)."""
+        assert self.logs is not None
+        directory = self.logs.topics_dir
+        total, usable = await asyncio.to_thread(disk_space, directory)
+        partitions = []
+        for name, sizes in log_dir_sizes(self.logs, None):
+            report = self.tiering.storage_report(name) if self.tiering is not None else None
+            archived = {
+                p["partition"]: p["remote_bytes"] for p in (report or {}).get("partitions", [])
+            }
+            partitions += [
+                {
+                    "topic": name,
+                    "partition": index,
+                    "size_bytes": size,
+                    "archive_bytes": archived.get(index, 0),
+                }
+                for index, size in sizes
+            ]
+        return {
+            "log_dir": str(directory),
+            "total_bytes": total,
+            "usable_bytes": usable,
+            "partitions": partitions,
+        }
 
     # ---- cluster metadata archive ---------------------------------------------------------------
 
