@@ -75,7 +75,7 @@ def _no_coordinator(req: Request) -> bool:
     return req.ctx.groups is None
 
 
-@api(11, "JoinGroup", 0, 7)
+@api(11, "JoinGroup", 0, 9)
 async def join_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if _no_coordinator(req):
@@ -96,6 +96,7 @@ async def join_group(req: Request) -> dict[str, Any]:
             client_id=req.header.client_id or "",
             client_host=_client_host(req.peer),
             require_known_member_id=v >= 4,
+            supports_skip_assignment=v >= 9,
         )
     )
     nullable = v >= 7
@@ -105,6 +106,7 @@ async def join_group(req: Request) -> dict[str, Any]:
         "protocol_type": result.protocol_type,
         "protocol_name": result.protocol_name if nullable else (result.protocol_name or ""),
         "leader": result.leader_id,
+        "skip_assignment": result.skip_assignment,
         "member_id": result.member_id,
         "members": [
             {"member_id": m.member_id, "group_instance_id": m.instance_id, "metadata": m.metadata}
@@ -150,7 +152,7 @@ async def heartbeat(req: Request) -> dict[str, Any]:
     return {"error_code": error}
 
 
-@api(13, "LeaveGroup", 0, 4)
+@api(13, "LeaveGroup", 0, 5)
 async def leave_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if v >= 3:
