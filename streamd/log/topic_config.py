@@ -708,6 +708,38 @@ class TopicConfig:
         return {name: format_value(self.get(name)) for name in TOPIC_CONFIG_KEYS}
 
 
+def upgrade_stored(overrides: Mapping[str, str]) -> dict[str, str]:
+    """Topic overrides written before streamd validated exactly as Kafka does, in Kafka's form.
+
+    Older streamd versions accepted choices in any case (``logappendtime``) and Python integer
+    spellings (``1_000``), and kept the raw text in ``topic.json``. A topic stored that way
+    must still open: such values are rewritten to the form Kafka accepts. Anything else that
+    does not validate is left as it is (and fails, naming the key)."""
+    out = dict(overrides)
+    for name, raw in overrides.items():
+        key = TOPIC_CONFIG_KEYS.get(name)
+        if key is None:
+            continue
+        try:
+            key.parse(name, raw)
+            continue
+        except InvalidConfig:
+            pass
+        lowered = raw.strip().lower()
+        for candidate in (
+            *(c for c in (*CODECS, "CreateTime", "LogAppendTime") if c.lower() == lowered),
+            ",".join(sorted({p.strip().lower() for p in raw.split(",") if p.strip()})),
+            lowered.replace("_", ""),
+        ):
+            try:
+                key.parse(name, candidate)
+            except InvalidConfig:
+                continue
+            out[name] = candidate
+            break
+    return out
+
+
 def format_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"

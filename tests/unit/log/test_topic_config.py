@@ -1,3 +1,6 @@
+import json
+from pathlib import Path
+
 import pytest
 
 from streamd.errors import InvalidConfig
@@ -210,3 +213,44 @@ def test_cleanup_policy_keeps_kafkas_list_form() -> None:
     c = TopicConfig.from_overrides({}, {"cleanup.policy": "delete, compact"})
     assert c.cleanup_policy == "delete,compact"
     assert c.deletes
+
+
+def test_overrides_stored_by_older_versions_are_upgraded_to_kafkas_form() -> None:
+    from streamd.log.topic_config import upgrade_stored
+
+    stored = {
+        "message.timestamp.type": "logappendtime",
+        "cleanup.policy": "Delete, COMPACT",
+        "retention.ms": "86_400_000",
+        "segment.bytes": "4096",
+        "no.such": "x",
+    }
+    upgraded = upgrade_stored(stored)
+    assert upgraded == {
+        "message.timestamp.type": "LogAppendTime",
+        "cleanup.policy": "compact,delete",
+        "retention.ms": "86400000",
+        "segment.bytes": "4096",
+        "no.such": "x",
+    }
+    del upgraded["no.such"]
+    assert TopicConfig.from_overrides({}, upgraded).log_append_time
+
+
+async def test_a_topic_stored_with_an_old_spelling_still_opens(tmp_path: Path) -> None:
+    from streamd.log.fsync import FsyncPolicy
+    from streamd.log.manager import LogManager
+
+    m = LogManager(tmp_path, fsync=FsyncPolicy.parse("never"))
+    m.load()
+    m.create_topic("old", 1, {"retention.ms": "1000"})
+    await m.close()
+    meta_path = tmp_path / "topics" / "old" / "topic.json"
+    meta = json.loads(meta_path.read_text())
+    meta["overrides"] = {"message.timestamp.type": "logappendtime"}
+    meta_path.write_text(json.dumps(meta))
+    again = LogManager(tmp_path, fsync=FsyncPolicy.parse("never"))
+    again.load()
+    topic = again.get("old")
+    assert topic is not None and topic.config.log_append_time
+    await again.close()
