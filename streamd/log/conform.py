@@ -38,7 +38,7 @@ from streamd.log.batch import (
     decompress_records,
     parse_header,
 )
-from streamd.log.topic_config import INT64_MAX, TopicConfig
+from streamd.log.topic_config import CODEC_IDS, INT64_MAX, TopicConfig
 
 _LENGTH_AT = 8
 _CRC_AT = 17
@@ -56,8 +56,10 @@ def conform_batches(
     """The payload as the topic stores it (a fresh bytearray the caller may patch) and the
     headers of its batches."""
     buf = bytearray(payload)
-    target = config.target_codec
-    if target is None or all(_kept(h, target) for h in headers):
+    if config.compression_type == "producer":
+        return buf, list(headers)
+    target = CODEC_IDS[config.compression_type]
+    if all(_kept(h, target) for h in headers):
         return buf, list(headers)
     level = config.target_level
     out = bytearray()
@@ -91,11 +93,13 @@ def _kept(header: BatchHeader, target: int) -> bool:
 
 def check_timestamps(headers: Sequence[BatchHeader], config: TopicConfig, now_ms: int) -> None:
     """Raise InvalidTimestamp for a CreateTime batch outside the topic's timestamp window."""
-    if config.log_append_time:
+    if (
+        config.message_timestamp_difference_max_ms == INT64_MAX
+        and config.message_timestamp_before_max_ms == INT64_MAX
+        and config.message_timestamp_after_max_ms == INT64_MAX
+    ) or config.log_append_time:
         return
     before, after = config.timestamp_before_max_ms, config.timestamp_after_max_ms
-    if before == INT64_MAX and after == INT64_MAX:
-        return
     for index, header in enumerate(headers):
         first, newest = header.first_timestamp, header.max_timestamp
         if (first >= 0 and now_ms - first > before) or (newest >= 0 and newest - now_ms > after):
