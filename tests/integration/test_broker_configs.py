@@ -302,3 +302,13 @@ def test_describe_configs_documents_types_and_synonyms_on_the_wire(broker: Broke
     assert [(s.name, s.source) for s in policy.synonyms] == [("defaults.cleanup.policy", 5)]
     interval = configs["tiering.upload_interval_ms"]
     assert interval.config_type == 3 and interval.synonyms[0].source in (4, 5)
+
+
+def test_log_level_applies_at_once(broker_factory: Callable[..., BrokerProcess]) -> None:
+    broker = broker_factory()
+    incremental(broker.bootstrap, ResourceType.BROKER, "0", set_op("log.level", "WARNING"))
+    incremental(broker.bootstrap, ResourceType.BROKER, "0", set_op("default_partitions", "2"))
+    incremental(broker.bootstrap, ResourceType.BROKER, "0", delete_op("log.level"))
+    text = broker.log_text()
+    assert "dynamic broker configs changed: log.level" in text, "INFO again after the delete"
+    assert "dynamic broker configs changed: default_partitions" not in text, "logged at INFO"
