@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
+from kio.schema.delete_groups.v2.request import DeleteGroupsRequest
 from kio.schema.find_coordinator.v4.request import FindCoordinatorRequest
 from kio.schema.heartbeat.v4.request import HeartbeatRequest
 from kio.schema.join_group.v7.request import JoinGroupRequest, JoinGroupRequestProtocol
@@ -397,41 +398,41 @@ def test_delete_groups_right_after_static_members_session_deadline(
     broker_factory: Callable[..., BrokerProcess],
 ) -> None:
     """Static members leave no LeaveGroup behind: the group empties when their sessions end.
-    A DeleteGroups sent as soon as that deadline has passed must find the group Empty, not
-    wait for a timer that runs later."""
-    broker = broker_factory({**SETTINGS, "group.min.session.timeout.ms": "1000"})
-    topic, group = unique("deadline"), unique("g")
-    ops.create_topic(broker.bootstrap, topic, 2)
-    ops.produce(broker.bootstrap, topic, [b"x"] * 4)
-    session_ms = 1500
-    consumers = []
-    for instance in ("a", "b"):
-        c = Consumer(
-            {
-                "bootstrap.servers": broker.bootstrap,
-                "group.id": group,
-                "group.instance.id": instance,
-                "session.timeout.ms": session_ms,
-                "heartbeat.interval.ms": 200,
-                "auto.offset.reset": "earliest",
-            }
+    A DeleteGroups sent the moment the last session deadline has passed must find the group
+    Empty, not wait for a timer that runs later (on a 200 ms tick it raced and usually lost).
+    On the wire, so that the member's last heartbeat is known to the millisecond."""
+    session_ms = 1000
+    broker = broker_factory({**SETTINGS, "group.min.session.timeout.ms": str(session_ms)})
+    group = unique("deadline")
+    with Wire(broker.address) as wire:
+        joined = static_join(wire, group, "solo", session_ms=session_ms)
+        assert int(joined.error_code.value) == 0
+        synced = wire.call(
+            SyncGroupRequest(
+                group_id=GroupId(group),
+                generation_id=joined.generation_id,
+                member_id=joined.member_id,
+                group_instance_id="solo",
+                protocol_type="consumer",
+                protocol_name="range",
+                assignments=(),
+            )
         )
-        c.subscribe([topic])
-        consumers.append(c)
-    wait_for(
-        "both members assigned",
-        lambda: (
-            all(c.poll(0.05) is not None or c.assignment() for c in consumers)
-            and sum(len(c.assignment()) for c in consumers) == 2
-        ),
-    )
-    for c in consumers:
-        c.close()
-    closed = time.time()
-    client = ops.admin(broker.bootstrap)
-    time.sleep(max(0.0, closed + session_ms / 1000 - time.time()))
-    client.delete_consumer_groups([group], request_timeout=15)[group].result(20)
-    assert group not in {g.group_id for g in client.list_consumer_groups().result(20).valid}
+        assert int(synced.error_code.value) == 0
+        beat = wire.call(
+            HeartbeatRequest(
+                group_id=GroupId(group),
+                generation_id=joined.generation_id,
+                member_id=joined.member_id,
+                group_instance_id="solo",
+            )
+        )
+        assert int(beat.error_code.value) == 0
+        last_beat = time.time()
+        time.sleep(max(0.0, last_beat + session_ms / 1000 - time.time()))
+        deleted = wire.call(DeleteGroupsRequest(groups_names=(GroupId(group),)))
+    (result,) = deleted.results
+    assert int(result.error_code.value) == 0, "the expired static member still held the group"
 
 
 @pytest.mark.streamd_only
@@ -586,12 +587,14 @@ def test_bad_group_requests_get_kafka_error_codes(gbroker: BrokerProcess) -> Non
         assert int(txn.coordinators[0].error_code.value) == 15  # COORDINATOR_NOT_AVAILABLE
 
 
-def static_join(wire: Wire, group: str, instance: str, version: int = 7) -> Any:
+def static_join(
+    wire: Wire, group: str, instance: str, version: int = 7, session_ms: int = SESSION_MS
+) -> Any:
     module = join_v9 if version == 9 else sys.modules[JoinGroupRequest.__module__]
     return wire.call(
         module.JoinGroupRequest(
             group_id=GroupId(group),
-            session_timeout=i32Timedelta.parse(timedelta(milliseconds=SESSION_MS)),
+            session_timeout=i32Timedelta.parse(timedelta(milliseconds=session_ms)),
             rebalance_timeout=i32Timedelta.parse(timedelta(milliseconds=10_000)),
             member_id="",
             group_instance_id=instance,
