@@ -30,6 +30,13 @@ from kio.schema.create_topics.v7.request import (
     CreateTopicsRequest,
 )
 from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+from kio.schema.list_offsets.v9.request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
+from kio.schema.types import BrokerId, TopicName
+from kio.static.primitive import i8, i32, i64
 
 from tests.support import ops
 from tests.support.broker import BrokerProcess, target
@@ -333,3 +340,36 @@ def test_delete_records(broker: BrokerProcess, topic_name: str) -> None:
     assert part.records == b"", "an error partition must carry an empty, not null, record set"
 
     assert ops.produce(broker.bootstrap, topic_name, [b"next"]) == [100]
+
+
+def test_list_offsets_v9_serves_earliest_local_and_latest_tiered(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """-4 (earliest local, KIP-405) and -5 (latest tiered, KIP-1005) need ListOffsets v8/v9;
+    an untiered partition has nothing tiered (-1)."""
+    ops.create_topic(broker.bootstrap, topic_name, 1)
+    ops.produce(broker.bootstrap, topic_name, [b"z"] * 10)
+    client = ops.admin(broker.bootstrap)
+    tp = TopicPartition(topic_name, 0, 4)
+    client.delete_records([tp], request_timeout=15)[tp].result(20)
+    request = ListOffsetsRequest(
+        replica_id=BrokerId(-1),
+        isolation_level=i8(0),
+        topics=(
+            ListOffsetsTopic(
+                name=TopicName(topic_name),
+                partitions=tuple(
+                    ListOffsetsPartition(partition_index=i32(0), timestamp=i64(spec))
+                    for spec in (-2, -4, -5, -1)
+                ),
+            ),
+        ),
+    )
+    with Wire(broker.address) as wire:
+        (topic,) = wire.call(request).topics
+    assert [(p.error_code.value, p.offset) for p in topic.partitions] == [
+        (0, 4),
+        (0, 4),
+        (0, -1),
+        (0, 10),
+    ]
