@@ -45,7 +45,7 @@ async def raw_token(ctx: Any, session: Any, peer: str, token: bytes) -> bytes | 
     """One raw SASL token after a v0 handshake: the size-prefixed reply, or None when the
     login failed (the server then closes the connection)."""
     try:
-        reply = await asyncio.to_thread(session.authenticate, token)
+        reply: bytes = await asyncio.to_thread(session.authenticate, token)
     except (IllegalSaslState, AuthenticationFailed):
         log.info("failed SASL authentication from %s", peer)
         await asyncio.sleep(ctx.security.failed_auth_delay_s)

@@ -115,7 +115,7 @@ class _Builder:
         if base is None:
             return {}
         at_base = [f for f in specs if _in(f["versions"], base.__version__)]  # type: ignore[attr-defined]
-        kio_fields = fields(base)  # type: ignore[arg-type]
+        kio_fields = fields(base)
         if len(at_base) != len(kio_fields):
             return {}
         return {s["name"]: k for s, k in zip(at_base, kio_fields, strict=True)}
@@ -168,7 +168,7 @@ def _lowest_kio(api_key: int, kind: EntityType) -> type | None:
     load = load_request_schema if kind is EntityType.request else load_response_schema
     for version in range(0, 20):
         try:
-            return load(api_key, version)  # type: ignore[no-any-return]
+            return load(api_key, version)
         except Exception:
             continue
     return None
