@@ -24,7 +24,7 @@ MESSAGES = [
     for api in (
         "Produce", "Fetch", "ListOffsets", "OffsetCommit", "OffsetFetch", "CreateTopics",
         "DeleteTopics", "DescribeConfigs", "DescribeAcls", "CreateAcls", "DeleteAcls",
-        "OffsetForLeaderEpoch",
+        "OffsetForLeaderEpoch", "DescribeLogDirs",
     )
     for kind in ("Request", "Response")
 ] + [COORDINATOR + name for name in (

@@ -17,7 +17,7 @@ from streamd.kafka import codec
 from streamd.kafka.legacy import records as conv
 
 RETIRED = {0: [0, 1, 2], 1: [0, 1, 2, 3], 2: [0], 8: [0, 1], 9: [0], 19: [0, 1], 20: [0],
-           23: [0, 1], 29: [0], 30: [0], 31: [0], 32: [0]}
+           23: [0, 1], 29: [0], 30: [0], 31: [0], 32: [0], 35: [0]}
 
 
 @pytest.mark.parametrize(("api_key", "version"),
