@@ -1,4 +1,4 @@
-"""Extract the Kafka 3.9 message specs streamd needs beyond kio into streamd/kafka/legacy/specs.json.
+"""Extract the Kafka 3.9 message specs streamd needs beyond kio into streamd/kafka/legacy/.
 
 kio is generated from Kafka 4's specs, which dropped the request versions KIP-896 retired
 (Produce v0-v2, Fetch v0-v3, ...) but that Kafka 3.9 still serves; the group coordinator's
