@@ -82,12 +82,18 @@ class Record:
 
 
 def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """Zigzag varint at ``pos`` -> (value, next position); one and two bytes (every length
+    below 8 KiB) take no loop."""
     value = buf[pos]
-    pos += 1
     if value < 0x80:
-        return (value >> 1) ^ -(value & 1), pos
-    value &= 0x7F
-    shift = 7
+        return (value >> 1) ^ -(value & 1), pos + 1
+    byte = buf[pos + 1]
+    value = (value & 0x7F) | (byte << 7)
+    if byte < 0x80:
+        return (value >> 1) ^ -(value & 1), pos + 2
+    value &= 0x3FFF
+    shift = 14
+    pos += 2
     while True:
         byte = buf[pos]
         pos += 1
