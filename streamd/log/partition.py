@@ -475,24 +475,17 @@ class PartitionLog:
             and all(a is b for a, b in zip(window, run, strict=True))
         )
 
-    def replace_segments(self, old: Sequence[Segment], new: Segment | None) -> None:
+    def replace_segments(self, old: Sequence[Segment], new: Segment) -> None:
         """Put the cleaner's copy ``new`` in place of the consecutive sealed segments ``old``
-        (``holds_run(old)`` must be true); with ``new`` None (cleaning left nothing) the
-        previous segment's range grows over the gap instead. Only the segment list changes
-        here: the cleaner has put the files in place (:mod:`streamd.log.compaction.swap`) and
-        deletes and closes the old ones later, off the event loop, so that readers holding
-        slices of them keep reading the bytes they were given."""
-        assert self.holds_run(old)
+        (``holds_run(old)`` must be true). Only the segment list changes here: the cleaner has
+        put the files in place (:mod:`streamd.log.compaction.swap`) and deletes and closes the
+        old ones later, off the event loop, so that readers holding slices of them keep reading
+        the bytes they were given."""
+        assert self.holds_run(old) and new.base_offset == old[0].base_offset
         i = self._segments.index(old[0])
-        if new is None:
-            assert i > 0, "the log's first segment is never dropped"
-            self._segments[i - 1].next_offset = old[-1].next_offset
-            self._segments[i : i + len(old)] = []
-        else:
-            assert new.base_offset == old[0].base_offset
-            self._segments[i : i + len(old)] = [new]
-            if self._page_cache_window >= 0:
-                new.file.uncached_below = max(0, new.size - self._page_cache_window)
+        self._segments[i : i + len(old)] = [new]
+        if self._page_cache_window >= 0:
+            new.file.uncached_below = max(0, new.size - self._page_cache_window)
         self._bases = [s.base_offset for s in self._segments]
         gone = {id(s.file) for s in old}
         self._unsynced = [f for f in self._unsynced if id(f) not in gone]

@@ -107,8 +107,9 @@ class ProducerStateTable:
         if entry is None or header.producer_epoch > entry.epoch:
             entry = self.producers[pid] = ProducerEntry(header.producer_epoch)
         entry.batches.append(
-            BatchRecord(header.base_sequence, _last_seq(header), header.base_offset,
-                        header.last_offset)
+            BatchRecord(
+                header.base_sequence, _last_seq(header), header.base_offset, header.last_offset
+            )
         )
 
     def forget_below(self, offset: int) -> None:
@@ -127,9 +128,13 @@ class ProducerStateTable:
                 "version": 1,
                 "scanned_to": self.scanned_to,
                 "producers": {
-                    str(pid): {"epoch": e.epoch, "batches": [
-                        [b.first_seq, b.last_seq, b.base_offset, b.last_offset] for b in e.batches
-                    ]}
+                    str(pid): {
+                        "epoch": e.epoch,
+                        "batches": [
+                            [b.first_seq, b.last_seq, b.base_offset, b.last_offset]
+                            for b in e.batches
+                        ],
+                    }
                     for pid, e in self.producers.items()
                 },
             }

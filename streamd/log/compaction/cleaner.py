@@ -424,26 +424,19 @@ class LogCleaner:
             message["max_timestamp"],
             message["last_batch_base"],
         )
-        drop = meta.size == 0
-        if not self._swappable(plog, old, drop):
+        if not plog.holds_run(old):
             await asyncio.to_thread(_abandon, directory, base, end)
             return False
         try:
-            indexes = await asyncio.to_thread(_commit, directory, meta, drop)
+            indexes = await asyncio.to_thread(_commit, directory, meta)
         except OSError as exc:
             log.warning("%s: cannot commit cleaned segment %d: %s", directory, base, exc)
             await asyncio.to_thread(_abandon, directory, base, end)
             return False
-        if not self._swappable(plog, old, drop):
+        if not plog.holds_run(old):
             await asyncio.to_thread(_abandon, directory, base, end)
             return False
         self._crash_point("commit")
-        gone = [s.base_offset for s in old]
-        if indexes is None:
-            plog.replace_segments(old, None)
-            self._bury(old)
-            await asyncio.to_thread(swap.finish, directory, base, end, gone)
-            return True
         swap.install(directory, base, end, [s.base_offset for s in old[1:]])
         self._crash_point("install")
         segment = swap.open_cleaned_segment(
@@ -455,7 +448,7 @@ class LogCleaner:
         )
         plog.replace_segments(old, segment)
         self._bury(old)
-        await asyncio.to_thread(swap.finish, directory, base, end, gone)
+        await asyncio.to_thread(swap.finish, directory, [s.base_offset for s in old[1:]])
         return True
 
     def _bury(self, old: list[Segment]) -> None:
@@ -476,11 +469,6 @@ class LogCleaner:
         if self.settings.crash_at == step:
             log.warning("log.cleaner.debug.crash_at=%s: exiting now", step)
             os._exit(99)
-
-    @staticmethod
-    def _swappable(plog: PartitionLog, old: list[Segment], drop: bool) -> bool:
-        """The group's segments are still the partition's (and, to drop them, not its first)."""
-        return plog.holds_run(old) and not (drop and plog.segments[0] is old[0])
 
     def _account(self, report: PassReport) -> None:
         totals = self.totals
@@ -585,11 +573,8 @@ class LogCleaner:
         return rows
 
 
-def _commit(directory: Path, meta: CleanedSegment, drop: bool) -> tuple[Any, Any] | None:
-    """Steps 1-2 of a swap, off the event loop; the cleaned indexes (None for a drop)."""
-    if drop:
-        swap.commit(directory, meta.base_offset, meta.end_offset, drop=True)
-        return None
+def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any]:
+    """Steps 1-2 of a swap, off the event loop; returns the cleaned indexes."""
     indexes = swap.load_indexes(directory, meta.base_offset, meta.size, meta.end_offset)
     swap.commit(directory, meta.base_offset, meta.end_offset)
     return indexes

@@ -11,8 +11,8 @@ Filtering (:class:`BatchFilter`), for every batch of the segments being cleaned:
    batch holding the last data offset of a producer that is still active (or the last marker of
    an active producer without data) is kept even when it becomes empty, so that producer's
    sequence and epoch survive; so is the batch that ends the cleaning round (Kafka), and the
-   last batch of the log's first segment (so the log start keeps a segment). Any other batch
-   left without records is dropped.
+   last batch of each cleaned group (streamd, see ``group_end``). Any other batch left without
+   records is dropped.
 2. Record retention. A record beyond the key map's ``latest_offset`` stays. A keyed record stays
    when no later offset of its key was mapped, except a tombstone whose batch's delete horizon
    has passed. A record without a key is dropped (Kafka counts it as invalid).
@@ -129,9 +129,9 @@ class BatchFilter:
     delete_retention_ms: int
     stats: FilterStats = field(default_factory=FilterStats)
     group_end: int = -1
-    """Set while cleaning the log's first group: its last batch is kept too, so the log's
-    first segment is never empty (a later group left empty is dropped instead, see
-    :mod:`streamd.log.compaction.swap`)."""
+    """The end of the group being cleaned: the batch ending there is kept too (empty if need
+    be), so a cleaned segment always ends where the next one begins (no trailing gap: archived
+    segments stay contiguous, and time retention sees the group's last timestamp)."""
 
     def apply(self, batch: bytes | memoryview, header: BatchHeader) -> bytes | memoryview | None:
         """The bytes to write for ``batch`` (itself when unchanged), or None to drop it."""

@@ -20,21 +20,18 @@ Three fsyncs per group (Kafka's ``.cleaned`` -> ``.swap`` -> ``.log`` needs as m
 broker's own group commit syncing the same filesystem, every extra journal commit shows up in
 produce latency while a pass runs.
 
-A group that cleaning left without any batch is *dropped* rather than swapped: the commit is an
-empty ``<base>.<end>.drop`` file, the previous segment's range grows to the group's end
-(offsets in between are a gap), and step 4 deletes the group's segments, then the marker.
-An empty segment would be a useless file, and a run of segments holding nothing but record-less
-batches makes librdkafka consumers give up ("might be too large to fetch": it doubles its fetch
-size on every answer without a record). The log's first group is never
-dropped: its last batch is kept (:mod:`streamd.log.compaction.filter`).
-
 Recovery (:func:`recover_swaps`, before anything else opens the partition) finishes every
 committed swap: it deletes the group's other segments (and ``.deleted`` leftovers), renames
 the cleaned indexes that are still ``.cleaned`` (or deletes ``<base>``'s old ones, which are
-rebuilt), and renames the ``.swap`` file to ``<base>.log``; a ``.drop`` marker's segments are
-deleted. Uncommitted ``.cleaned`` files are an unfinished pass and are deleted: the old
-segments are intact. So a kill -9 at any point leaves either the old segments or the cleaned
-ones, never a mix and never a partial file that recovery trusts.
+rebuilt), and renames the ``.swap`` file to ``<base>.log``. Uncommitted ``.cleaned`` files are
+an unfinished pass and are deleted: the old segments are intact. So a kill -9 at any point
+leaves either the old segments or the cleaned ones, never a mix and never a partial file that
+recovery trusts.
+
+A cleaned segment always ends where the group it replaces ended (its last batch is kept, empty
+if need be, see :mod:`streamd.log.compaction.filter`), and a group whose records are all gone
+is cleaned together with the next one (:mod:`streamd.log.compaction.worker`): segment ranges
+stay contiguous, as archived segments need them to be.
 
 The checkpoint (``cleaner-checkpoint``: the first dirty offset and the earliest pending delete
 horizon) is written before the first swap of a pass. Recovery accepts offset gaps, and batches
@@ -62,12 +59,11 @@ log = logging.getLogger("streamd.log.cleaner")
 CHECKPOINT_FILE = "cleaner-checkpoint"
 CLEANED = ".cleaned"
 SWAP = ".swap"
-DROP = ".drop"
 DELETED = ".deleted"
 INDEX_SUFFIXES = (".index", ".timeindex", ".txnindex")
 SEGMENT_SUFFIXES = (".log", *INDEX_SUFFIXES)
 _BASE = re.compile(r"(\d{20})\.")
-_COMMITTED = re.compile(r"(\d{20})\.(\d{20})\.(swap|drop)")
+_COMMITTED = re.compile(r"(\d{20})\.(\d{20})\.swap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,22 +107,14 @@ def swap_path(directory: Path, base: int, end: int) -> Path:
     return directory / f"{base:020d}.{end:020d}{SWAP}"
 
 
-def drop_path(directory: Path, base: int, end: int) -> Path:
-    return directory / f"{base:020d}.{end:020d}{DROP}"
-
-
 def remove_cleaned(directory: Path, base: int) -> None:
     for suffix in SEGMENT_SUFFIXES:
         cleaned_path(directory, base, suffix).unlink(missing_ok=True)
 
 
-def commit(directory: Path, base: int, end: int, *, drop: bool = False) -> None:
-    """Step 2: from now on the swap (or, with ``drop``, the removal) of ``[base, end)``
-    completes, even after a crash."""
-    if drop:
-        drop_path(directory, base, end).touch()
-    else:
-        os.replace(cleaned_path(directory, base, ".log"), swap_path(directory, base, end))
+def commit(directory: Path, base: int, end: int) -> None:
+    """Step 2: from now on the swap of ``[base, end)`` completes, even after a crash."""
+    os.replace(cleaned_path(directory, base, ".log"), swap_path(directory, base, end))
     fsync_dir(directory)
 
 
@@ -152,33 +140,22 @@ def install(directory: Path, base: int, end: int, others: Sequence[int]) -> None
     os.replace(swap_path(directory, base, end), segment_path(directory, base, ".log"))
 
 
-def finish(directory: Path, base: int, end: int, gone: Sequence[int]) -> None:
-    """Step 4, off the event loop: make the renames durable, delete the replaced segments
-    ``gone`` (renamed away by :func:`install`, or still named for a dropped group), then forget
-    a drop marker."""
+def finish(directory: Path, gone: Sequence[int]) -> None:
+    """Step 4, off the event loop: make the renames durable, then delete the replaced
+    segments ``gone`` (renamed away by :func:`install`)."""
     fsync_dir(directory)
-    marker = drop_path(directory, base, end)
-    dropped = marker.exists()
     for other in gone:
         for suffix in SEGMENT_SUFFIXES:
             path = segment_path(directory, other, suffix)
-            if dropped:
-                path.unlink(missing_ok=True)
-            else:
-                path.with_name(path.name + DELETED).unlink(missing_ok=True)
-    if dropped:
-        fsync_dir(directory)
-        marker.unlink()
-        fsync_dir(directory)
+            path.with_name(path.name + DELETED).unlink(missing_ok=True)
 
 
 def abandon(directory: Path, base: int, end: int) -> None:
     """Undo steps 1-2 of a swap that will not happen (the segments changed meanwhile)."""
     remove_cleaned(directory, base)
-    committed = [swap_path(directory, base, end), drop_path(directory, base, end)]
-    if any(p.exists() for p in committed):
-        for path in committed:
-            path.unlink(missing_ok=True)
+    committed = swap_path(directory, base, end)
+    if committed.exists():
+        committed.unlink()
         fsync_dir(directory)
 
 
@@ -239,7 +216,7 @@ def open_cleaned_segment(
 
 
 def recover_swaps(directory: Path) -> None:
-    """Finish every committed swap or drop and delete unfinished cleaned files (see the module
+    """Finish every committed swap and delete unfinished cleaned files (see the module
     docstring). Runs before the partition's segments are opened."""
     names = sorted(p.name for p in directory.iterdir())
     changed = False
@@ -247,32 +224,25 @@ def recover_swaps(directory: Path) -> None:
         found = _COMMITTED.fullmatch(name)
         if found is None:
             continue
-        base, end, kind = int(found.group(1)), int(found.group(2)), found.group(3)
+        base, end = int(found.group(1)), int(found.group(2))
         log.warning(
-            "%s: completing the %s of cleaned segments [%d, %d) after a crash",
+            "%s: completing the swap of cleaned segments [%d, %d) after a crash",
             directory,
-            "swap" if kind == "swap" else "removal",
             base,
             end,
         )
-        first = base if kind == "drop" else base + 1
         for other in _segment_bases(directory):
-            if first <= other < end:
+            if base < other < end:
                 for suffix in SEGMENT_SUFFIXES:
                     segment_path(directory, other, suffix).unlink(missing_ok=True)
-        if kind == "drop":
-            remove_cleaned(directory, base)
-        else:
-            for suffix in INDEX_SUFFIXES:
-                source = cleaned_path(directory, base, suffix)
-                if source.exists():
-                    os.replace(source, segment_path(directory, base, suffix))
-                elif suffix != ".txnindex":
-                    segment_path(directory, base, suffix).unlink(missing_ok=True)
-            os.replace(directory / name, segment_path(directory, base, ".log"))
+        for suffix in INDEX_SUFFIXES:
+            source = cleaned_path(directory, base, suffix)
+            if source.exists():
+                os.replace(source, segment_path(directory, base, suffix))
+            elif suffix != ".txnindex":
+                segment_path(directory, base, suffix).unlink(missing_ok=True)
+        os.replace(directory / name, segment_path(directory, base, ".log"))
         fsync_dir(directory)
-        if kind == "drop":
-            (directory / name).unlink()
         changed = True
     for name in names:
         if name.endswith((CLEANED, DELETED)):

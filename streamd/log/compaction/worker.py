@@ -32,7 +32,7 @@ from streamd.errors import StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, BatchHeader, check_batch, parse_header
 from streamd.log.compaction.filter import BatchFilter, FilterStats, ProducerTail, map_batch
 from streamd.log.compaction.keymap import KeyMap
-from streamd.log.compaction.plan import SegmentInfo, group_segments
+from streamd.log.compaction.plan import MAX_RELATIVE_OFFSET, SegmentInfo, group_segments
 from streamd.log.compaction.swap import cleaned_path, remove_cleaned
 from streamd.log.compaction.txn import AbortedTxn, TxnTracker
 from streamd.log.files import pread_exactly
@@ -187,7 +187,12 @@ def run_pass(
     request: PassRequest, emit: Emit, alive: Callable[[], bool] = lambda: True
 ) -> FilterStats:
     """Map the dirty section, then clean every group below the mapped end into ``.cleaned``
-    files, reporting each as soon as it is durable (see the module docstring)."""
+    files, reporting each as soon as it is durable (see the module docstring).
+
+    A group whose records are all gone is not written alone: the next group is cleaned into
+    the same file. A segment holding nothing but record-less batches would be a file for
+    nothing, and a run of them makes librdkafka consumers give up ("might be too large to
+    fetch": it doubles its fetch size on every answer without a record)."""
     directory = Path(request.directory)
     throttle = Throttle(request.io_bytes_per_second)
     started = time.monotonic()
@@ -220,12 +225,18 @@ def run_pass(
         request.delete_retention_ms,
     )
     total = FilterStats()
-    for group in group_segments(to_clean, request.segment_bytes, request.first_uncleanable):
-        filt.stats = FilterStats()
-        txn.retained_aborts = []
-        base, end = group[0].base_offset, group[-1].end_offset
-        filt.group_end = end if base == segments[0].base_offset else -1
-        writer = _Writer(directory, base, request.index_interval_bytes, request.now_ms)
+    groups = group_segments(to_clean, request.segment_bytes, request.first_uncleanable)
+    writer: _Writer | None = None
+    replaces: list[int] = []
+    for n, group in enumerate(groups):
+        if writer is None:
+            filt.stats = FilterStats()
+            txn.retained_aborts = []
+            base = group[0].base_offset
+            writer = _Writer(directory, base, request.index_interval_bytes, request.now_ms)
+            replaces = []
+        end = group[-1].end_offset
+        filt.group_end = end
         for info in group:
             path = segment_path(directory, info.base_offset, ".log")
             for batch, header in read_batches(path, 0, info.size, throttle, alive):
@@ -233,14 +244,23 @@ def run_pass(
                 if out is not None:
                     out_header = header if out is batch else parse_header(out)
                     throttle.note(writer.add(out, out_header))
+            replaces.append(info.base_offset)
+        following = groups[n + 1] if n + 1 < len(groups) else None
+        if (
+            filt.stats.records_written == 0
+            and following is not None
+            and following[-1].end_offset - 1 - base <= MAX_RELATIVE_OFFSET
+        ):
+            continue
         throttle.note(writer.flush())
         segment = writer.close()
+        writer = None
         emit(
             {
                 "kind": "group",
                 "base": base,
                 "end": end,
-                "replaces": [s.base_offset for s in group],
+                "replaces": replaces,
                 "size": segment.size,
                 "first_timestamp": segment.first_timestamp,
                 "max_timestamp": segment.max_timestamp,

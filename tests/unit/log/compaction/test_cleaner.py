@@ -135,3 +135,23 @@ async def test_a_small_key_map_cleans_in_several_passes(tmp_path: Path) -> None:
     finally:
         await cleaner.stop()
         await logs.close()
+
+
+async def test_cleaned_segments_end_where_the_next_begins_and_hold_records(
+    cleaner: LogCleaner,
+) -> None:
+    """Archived segments must stay contiguous and librdkafka gives up on a run of answers
+    without records: every cleaned segment's last batch ends at the next segment's base, and
+    a group whose records are all gone is merged into the next one."""
+    plog = cleaner.logs.create_topic("g", 1, COMPACTED).partitions[0]
+    rows = [(b"early-%03d" % i, b"e" * 50) for i in range(30)] + history(30, 12)
+    await write(plog, rows)
+    plog.seal_active()
+    assert await cleaner.clean_once()
+    sealed = plog.segments[:-1]
+    assert len(sealed) >= 2
+    for segment, following in zip(sealed, plog.segments[1:], strict=False):
+        headers = [h for _, h in segment.iter_headers()]
+        assert headers[-1].next_offset == following.base_offset
+        assert sum(h.records_count for h in headers) > 0
+    check_compacted(plog, rows)
