@@ -249,14 +249,22 @@ KEYS: tuple[Key, ...] = (
         _positive,
         134217728,
         "Memory bound of the cleaner's key -> offset map (one pass maps what fits).",
+        dynamic=True,
     ),
     Key(
         "log.cleaner.io_max_bytes_per_second",
         _non_negative,
         20971520,
         "Cleaner reads plus writes per second (keeps live latency low); 0 = no limit.",
+        dynamic=True,
     ),
-    Key("log.cleaner.backoff_ms", _positive, 15000, "How often the cleaner looks for dirty logs."),
+    Key(
+        "log.cleaner.backoff_ms",
+        _positive,
+        15000,
+        "How often the cleaner looks for dirty logs.",
+        dynamic=True,
+    ),
     Key(
         "log.cleaner.debug.crash_at",
         _cleaner_crash_point,

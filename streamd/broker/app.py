@@ -389,6 +389,12 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            if any(name.startswith("log.cleaner.") for name in changed) and self.cleaner:
+                self.cleaner.reconfigure(
+                    map_bytes=values["log.cleaner.dedupe_buffer_bytes"],
+                    io_bytes_per_second=values["log.cleaner.io_max_bytes_per_second"],
+                    backoff_ms=values["log.cleaner.backoff_ms"],
+                )
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)

@@ -664,7 +664,7 @@ class TopicConfig:
 
     @property
     def compact(self) -> bool:
-        return "compact" in self.cleanup_policy.split(",")
+        return "compact" in self.cleanup_policy
 
     @property
     def roll_ms(self) -> int:

@@ -29,7 +29,7 @@ import os
 import sys
 import weakref
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +199,12 @@ class LogCleaner:
             self._task = None
         await self.process.stop()
         await self._close_buried(everything=True)
+
+    def reconfigure(self, **changes: int) -> None:
+        """New key-map bound, I/O limit or backoff (dynamic broker configs): from the next
+        pass on (the backoff at once)."""
+        self.settings = replace(self.settings, **changes)  # type: ignore[arg-type]
+        self.wake()
 
     def wake(self) -> None:
         """Look for work now instead of after the backoff (tests, config changes)."""

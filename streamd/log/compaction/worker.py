@@ -213,8 +213,11 @@ def run_pass(
     )
     to_clean = [s for s in segments if s.base_offset < end_offset]
     cleaned_end = to_clean[-1].end_offset if to_clean else end_offset
+    first_base = segments[0].base_offset if segments else end_offset
     txn = TxnTracker()
-    txn.add_aborted(a for a in aborted if a.first_offset < cleaned_end)
+    txn.add_aborted(
+        a for a in aborted if a.last_offset >= first_base and a.first_offset < cleaned_end
+    )
     producers = {pid: ProducerTail(last, epoch) for pid, last, epoch in request.producers}
     filt = BatchFilter(
         keymap,
