@@ -199,6 +199,17 @@ class ClusterArchive:
             log.warning("%s", message)
         state.last_error = message
 
+    def health(self) -> dict[str, Any]:
+        """The ``cluster_archive`` component of ``/v1/health``: degraded while the documents
+        restore needs cannot be stored (or this broker may not write them)."""
+        errors = [e for e in (self.blocked, self.metadata.last_error, self.offsets.last_error) if e]
+        return {
+            "status": "degraded" if errors else "ok",
+            "metadata_stored_at_ms": self.metadata.stored_at_ms,
+            "offsets_stored_at_ms": self.offsets.stored_at_ms,
+            "errors": errors,
+        }
+
     def status(self) -> dict[str, Any]:
         """``GET /v1/cluster/archive``: whether the stored documents match the broker now."""
 

@@ -275,34 +275,58 @@ async def test_manifest_unreachable_at_start_means_no_uploads(env: Env) -> None:
     assert service.latest_tiered_offset("t", 0) > 0
 
 
-async def test_restart_resumes_and_reuploads_orphans(env: Env) -> None:
+async def crash_after_segment_put(env: Env, body: Any) -> tuple[int, str]:
+    """Archive 30 batches, stop, write 30 more; then leave ``body(segment)`` under the key the
+    next segment's upload will use (what a crash after its PUT leaves). Returns (archived up
+    to, key)."""
     env.logs.create_topic("t", 1, TIERED)
     await fill(env.logs, "t", 30)
     service = await env.open_service()
     await service.tick()
     first = service.latest_tiered_offset("t", 0)
+    incarnation = service._states[("t", 0)].manifest.incarnation
     await service.close()
     env.service = None
-    # a crash after a segment PUT but before the manifest: an orphan with the next key
     await fill(env.logs, "t", 30)
     plog = env.logs.partition("t", 0)
     orphan = next(s for s in plog.segments if s.base_offset == first + 1)
     env.logs.tiering_veto = None
-    env.bucket = LocalStore(env.tmp / "bucket", fsync=False)
-    env.store = FlakyStore(env.bucket)
     from streamd.tiering import keys
 
     topic = env.logs.get("t")
     assert topic is not None
-    key = keys.segment_key("t", str(topic.topic_id), 0, orphan.base_offset, orphan.last_offset)
-    await env.bucket.put(key, b"partial garbage from a crashed upload")
+    key = keys.segment_key(
+        "t", str(topic.topic_id), 0, orphan.base_offset, orphan.last_offset,
+        incarnation=incarnation,
+    )
+    await env.bucket.put(key, body(orphan))
+    return first, key
+
+
+async def test_restart_accepts_its_own_orphan(env: Env) -> None:
+    first, key = await crash_after_segment_put(env, lambda seg: seg.file.pread(seg.size, 0))
     service = await env.open_service()
     assert service.latest_tiered_offset("t", 0) == first, "manifest loaded from the bucket"
     await service.tick()
     assert service.latest_tiered_offset("t", 0) > first
-    manifest = service._states[("t", 0)].manifest
-    for seg in manifest.segments:
+    state = service._states[("t", 0)]
+    assert state.last_error is None
+    assert key in {seg.key for seg in state.manifest.segments}
+    for seg in state.manifest.segments:
         assert crc32c_hex(await env.bucket.get(seg.key)) == seg.checksum
+
+
+async def test_other_bytes_under_our_key_are_never_replaced(env: Env) -> None:
+    """Invariant 9: a key that holds other bytes (another broker archiving the same history)
+    is left as it is; the partition reports the conflict and admits nothing past it."""
+    first, key = await crash_after_segment_put(env, lambda seg: b"another writer's bytes")
+    service = await env.open_service()
+    await service.tick()
+    state = service._states[("t", 0)]
+    assert await env.bucket.get(key) == b"another writer's bytes"
+    assert state.last_error is not None and "not replaced" in state.last_error
+    assert service.latest_tiered_offset("t", 0) == first
+    assert service.health()["status"] == "degraded"
 
 
 async def test_corrupt_or_missing_object_is_an_error_not_bytes(env: Env) -> None:
