@@ -31,7 +31,7 @@ from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
-from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
+from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
@@ -272,6 +272,7 @@ class Broker:
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,
+            ends=lambda: end_offsets(logs),
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
         )
         self.tiering.tick_hooks.append(archive.tick)

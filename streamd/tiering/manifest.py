@@ -31,6 +31,7 @@ returns as removed (invariant 5).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -194,8 +195,12 @@ def with_incarnation(manifest: PartitionManifest) -> PartitionManifest:
 
 
 def new_incarnation(manifest: PartitionManifest) -> PartitionManifest:
-    """The same archive continued by a new history (restore): later uploads use new keys."""
-    return replace(manifest, incarnation=keys.new_incarnation(), format_version=FORMAT_VERSION)
+    """The same archive continued by a new history (restore): later uploads use keys the
+    previous history never used. Derived from the manifest rather than drawn at random, so
+    restoring the same archive twice yields the same data_dir."""
+    seed = f"{manifest.incarnation}/{manifest.last_uploaded_offset}/{manifest.remote_start_offset}"
+    derived = hashlib.sha256(f"restored:{seed}".encode()).hexdigest()[:8]
+    return replace(manifest, incarnation=derived, format_version=FORMAT_VERSION)
 
 
 def add_segment(manifest: PartitionManifest, meta: SegmentMeta) -> PartitionManifest:

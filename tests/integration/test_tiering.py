@@ -53,6 +53,8 @@ def settings(moto: MotoS3, bucket: str, **extra: str) -> dict[str, str]:
     return moto.broker_settings(bucket) | {
         "tiering.upload_interval_ms": "250",
         "log.housekeeping_interval_ms": "250",
+        # adjacent segments merge into objects of up to 2-4 segments: several objects per test
+        "tiering.merge_target_bytes": "262144",
         **extra,
     }
 
