@@ -73,8 +73,16 @@ class RemoteReader:
     # ---- fetch ---------------------------------------------------------------------------------
 
     async def read(
-        self, manifest: PartitionManifest, offset: int, max_bytes: int, min_one: bool
+        self,
+        manifest: PartitionManifest,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+        *,
+        below: int | None = None,
     ) -> bytes | memoryview:
+        """Whole batches from the one holding ``offset``. Read-ahead stops before ``below``
+        (the local log start: what lies above is read from local disk, never fetched)."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -83,7 +91,9 @@ class RemoteReader:
             )
         self._stats.remote_reads += 1
         try:
-            return await self._read_batches(manifest, segment, offset, max(0, max_bytes), min_one)
+            return await self._read_batches(
+                manifest, segment, offset, max(0, max_bytes), min_one, below
+            )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
 
@@ -109,6 +119,7 @@ class RemoteReader:
         offset: int,
         max_bytes: int,
         min_one: bool,
+        below: int | None = None,
     ) -> bytes | memoryview:
         if seg.index_key not in self._indexes:
             # Cold: the chunk GET runs alongside the index GET instead of after it.
@@ -121,7 +132,7 @@ class RemoteReader:
         want = min(seg.size_bytes, entry_end + max_bytes)
         # Chunks for this read and the read-ahead after it (into the next segments) all start
         # loading now, concurrently; the read below then waits only for its own.
-        self._read_ahead_from(manifest, seg, start, want - start)
+        self._read_ahead_from(manifest, seg, start, want - start, below)
         data = await self._range(seg, start, want)
         if len(data) >= HEADER_SIZE and PREFIX.unpack_from(data, 0)[0] != entry_base:
             raise RemoteStorageError(
@@ -294,14 +305,26 @@ class RemoteReader:
     # ---- read-ahead ----------------------------------------------------------------------------
 
     def _read_ahead_from(
-        self, manifest: PartitionManifest, seg: SegmentMeta | None, pos: int, needed: int
+        self,
+        manifest: PartitionManifest,
+        seg: SegmentMeta | None,
+        pos: int,
+        needed: int,
+        below: int | None = None,
     ) -> None:
         """Start loading the chunks of ``[pos, pos + needed)`` of ``seg`` and of the
-        ``read_ahead`` chunks that follow it, continuing into the next archived segments."""
+        ``read_ahead`` chunks that follow it, continuing into the next archived segments, but
+        not into offsets at or above ``below`` (they are read locally)."""
         cs = self._cache.chunk_size
         budget = needed + self._read_ahead * cs
         while seg is not None and budget > 0:
             last = min(seg.size_bytes, pos + budget)
+            if below is not None and seg.last_offset >= below and pos > 0:
+                index = self._indexes.get(seg.index_key)
+                if index is not None:  # no chunk past the entry holding below - 1
+                    last = min(last, index.lookup(max(seg.base_offset, below - 1))[1])
+            if last <= pos:
+                return
             for chunk in range(pos // cs, (last - 1) // cs + 1):
                 if self._cache.loading >= MAX_READ_AHEAD_TASKS:
                     return
@@ -311,6 +334,8 @@ class RemoteReader:
                 return
             seg = segment_for_offset(manifest, seg.last_offset + 1)
             pos = 0
+            if seg is not None and below is not None and seg.base_offset >= below:
+                return
             if seg is not None and seg.index_key not in self._indexes:
                 self._spawn(self._index(seg))
 

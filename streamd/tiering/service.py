@@ -597,7 +597,11 @@ class TieringService:
         state = self._states.get((topic, partition))
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")
-        return await self._reader.read(state.manifest, offset, max_bytes, min_one)
+        local = self.logs.get(topic)
+        below = None
+        if local is not None and partition < len(local.partitions):
+            below = local.partitions[partition].log_start_offset
+        return await self._reader.read(state.manifest, offset, max_bytes, min_one, below=below)
 
     def prefetch(self, topic: str, partition: int, offset: int) -> None:
         """Start loading what a remote read of ``offset`` needs, without waiting (a Fetch over
