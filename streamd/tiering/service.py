@@ -422,19 +422,7 @@ class TieringService:
     async def _apply_total_retention(
         self, topic: Topic, state: PartitionState, plog: PartitionLog
     ) -> None:
-        manifest = state.manifest
-        if not manifest.segments:
-            return
-        not_archived = sum(
-            s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
-        )
-        new_start = plan_remote_start(
-            manifest,
-            now_ms=now_ms(),
-            retention_ms=topic.config.retention_ms,
-            retention_bytes=topic.config.retention_bytes,
-            local_bytes_not_archived=not_archived,
-        )
+        new_start = self._retention_due(topic, state.manifest, plog)
         if new_start is None:
             return
         try:
@@ -447,6 +435,24 @@ class TieringService:
         local_cut = min(advanced.remote_start_offset, plog.high_watermark)
         if local_cut > plog.log_start_offset:
             plog.delete_records_before(local_cut)
+
+    @staticmethod
+    def _retention_due(
+        topic: Topic, manifest: PartitionManifest, plog: PartitionLog
+    ) -> int | None:
+        """Where total retention would move the remote start now (None: nothing expires)."""
+        if not manifest.segments:
+            return None
+        not_archived = sum(
+            s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
+        )
+        return plan_remote_start(
+            manifest,
+            now_ms=now_ms(),
+            retention_ms=topic.config.retention_ms,
+            retention_bytes=topic.config.retention_bytes,
+            local_bytes_not_archived=not_archived,
+        )
 
     async def delete_records(self, topic: str, partition: int, offset: int) -> None:
         """DeleteRecords on a tiered partition: before the local log start moves, the stored
@@ -474,16 +480,19 @@ class TieringService:
             moved, removed = move(state.manifest)
             if moved is state.manifest:
                 return moved
-            stored = await self._uploader.store_manifest(state, moved)
+
+            def doom() -> None:
+                for seg in removed:
+                    self.cache.invalidate(seg.key)
+                    state.pending_deletes += [seg.key, seg.index_key]
+
+            stored = await self._uploader.store_manifest(state, moved, then=doom)
             if stored.outcome is not Outcome.OK:
                 raise StoreError(stored.error or "manifest not stored", retriable=True)
             log.info(
                 "%s-%d: remote start moved to %d %s (%d segments dropped)",
                 state.topic, state.partition, moved.remote_start_offset, why, len(removed),
             )
-            for seg in removed:
-                self.cache.invalidate(seg.key)
-                state.pending_deletes += [seg.key, seg.index_key]
             return moved
 
     async def _delete_pending(self, state: PartitionState) -> None:
@@ -639,10 +648,12 @@ class TieringService:
             else:
                 mode = "local+archive" if archived else "local"
             pending = 0
+            due = None
             if manifest is not None:
                 pending = len(
                     select_candidates(plog.segments, manifest, plog.high_watermark).candidates
                 )
+                due = self._retention_due(topic, manifest, plog)
             parts.append(
                 {
                     "partition": index,
@@ -662,6 +673,7 @@ class TieringService:
                     "last_upload_ms": state.last_upload_ms if state else -1,
                     "pending_uploads": pending,
                     "pending_deletes": len(state.pending_deletes) if state else 0,
+                    "retention_due_offset": -1 if due is None else due,
                     "errors": state.errors if state else 0,
                     "last_error": state.last_error if state else None,
                     "notice": state.notice if state else None,

@@ -300,9 +300,14 @@ class Uploader:
         log.info("%s is already in the bucket with the same bytes (a retried upload)", key)
 
     async def store_manifest(
-        self, state: PartitionState, manifest: PartitionManifest
+        self,
+        state: PartitionState,
+        manifest: PartitionManifest,
+        *,
+        then: Callable[[], None] | None = None,
     ) -> UploadResult:
-        """Stage 4: PUT the manifest; only then does ``state.manifest`` change."""
+        """Stage 4: PUT the manifest; only then does ``state.manifest`` change, and ``then``
+        runs in the same step (nobody sees the new manifest without its consequences)."""
         body = dump_partition_manifest(manifest)
         try:
             await self._store.put(state.manifest_key, body)
@@ -315,6 +320,8 @@ class Uploader:
         self._stats.manifest_writes += 1
         self._stats.uploaded_bytes += len(body)
         state.manifest = manifest
+        if then is not None:
+            then()
         state.last_upload_ms = now_ms()
         await self._on_manifest_stored(manifest)
         return UploadResult(Outcome.OK)

@@ -195,11 +195,21 @@ def test_total_retention_moves_earliest_and_clients_reset(
     ops.create_topic(broker.bootstrap, topic_name, 1, config)
     records = make_records(4000, seed=11)
     produce(broker.bootstrap, topic_name, records)
+    # Compare the bucket with the manifest only once nothing is in flight or due (no timing
+    # involved, each is a fact the storage report states): every sealed segment is in the
+    # manifest (no upload can be between its object PUT and its manifest PUT), retention has
+    # nothing left to expire, the local start followed the remote start, and the objects
+    # retention dropped are deleted.
     report = wait_partition(
         broker,
         topic_name,
-        "remote start past 0",
-        lambda r: r["remote_start_offset"] > 0 and r["pending_deletes"] == 0,
+        "remote start past 0 with uploads, retention and deletions done",
+        lambda r: r["remote_start_offset"] > 0
+        and r["high_watermark"] == len(records)
+        and r["pending_uploads"] == 0
+        and r["retention_due_offset"] == -1
+        and r["earliest_offset"] == r["remote_start_offset"]
+        and r["pending_deletes"] == 0,
     )
     earliest = list_offset(broker, topic_name, -2)
     assert earliest == report["remote_start_offset"] > 0
