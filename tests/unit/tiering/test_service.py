@@ -7,7 +7,6 @@ across the boundary, total retention, topic deletion and an unreachable store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
