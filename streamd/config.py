@@ -217,7 +217,7 @@ KEYS: tuple[Key, ...] = (
     Key(
         "tiering.merge_target_bytes",
         _int,
-        67108864,
+        16777216,
         "Adjacent small sealed segments are uploaded as one object up to this size (0 = off).",
     ),
     Key(
