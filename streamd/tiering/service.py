@@ -48,7 +48,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -360,6 +360,15 @@ class TieringService:
             except RemoteStorageError as exc:
                 state.note_error(f"cannot check the archive of a missing manifest: {exc}")
                 return
+        copy = state.manifest if state.from_copy else None
+        if (
+            copy is not None
+            and copy.incarnation
+            and copy.segments == manifest.segments[: len(copy.segments)]
+        ):
+            # This broker's history continues (a restore chose a new incarnation for it, so
+            # that the broker it replaced can never write the same keys).
+            manifest = replace(manifest, incarnation=copy.incarnation)
         manifest = with_incarnation(manifest)
         async with state.lock:
             state.manifest = manifest
