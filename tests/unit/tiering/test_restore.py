@@ -176,14 +176,14 @@ async def test_restore_serves_every_archived_byte_and_keeps_archiving(
         assert await replay(service, plog, "t", p) == archived[("t", p)], "byte-identical"
     u = new.logs.partition("u", 0)
     assert (u.log_start_offset, u.high_watermark) == (0, 0)
-    for p in range(2):  # the restored broker writes under a history of its own (invariant 9)
-        restored, stored = service._states[("t", p)], old_incarnations[p]
-        assert restored.manifest.incarnation not in ("", stored)
 
     await fill(new.logs, "t", 0, 40)
     assert new.logs.partition("t", 0).high_watermark == old_manifests[0] + 1 + 200
     await new.tick()
     await new.tick()
+    for p in range(2):  # the restored broker writes under a history of its own (invariant 9)
+        restored = service._states[("t", p)]
+        assert restored.loaded and restored.manifest.incarnation not in ("", old_incarnations[p])
     assert service.latest_tiered_offset("t", 0) > old_manifests[0]
     new_keys = [s.key for s in service._states[("t", 0)].manifest.segments
                 if s.base_offset > old_manifests[0]]
