@@ -53,10 +53,13 @@ def settings(moto: MotoS3, bucket: str, **extra: str) -> dict[str, str]:
     return moto.broker_settings(bucket) | {
         "tiering.upload_interval_ms": "250",
         "log.housekeeping_interval_ms": "250",
-        # adjacent segments merge into objects of up to 2-4 segments: several objects per test
-        "tiering.merge_target_bytes": "262144",
         **extra,
     }
+
+
+SMALL_OBJECTS = {"tiering.merge_target_bytes": "262144"}
+"""Adjacent segments merge into objects of 2-4 segments: several objects (and retention
+steps) per test, whatever the upload timing."""
 
 
 def list_offset(broker: BrokerProcess, topic: str, spec: int) -> int:
@@ -115,6 +118,7 @@ def test_replay_from_the_archive_with_every_client(
         settings(
             moto_s3,
             bucket,
+            **SMALL_OBJECTS,
             **{
                 "tiering.cache_max_bytes": str(CACHE_MAX),
                 "tiering.cache_chunk_bytes": "131072",
@@ -189,7 +193,7 @@ def test_total_retention_moves_earliest_and_clients_reset(
     moto_s3: MotoS3, broker_factory, topic_name: str  # noqa: ANN001
 ) -> None:
     bucket = moto_s3.new_bucket()
-    broker = broker_factory(settings(moto_s3, bucket))
+    broker = broker_factory(settings(moto_s3, bucket, **SMALL_OBJECTS))
     config = TIERED | {"segment.bytes": "65536", "local.retention.bytes": "131072",
                        "retention.bytes": "400000"}
     ops.create_topic(broker.bootstrap, topic_name, 1, config)
