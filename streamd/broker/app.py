@@ -96,6 +96,18 @@ class Broker:
             "opened %d topics from %s in %.2fs",
             len(self.logs.topics()), data_dir, time.monotonic() - started,
         )
+        # The cleaner exists before tiering, which asks it what was cleaned (compacted topics);
+        # it starts cleaning once everything is up.
+        self.cleaner = LogCleaner(
+            self.logs,
+            CleanerSettings(
+                enabled=cfg["log.cleaner.enable"],
+                map_bytes=cfg["log.cleaner.dedupe_buffer_bytes"],
+                io_bytes_per_second=cfg["log.cleaner.io_max_bytes_per_second"],
+                backoff_ms=cfg["log.cleaner.backoff_ms"],
+                crash_at=cfg["log.cleaner.debug.crash_at"],
+            ),
+        )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
         host, port = cfg.advertised
@@ -143,16 +155,6 @@ class Broker:
         self._wire_dynamic_config()
         self.tasks.append(asyncio.create_task(self._housekeeping()))
         # --- log compaction (streamd/log/compaction) ---
-        self.cleaner = LogCleaner(
-            self.logs,
-            CleanerSettings(
-                enabled=cfg["log.cleaner.enable"],
-                map_bytes=cfg["log.cleaner.dedupe_buffer_bytes"],
-                io_bytes_per_second=cfg["log.cleaner.io_max_bytes_per_second"],
-                backoff_ms=cfg["log.cleaner.backoff_ms"],
-                crash_at=cfg["log.cleaner.debug.crash_at"],
-            ),
-        )
         self.cleaner.start()
         self.metrics.add_collector(self.cleaner.metric_families)
         # --- end log compaction ---
@@ -242,6 +244,7 @@ class Broker:
             self.logs,
             cache,
             manifest_dir=cfg.data_dir / "tiering" / "manifests",
+            cleaned_offset=self.cleaner.cleaned_offset if self.cleaner else lambda plog: 0,
             settings=TieringSettings(
                 upload_interval_ms=cfg["tiering.upload_interval_ms"],
                 upload_concurrency=cfg["tiering.upload_concurrency"],

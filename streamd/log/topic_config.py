@@ -30,8 +30,10 @@ What a key does on one streamd broker (``ConfigKey.enforced``):
   turning it off requires ``remote.log.delete.on.disable``).
 
 Cross-key rules are Kafka's: ``min.compaction.lag.ms <= max.compaction.lag.ms`` always; for a
-topic with ``remote.storage.enable`` no ``compact`` policy, ``local.retention.*`` within
-``retention.*`` and, with ``remote.log.copy.disable``, equal to it. The broker-wide defaults get
+topic with ``remote.storage.enable``, ``local.retention.*`` within
+``retention.*`` and, with ``remote.log.copy.disable``, equal to it. Beyond Kafka (KIP-405
+excludes them, Redpanda does not), a compacted topic may be tiered: see
+:mod:`streamd.tiering.recompact`. The broker-wide defaults get
 the local-retention rule whatever their ``remote.storage.enable`` (tiering is always configured).
 """
 
@@ -598,10 +600,6 @@ class TopicConfig:
             )
         if not (self.remote_storage_enable or broker_level):
             return
-        if self.remote_storage_enable and "compact" in self.cleanup_policy.split(","):
-            raise InvalidConfig(
-                "remote.storage.enable: remote log storage is unsupported for compacted topics"
-            )
         for local, total in (
             ("local.retention.bytes", "retention.bytes"),
             ("local.retention.ms", "retention.ms"),

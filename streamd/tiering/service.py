@@ -27,7 +27,9 @@ topic that has archived data this session). Decisions recorded here:
   it within ``tiering.shutdown_upload_timeout_ms``, so a planned stop loses nothing on restore.
 - **Local deletion veto (invariant 4).** ``LogManager.tiering_veto`` is set to
   :meth:`may_delete_local`: a tiered segment may leave local disk only when the stored manifest
-  covers its last offset. Without a loaded manifest nothing is covered.
+  covers its last offset. Without a loaded manifest nothing is covered. A compacted topic's
+  segment must also have been cleaned and its archived copy be the cleaned one
+  (:mod:`streamd.tiering.recompact`).
 - **Total retention (invariant 5)** runs against the manifest: advance the remote start, store
   the manifest, then delete the objects (retried until done; a crash in between leaves
   unreferenced objects, never dangling references). As in Kafka, the partition's log start
@@ -73,6 +75,7 @@ from streamd.tiering.manifest import (
     with_incarnation,
 )
 from streamd.tiering.partition_state import ManifestCopies, PartitionState
+from streamd.tiering.recompact import may_leave_local_disk
 from streamd.tiering.remote_reader import RemoteReader
 from streamd.tiering.retention import plan_remote_start
 from streamd.tiering.stats import TieringStats
@@ -110,6 +113,7 @@ class TieringService:
         *,
         manifest_dir: Path,
         settings: TieringSettings | None = None,
+        cleaned_offset: Callable[[PartitionLog], int] = lambda plog: 0,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -129,7 +133,11 @@ class TieringService:
             merge_target_bytes=self.settings.merge_target_bytes,
             max_upload_interval_ms=self.settings.segment_max_upload_interval_ms,
             fail_after_segment_upload=self.settings.fail_after_segment_upload,
+            cleaned_offset=cleaned_offset,
+            invalidate=cache.invalidate,
         )
+        self._cleaned_offset = cleaned_offset
+        """Where the log cleaner's checkpoint of a partition is (compacted topics)."""
         self._reader = RemoteReader(
             store, cache, self.stats, read_ahead_chunks=self.settings.read_ahead_chunks
         )
@@ -531,7 +539,15 @@ class TieringService:
 
     def may_delete_local(self, topic: str, partition: int, segment: Segment) -> bool:
         state = self._states.get((topic, partition))
-        return state is not None and state.covers(segment.last_offset)
+        if state is None or not state.covers(segment.last_offset):
+            return False
+        local = self.logs.get(topic)
+        if local is None or not local.config.compact or partition >= len(local.partitions):
+            return True
+        plog = local.partitions[partition]
+        return may_leave_local_disk(
+            segment, plog.segments, state.manifest, self._cleaned_offset(plog)
+        )
 
     # ---- topic events --------------------------------------------------------------------------
 
@@ -781,6 +797,9 @@ class TieringService:
                     s.uploaded_bytes),
             counter("streamd_tiering_uploaded_segments_total", "Segments archived.",
                     s.uploaded_segments),
+            counter("streamd_tiering_reuploaded_segments_total", "Compacted segments archived "
+                    "again in place of the objects the log cleaner outdated.",
+                    s.reuploaded_segments),
             counter("streamd_tiering_upload_errors_total", "Failed segment uploads.",
                     s.upload_errors),
             counter("streamd_tiering_manifest_errors_total", "Failed manifest stores.",

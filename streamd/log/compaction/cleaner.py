@@ -234,6 +234,11 @@ class LogCleaner:
             self._states[plog] = state
         return state
 
+    def cleaned_offset(self, plog: PartitionLog) -> int:
+        """Offsets below it have been through the cleaner (its checkpoint; 0: none yet)."""
+        checkpoint = self._state(plog).checkpoint
+        return 0 if checkpoint is None else checkpoint.first_dirty
+
     def _compacted(self) -> Iterator[tuple[str, int, PartitionLog]]:
         for name, topic in self.logs.topics().items():
             if topic.config.compact:
