@@ -244,7 +244,7 @@ class Broker:
             self.logs,
             cache,
             manifest_dir=cfg.data_dir / "tiering" / "manifests",
-            cleaned_offset=self.cleaner.cleaned_offset if self.cleaner else lambda plog: 0,
+            compaction=self.cleaner,
             settings=TieringSettings(
                 upload_interval_ms=cfg["tiering.upload_interval_ms"],
                 upload_concurrency=cfg["tiering.upload_concurrency"],

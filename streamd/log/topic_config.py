@@ -655,9 +655,14 @@ class TopicConfig:
 
     @property
     def local_retention_limits(self) -> tuple[int, int]:
-        """The local-disk limits of a tiered topic (``local.retention.*`` resolved)."""
+        """The local-disk limits of a tiered topic (``local.retention.*`` resolved). Without
+        ``delete`` only explicit local limits apply: a tiered compacted topic may leave local
+        disk for the bucket (nothing is lost), but "same as the total" (-2) is no limit."""
         if not self.deletes:
-            return -1, -1
+            return (
+                max(-1, self.local_retention_ms) if self.local_retention_ms != -2 else -1,
+                max(-1, self.local_retention_bytes) if self.local_retention_bytes != -2 else -1,
+            )
         return self.effective_local_retention_ms, self.effective_local_retention_bytes
 
     @property

@@ -20,9 +20,20 @@ offsets; it replaces the archive's tail and extends it). Only local segments the
 processed (below its checkpoint) are re-uploaded: until then the archive holds their bytes
 already.
 
+What the archive cannot do: the cleaner works on local segments only, so offsets that have
+left local disk are not compacted again against later writes. A replay from the bucket then
+sees the latest value of every key (and no tombstone the cleaner removed before the segment
+left), but may also see older versions of keys written again since. A compacted topic keeps its
+whole log locally unless ``local.retention.*`` is set explicitly (without ``delete`` the
+default "same as the total retention" is no limit, see
+:attr:`streamd.log.topic_config.TopicConfig.local_retention_limits`); it is small by nature
+(one record per key), and the archive then converges to exactly the compacted log, which is
+what restore brings back.
+
 The same units decide the local-deletion veto of a compacted tiered topic: a segment leaves
-local disk only once it has been cleaned and its archived copy is in sync, so the archive is
-never left holding the uncleaned bytes of offsets that only the bucket still has.
+local disk only once it has been cleaned, holds no tombstone still waiting for its delete
+horizon (the cleaner removes those later, and only from local segments) and its archived copy
+is in sync, so the archive is never left holding what the cleaner would have removed.
 """
 
 from __future__ import annotations
@@ -31,7 +42,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
+from streamd.log.partition import PartitionLog
+from streamd.log.segment import Segment
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta
+
+
+class Compaction(Protocol):
+    """What tiering needs to know of the log cleaner (:class:`streamd.log.compaction.cleaner.
+    LogCleaner` is one)."""
+
+    def cleaned_offset(self, plog: PartitionLog) -> int:
+        """Offsets below it have been through the cleaner (0: none yet)."""
+        ...
+
+    def settled(self, plog: PartitionLog, segment: Segment) -> bool:
+        """``segment`` holds no tombstone or marker still waiting for its delete horizon."""
+        ...
+
+
+class NoCleaner:
+    """Without a cleaner nothing is cleaned: a compacted topic's segments never leave local
+    disk (fail closed) and nothing is re-uploaded."""
+
+    def cleaned_offset(self, plog: PartitionLog) -> int:
+        return 0
+
+    def settled(self, plog: PartitionLog, segment: Segment) -> bool:
+        return False
 
 
 class LocalSegment(Protocol):

@@ -75,7 +75,7 @@ from streamd.tiering.manifest import (
     with_incarnation,
 )
 from streamd.tiering.partition_state import ManifestCopies, PartitionState
-from streamd.tiering.recompact import may_leave_local_disk
+from streamd.tiering.recompact import Compaction, NoCleaner, may_leave_local_disk, stale_units
 from streamd.tiering.remote_reader import RemoteReader
 from streamd.tiering.retention import plan_remote_start
 from streamd.tiering.stats import TieringStats
@@ -113,7 +113,7 @@ class TieringService:
         *,
         manifest_dir: Path,
         settings: TieringSettings | None = None,
-        cleaned_offset: Callable[[PartitionLog], int] = lambda plog: 0,
+        compaction: Compaction | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -133,11 +133,11 @@ class TieringService:
             merge_target_bytes=self.settings.merge_target_bytes,
             max_upload_interval_ms=self.settings.segment_max_upload_interval_ms,
             fail_after_segment_upload=self.settings.fail_after_segment_upload,
-            cleaned_offset=cleaned_offset,
+            cleaned_offset=(compaction or NoCleaner()).cleaned_offset,
             invalidate=cache.invalidate,
         )
-        self._cleaned_offset = cleaned_offset
-        """Where the log cleaner's checkpoint of a partition is (compacted topics)."""
+        self._compaction: Compaction = compaction or NoCleaner()
+        """The log cleaner's view of compacted topics (see :mod:`streamd.tiering.recompact`)."""
         self._reader = RemoteReader(
             store, cache, self.stats, read_ahead_chunks=self.settings.read_ahead_chunks
         )
@@ -545,8 +545,9 @@ class TieringService:
         if local is None or not local.config.compact or partition >= len(local.partitions):
             return True
         plog = local.partitions[partition]
-        return may_leave_local_disk(
-            segment, plog.segments, state.manifest, self._cleaned_offset(plog)
+        compaction = self._compaction
+        return compaction.settled(plog, segment) and may_leave_local_disk(
+            segment, plog.segments, state.manifest, compaction.cleaned_offset(plog)
         )
 
     # ---- topic events --------------------------------------------------------------------------
@@ -708,6 +709,18 @@ class TieringService:
                     "pending_uploads": pending,
                     "pending_deletes": len(state.pending_deletes) if state else 0,
                     "retention_due_offset": -1 if due is None else due,
+                    "compacted_reuploads_pending": (
+                        len(
+                            stale_units(
+                                plog.segments,
+                                manifest,
+                                self._compaction.cleaned_offset(plog),
+                                plog.high_watermark,
+                            )
+                        )
+                        if manifest is not None and topic.config.compact
+                        else 0
+                    ),
                     "errors": state.errors if state else 0,
                     "last_error": state.last_error if state else None,
                     "notice": state.notice if state else None,

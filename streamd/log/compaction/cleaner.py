@@ -239,6 +239,12 @@ class LogCleaner:
         checkpoint = self._state(plog).checkpoint
         return 0 if checkpoint is None else checkpoint.first_dirty
 
+    def settled(self, plog: PartitionLog, segment: Segment) -> bool:
+        """``segment`` holds no tombstone or marker still waiting for its delete horizon (see
+        :class:`streamd.log.compaction.swap.Checkpoint`)."""
+        checkpoint = self._state(plog).checkpoint
+        return checkpoint is None or segment.base_offset not in checkpoint.horizons
+
     def _compacted(self) -> Iterator[tuple[str, int, PartitionLog]]:
         for name, topic in self.logs.topics().items():
             if topic.config.compact:
@@ -358,6 +364,7 @@ class LogCleaner:
         request, run = self._request(plog, found, now)
         directory = plog.directory
         horizon = plog.config.delete_retention_ms + now
+        horizons = dict(state.checkpoint.horizons) if state.checkpoint else {}
         checkpointed = False
         try:
             async for message in self.process.run(request):
@@ -369,22 +376,30 @@ class LogCleaner:
                     report.map_bytes_read = message["bytes"]
                     pending = state.checkpoint.next_horizon if state.checkpoint else None
                     early = horizon if pending is None else min(pending, horizon)
-                    checkpoint = Checkpoint(report.end_offset, early)
+                    checkpoint = Checkpoint(report.end_offset, early, dict(horizons))
                     await asyncio.to_thread(swap.write_checkpoint, directory, checkpoint)
                     state.checkpoint = checkpoint
                     checkpointed = True
                 elif kind == "group":
+                    stats = message["stats"]
                     if await self._swap(plog, run, message):
                         report.groups += 1
+                        for base in message["replaces"]:
+                            horizons.pop(base, None)
+                        if stats["next_horizon"] is not None:
+                            horizons[message["base"]] = stats["next_horizon"]
                     else:
                         report.abandoned_groups += 1
-                    stats = message["stats"]
                     report.bytes_read += stats["bytes_read"]
                     report.bytes_written += stats["bytes_written"]
                     report.records_read += stats["records_read"]
                     report.records_written += stats["records_written"]
                 elif kind == "done":
-                    final = Checkpoint(message["end_offset"], message["stats"]["next_horizon"])
+                    bases = {s.base_offset for s in plog.segments}
+                    horizons = {b: h for b, h in horizons.items() if b in bases}
+                    final = Checkpoint(
+                        message["end_offset"], min(horizons.values(), default=None), horizons
+                    )
                     if checkpointed and not plog.closed:
                         await asyncio.to_thread(swap.write_checkpoint, directory, final)
                     state.checkpoint = final

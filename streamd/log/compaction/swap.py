@@ -46,8 +46,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamd.log.files import atomic_write, fsync_dir
@@ -71,16 +71,24 @@ class Checkpoint:
     first_dirty: int
     next_horizon: int | None = None
     """When a pass could next remove a kept tombstone or marker (None: nothing pending)."""
+    horizons: Mapping[int, int] = field(default_factory=dict)
+    """Base offset of each cleaned segment that still holds a tombstone or a marker waiting for
+    its delete horizon -> that horizon. Such a segment is not *settled*: a tiered compacted
+    topic keeps it on local disk until a later pass has removed them (the archive would
+    otherwise keep them for good)."""
 
 
 def read_checkpoint(directory: Path) -> Checkpoint | None:
     try:
         doc = json.loads((directory / CHECKPOINT_FILE).read_bytes())
         horizon = doc.get("next_horizon")
-        return Checkpoint(int(doc["first_dirty"]), None if horizon is None else int(horizon))
+        horizons = {int(b): int(h) for b, h in doc.get("horizons", {}).items()}
+        return Checkpoint(
+            int(doc["first_dirty"]), None if horizon is None else int(horizon), horizons
+        )
     except FileNotFoundError:
         return None
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning(
             "%s: unreadable %s (%s); cleaning restarts at the log start",
             directory,
@@ -95,6 +103,7 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> None:
         "version": 1,
         "first_dirty": checkpoint.first_dirty,
         "next_horizon": checkpoint.next_horizon,
+        "horizons": {str(b): h for b, h in sorted(checkpoint.horizons.items())},
     }
     atomic_write(directory / CHECKPOINT_FILE, json.dumps(doc).encode())
 
