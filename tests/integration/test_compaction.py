@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
 
+from tests.integration.test_cli import Cli
 from tests.support.broker import BrokerProcess
 from tests.support.ops import consumer, create_topic, producer, watermarks
 
@@ -150,6 +151,12 @@ def test_compaction_keeps_one_record_per_live_key_with_gaps(broker_factory, topi
     assert watermarks(broker.bootstrap, topic_name)[1] == len(rows), "the log end never moves"
     status = compaction_status(broker, topic_name)["partitions"][0]
     assert status["last_cleaning"]["error"] is None
+    cli = Cli(broker)
+    (part,) = cli.json("topic", "describe", topic_name)["partitions"]
+    assert part["dirty_ratio"] == 0.0 and part["last_cleaned"] is not None
+    assert part["cleaning"]["last"]["records_written"] < part["cleaning"]["last"]["records_read"]
+    text = cli.ok("topic", "describe", topic_name)
+    assert "dirty-ratio" in text.lower() and "last-cleaned" in text.lower()
 
 
 def test_a_record_without_key_is_refused_by_a_compacted_topic(broker_factory, topic_name) -> None:  # type: ignore[no-untyped-def]
