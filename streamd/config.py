@@ -39,6 +39,20 @@ def _bool(v: Any) -> bool:
     raise ValueError("expected true or false")
 
 
+def _positive(v: Any) -> int:
+    n = _int(v)
+    if n <= 0:
+        raise ValueError("expected a positive integer")
+    return n
+
+
+def _non_negative(v: Any) -> int:
+    n = _int(v)
+    if n < 0:
+        raise ValueError("expected an integer >= 0")
+    return n
+
+
 def _hostport(v: Any) -> str:
     s = str(v)
     host, sep, port = s.rpartition(":")
@@ -223,6 +237,29 @@ KEYS: tuple[Key, ...] = (
     Key("security.bootstrap_users", _bootstrap_users, "", "user:password:MECHANISM created once."),
     Key("security.scram_iterations", _iterations, 4096, "Iterations of bootstrap credentials."),
     Key("allow.everyone.if.no.acl.found", _bool, False, "Allow when no ACL matches a resource."),
+    Key(
+        "kafka.connections_max_idle_ms",
+        _positive,
+        600000,
+        "Close a connection that sent no request and had no answer pending this long.",
+    ),
+    Key("kafka.max_connections", _non_negative, 0, "Open Kafka connections; 0 = no limit."),
+    Key("kafka.max_connections_per_ip", _non_negative, 0, "Connections per address; 0 = no limit."),
+    Key(
+        "kafka.connections_max_reauth_ms",
+        _non_negative,
+        0,
+        "KIP-368: SASL sessions last this long, then must re-authenticate; 0 = forever.",
+    ),
+    Key("sasl.max_receive_bytes", _positive, 16384, "Largest request frame before authentication."),
+    Key(
+        "sasl.authentication_timeout_ms",
+        _non_negative,
+        30000,
+        "Close a SASL connection not authenticated within this time; 0 = no limit.",
+    ),
+    Key("sasl.auth_threads", _positive, 1, "Threads that verify passwords (PBKDF2), apart."),
+    Key("fetch.max.bytes", _positive, 57671680, "Largest Fetch response (Kafka's 55 MiB default)."),
     # --- end security ---
 )
 SENSITIVE_KEYS = frozenset({"security.bootstrap_users"})

@@ -25,8 +25,10 @@ from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
-from streamd.kafka.server import start_kafka_server
+from streamd.kafka.server import ConnectionRegistry, start_kafka_server
+from streamd.kafka.zerocopy import FileBudget
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
@@ -35,6 +37,8 @@ from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
+DRAIN_TIMEOUT_S = 2.0
+"""Shutdown: how long connections may take to answer what they already read."""
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -65,6 +69,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.connections: ConnectionRegistry | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -85,31 +90,34 @@ class Broker:
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
-        host, port = cfg.advertised
+        # --- group coordinator (streamd/groups) ---
+        self.groups = GroupService(data_dir, group_config(cfg.values))
+        await self.groups.open()
+        self.tasks.append(self.groups.start())
+        # --- end group coordinator ---
+        # --- tiered storage (streamd/tiering) ---
+        self.tiering = await self._start_tiering()
+        # --- end tiered storage ---
+        # --- security and listeners (streamd/security) ---
+        self.security = SecurityService(data_dir, cfg.values)
+        await asyncio.to_thread(self.security.open)
+        first = cfg.listeners[0]
         self.ctx = KafkaContext(
             logs=self.logs,
             config=cfg,
             node_id=cfg["node_id"],
             cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
-            advertised_host=host,
-            advertised_port=port,
+            advertised_host=first.advertised_host,
+            advertised_port=first.advertised_port,
             metrics=self.metrics,
+            groups=self.groups,
+            tiering=self.tiering,
+            authorizer=self.security.authorizer,
+            security=self.security,
+            producer_ids=ProducerIdAllocator(data_dir),
+            file_budget=FileBudget(_sendfile_descriptor_budget()),
         )
-        # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
-        await self.groups.open()
-        self.ctx.groups = self.groups
-        self.tasks.append(self.groups.start())
-        # --- end group coordinator ---
-        # --- tiered storage (streamd/tiering) ---
-        self.tiering = await self._start_tiering()
-        self.ctx.tiering = self.tiering
-        # --- end tiered storage ---
-        # --- security and listeners (streamd/security) ---
-        self.security = SecurityService(data_dir, cfg.values)
-        await asyncio.to_thread(self.security.open)
-        self.ctx.security = self.security
-        self.ctx.authorizer = self.security.authorizer
+        self.connections = ConnectionRegistry.from_config(cfg)
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -134,11 +142,6 @@ class Broker:
         assert self.ctx is not None
         cfg = self.config
         listeners = cfg.listeners
-        first = listeners[0]
-        self.ctx.advertised_host, self.ctx.advertised_port = (
-            first.advertised_host,
-            first.advertised_port,
-        )
         tls = None
         if any(spec.protocol in ("SSL", "SASL_SSL") for spec in listeners):
             tls = server_context(
@@ -150,7 +153,7 @@ class Broker:
         for spec in listeners:
             ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
             server = await start_kafka_server(
-                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl, registry=self.connections
             )
             self.servers.append(server)
             log.info(
@@ -303,6 +306,8 @@ class Broker:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        if self.connections is not None:
+            await self.connections.drain(DRAIN_TIMEOUT_S)
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -320,6 +325,8 @@ class Broker:
             await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
+        if self.security is not None:
+            self.security.close()
         log.info("streamd stopped")
 
 
@@ -335,6 +342,20 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not raise the open file limit: %s", exc)
+
+
+def _sendfile_descriptor_budget() -> int:
+    """A quarter of the open-file limit for descriptors held by unsent fetch responses (see
+    streamd.kafka.zerocopy): a client that stops reading cannot exhaust the rest."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(256, soft // 4)
 
 
 GC_THRESHOLD = (20_000, 20, 20)

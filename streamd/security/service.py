@@ -8,22 +8,33 @@ either way, so users can be prepared before SASL listeners are turned on.
 Bootstrap users (``security.bootstrap_users``) are created at startup only when the user has no
 credential for that mechanism yet: a password changed later through the Kafka API is never reset
 by a restart. Their passwords live in the config source only; they are hashed before storing.
+
+Authentication steps (SASL/PLAIN derives a salted password: thousands of HMAC rounds) run on
+their own small thread pool (``sasl.auth_threads``), never on the default executor that group
+commit's fsync jobs use: a flood of logins, valid or not, then queues behind itself instead of
+behind (or in front of) acknowledgements. One connection has at most one step queued (the
+front serializes a connection until it is authenticated), so the queue is bounded by the number
+of connections.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from streamd.security.acl import Authorizer
-from streamd.security.sasl import SaslSession, principal_from_cert
+from streamd.security.principal import principal_from_der
+from streamd.security.sasl import ANONYMOUS, SaslSession
 from streamd.security.scram import MECHANISMS, ScramCredential
 from streamd.security.store import AclStore, CredentialStore
 
 log = logging.getLogger("streamd.security")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +82,10 @@ class SecurityService:
         self.iterations = int(config["security.scram_iterations"])
         self.bootstrap_users = parse_bootstrap_users(config["security.bootstrap_users"])
         self.super_users = parse_principals(config["security.super_users"])
+        self.reauth_ms = int(config["kafka.connections_max_reauth_ms"])
+        self.auth_pool = ThreadPoolExecutor(
+            max_workers=int(config["sasl.auth_threads"]), thread_name_prefix="streamd-auth"
+        )
         self.authorizer: Authorizer | None = None
         if config["security.authorization"]:
             self.authorizer = Authorizer(
@@ -99,11 +114,25 @@ class SecurityService:
             for u in missing:
                 log.info("created bootstrap user %s (%s)", u.name, u.mechanism)
 
-    def session(self, protocol: str, peercert: dict[str, Any] | None = None) -> SaslSession:
-        principal = principal_from_cert(peercert) if protocol == "SSL" else None
+    async def run_auth(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one authentication step on the authentication pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.auth_pool, fn, *args)
+
+    def close(self) -> None:
+        self.auth_pool.shutdown(wait=False, cancel_futures=True)
+
+    def session(self, protocol: str, peer_der: bytes | None = None) -> SaslSession:
+        """The authentication state of a new connection on a ``protocol`` listener.
+
+        ``peer_der`` is the verified client certificate, if any; it names the principal on SSL
+        listeners only (on SASL_SSL the SASL login does, as in Kafka). Raises ValueError for a
+        certificate whose subject cannot be read.
+        """
+        principal = principal_from_der(peer_der) if protocol == "SSL" else None
         return SaslSession(
             protocol,
             self.mechanisms,
             self.credentials.get,
-            **({"principal": principal} if principal else {}),
+            ANONYMOUS if principal is None else principal,
+            reauth_ms=self.reauth_ms,
         )

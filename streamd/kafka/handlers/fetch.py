@@ -9,6 +9,14 @@ Fetch sessions (KIP-227) are not kept: every response is a full one with session
 clients treat as "sessions unsupported".
 Authorization: Fetch needs READ on each topic, ListOffsets and OffsetForLeaderEpoch DESCRIBE;
 a refused topic's partitions answer TOPIC_AUTHORIZATION_FAILED.
+
+Bounds, as Kafka's: a partition named several times in one request is answered once, at its
+first position, with the offset and size of its last mention (Kafka builds a map); a response
+holds at most the request's ``max_bytes`` and the broker's ``fetch.max.bytes`` (55 MiB), one
+batch more under KIP-74. Record sets of 64 KiB or more go out with sendfile when the connection
+allows and its descriptor budget is not spent; the rest are read into the response, off the
+event loop when they add up to 64 KiB or more (a TLS consumer's fetches, old data not in the
+page cache).
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
 from streamd.kafka.zerocopy import FileRecords
 from streamd.log.segment import FileSlice
+
+READ_ON_LOOP_MAX = codec.SCATTER_MIN
+"""Record sets adding up to less than this are read on the event loop (a thread hop costs more)."""
 
 LATEST, EARLIEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -3, -4, -5
 
@@ -73,21 +84,47 @@ async def _read_partition(
     return entry, len(data)
 
 
-def _materialize(entry: dict[str, Any], zero_copy: bool) -> None:
-    """Turn a local record set (a file range) into what the response carries: a
-    :class:`FileRecords` sent with sendfile when the connection allows and the set is large,
-    else its bytes."""
-    piece = entry.get("records")
-    if not isinstance(piece, FileSlice):
+def _storage_error(entry: dict[str, Any], exc: Exception) -> None:
+    entry.pop("records", None)
+    entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
+
+
+async def _materialize(entries: list[tuple[str, dict[str, Any]]], req: Request) -> None:
+    """Turn local record sets (file ranges) into what the response carries: a
+    :class:`FileRecords` sent with sendfile when the connection allows, the set is large and
+    the descriptor budget holds, else the bytes."""
+    budget = req.files
+    reads: list[tuple[dict[str, Any], FileRecords]] = []
+    for _, entry in entries:
+        piece = entry.get("records")
+        if not isinstance(piece, FileSlice):
+            continue
+        try:
+            if budget is not None and piece.length >= codec.SCATTER_MIN:
+                pinned = FileRecords.pin(piece, budget)
+                if pinned is not None:
+                    entry["records"] = pinned
+                    continue
+            # Its own descriptor: the segment may be closed while a worker thread reads.
+            reads.append((entry, FileRecords(piece)))
+        except (OSError, StreamdError) as exc:
+            _storage_error(entry, exc)
+    if not reads:
         return
-    try:
-        if zero_copy and piece.length >= codec.SCATTER_MIN:
-            entry["records"] = FileRecords(piece)
-        else:
-            entry["records"] = piece.read_bytes()
-    except (OSError, StreamdError) as exc:
-        del entry["records"]
-        entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
+    if sum(records.length for _, records in reads) < READ_ON_LOOP_MAX:
+        _read_all(reads)
+    else:
+        await asyncio.get_running_loop().run_in_executor(req.ctx.read_pool, _read_all, reads)
+
+
+def _read_all(reads: list[tuple[dict[str, Any], FileRecords]]) -> None:
+    for entry, records in reads:
+        try:
+            entry["records"] = records.read()
+        except (OSError, StreamdError) as exc:
+            _storage_error(entry, exc)
+        finally:
+            records.close()
 
 
 @api(1, "Fetch", 4, 12)
@@ -96,18 +133,21 @@ async def fetch(req: Request) -> dict[str, Any]:
     body = req.body
     deadline = time.monotonic() + codec.ms(body.max_wait) / 1000
     min_bytes = body.min_bytes
-    response_max = body.max_bytes if req.version >= 3 else 2**31 - 1
+    response_max = min(body.max_bytes, ctx.config["fetch.max.bytes"])
     denied = {t.topic for t in body.topics if not authorize(req, READ, TOPIC, t.topic)}
+    asked: dict[tuple[str, int], tuple[int, int]] = {}
+    for t in body.topics:
+        for p in t.partitions:
+            asked[(t.topic, p.partition)] = (p.fetch_offset, p.partition_max_bytes)
     wanted = [
         (
-            t.topic,
-            p.partition,
-            p.fetch_offset,
-            p.partition_max_bytes,
-            None if t.topic in denied else _partition_of(ctx, t.topic, p.partition),
+            name,
+            index,
+            offset,
+            pmax,
+            None if name in denied else _partition_of(ctx, name, index),
         )
-        for t in body.topics
-        for p in t.partitions
+        for (name, index), (offset, pmax) in asked.items()
     ]
     # A long poll re-evaluates after every append; a partition whose high watermark has not
     # moved (and whose size budget is the same) gives the same answer, so it is not read again.
@@ -140,10 +180,10 @@ async def fetch(req: Request) -> dict[str, Any]:
         await ctx.waiters.wait([(w[0], w[1]) for w in wanted if w[4] is not None], left)
     if ctx.metrics is not None:
         ctx.metrics.fetched_bytes += total
+    await _materialize(entries, req)
     responses: list[dict[str, Any]] = []
     by_topic: dict[str, list[dict[str, Any]]] = {}
     for name, entry in entries:
-        _materialize(entry, req.zero_copy)
         parts = by_topic.get(name)
         if parts is None:
             parts = by_topic[name] = []

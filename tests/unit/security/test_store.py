@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from streamd.config import KEYS
 from streamd.security.acl import AclBinding, AclFilter, Operation, PatternType, Permission
 from streamd.security.acl import ResourceType as RT
 from streamd.security.scram import SHA256, SHA512, ScramCredential
@@ -13,7 +14,8 @@ from streamd.security.store import AclStore, CredentialStore
 
 
 def config(**extra: object) -> dict[str, object]:
-    base: dict[str, object] = {
+    base: dict[str, object] = {key.name: key.default for key in KEYS}
+    base |= {
         "sasl.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
         "sasl.failed_authentication_delay_ms": 100,
         "security.scram_iterations": 4096,
