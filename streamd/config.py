@@ -139,12 +139,10 @@ def _iterations(v: Any) -> int:
 
 
 def _principals(v: Any) -> str:
-    items = _csv(v)
-    for p in items:
-        kind, sep, name = p.partition(":")
-        if not (sep and kind and name):
-            raise ValueError(f"{p!r}: expected Type:name, e.g. User:admin")
-    return ",".join(items)
+    from streamd.security.service import parse_principals
+
+    items = parse_principals(";".join(v) if isinstance(v, list) else str(v))
+    return ";".join(items)
 
 
 def _bootstrap_users(v: Any) -> str:

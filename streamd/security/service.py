@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -61,8 +62,14 @@ def parse_bootstrap_users(text: str) -> tuple[BootstrapUser, ...]:
     return tuple(out)
 
 
+_NEXT_PRINCIPAL = re.compile(r"[;,](?=\s*[A-Za-z][A-Za-z0-9_]*:)|;")
+
+
 def parse_principals(text: str) -> tuple[str, ...]:
-    out = tuple(filter(None, (s.strip() for s in text.replace(";", ",").split(","))))
+    """Principals separated by ``;`` (Kafka's ``super.users`` separator) or by a ``,`` that
+    starts another ``Type:`` principal: a certificate principal such as
+    ``User:CN=admin,O=acme`` keeps its commas."""
+    out = tuple(filter(None, (s.strip() for s in _NEXT_PRINCIPAL.split(text))))
     for p in out:
         kind, sep, name = p.partition(":")
         if not (sep and kind and name):

@@ -1,9 +1,14 @@
 """DescribeUserScramCredentials and AlterUserScramCredentials (KIP-554).
 
-Describing needs DESCRIBE on the cluster, altering ALTER on the cluster. A refused describe is
-answered as Kafka answers it (``getErrorResponse``): CLUSTER_AUTHORIZATION_FAILED with Kafka's
-message at the top and on one result per requested user; clients (librdkafka) rely on the
-message being set. Clients send the salted password (never the password); the broker keeps only
+Describing needs DESCRIBE on the cluster, altering ALTER on the cluster. A refused describe
+carries CLUSTER_AUTHORIZATION_FAILED with Kafka's message ("Cluster authorization failed.") on
+one result per requested user (one result with an empty name when all users were asked for),
+and no request-level error. Kafka puts the error at the request level too, but librdkafka
+(since its KIP-554 support, 2.2.0) frees a request-level error string it never allocated (a
+stack copy, or the static text when the message is null), so such an answer aborts every
+confluent-kafka client (``streamd user list`` as a non-admin crashed). Per-user errors are what
+both librdkafka and Kafka's own AdminClient surface as the refusal (``all()`` and
+``description(user)`` fail with ClusterAuthorizationException). Clients send the salted password (never the password); the broker keeps only
 StoredKey and ServerKey derived from it. Errors are per user and atomic per user: if any change
 for a user is invalid, none of that user's changes is applied. Iterations must lie in
 [4096, 16384] (Kafka's bounds). Every change, applied or refused, is recorded on the audit
@@ -33,7 +38,9 @@ async def describe_user_scram_credentials(req: Request) -> dict[str, Any]:
     if security is None or not authorize_cluster(req, DESCRIBE):
         refused = {"error_code": E.CLUSTER_AUTHORIZATION_FAILED,
                    "error_message": CLUSTER_AUTHORIZATION_FAILED}
-        return {**refused, "results": [refused for _ in req.body.users or ()]}
+        names = [u.name for u in req.body.users] if req.body.users else [""]
+        return {"error_code": E.NONE, "error_message": None,
+                "results": [{"user": n, **refused} for n in names]}
     users = security.credentials.users()
     wanted = [u.name for u in req.body.users] if req.body.users else sorted(users)
     results = []
