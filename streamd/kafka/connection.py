@@ -23,11 +23,14 @@ The rules, in the order they are applied:
    only begin re-authentication; any other request closes the connection, as in Kafka.
 3. Order. Once authenticated, requests are handled concurrently, but responses leave in
    request order: each request gets a :class:`Slot` in a queue, and only the head is written.
-4. Bytes in flight. Requests taken and not yet answered count with their size, answered ones
-   not yet handed to the socket with their response's size (record sets sent from files
-   included). Above ``kafka.max_inflight_bytes`` the edge stops reading, as it does while the
-   transport's own buffer is full; an unread response therefore stops its connection, not the
-   broker.
+4. Bytes in flight. Requests taken and not yet answered count with their size (a Fetch with the
+   most its answer may hold: its ``max_bytes``, at most ``fetch.max.bytes``, since a 100-byte
+   request can pin 55 MiB), answered ones not yet handed to the socket with their response's
+   size (record sets sent from files included). Above ``kafka.max_inflight_bytes``, and while
+   the transport's own buffer is above its high-water mark, no further frame is taken (frames
+   already received wait, unparsed) and the edge stops reading; an unread response therefore
+   stops its connection, not the broker, and what one connection pins is bounded by that limit
+   plus one read's worth of requests.
 5. Time. A connection with no request outstanding that has not completed a request for
    ``kafka.connections_max_idle_ms`` is closed (bytes that never make a whole frame do not count
    as activity, so half-sent frames do not keep a connection alive); a SASL connection not
@@ -49,6 +52,7 @@ from streamd.kafka.framing import FrameDecoder
 from streamd.kafka.zerocopy import FileRecords
 from streamd.security.sasl import ANONYMOUS, SaslSession
 
+FETCH = 1
 API_VERSIONS = 18
 SASL_HANDSHAKE = 17
 SASL_AUTHENTICATE = 36
@@ -68,6 +72,8 @@ class ConnectionLimits:
     """``kafka.connections_max_idle_ms`` / 1000."""
     auth_timeout_s: float = 0.0
     """``sasl.authentication_timeout_ms`` / 1000; 0 = none."""
+    fetch_max_bytes: int = 57671680
+    """``fetch.max.bytes``: what a Fetch may answer at most, reserved while it runs."""
     failed_close_delay_s: float = 0.05
     """After the answer to a failed login: time for the client to read it before the EOF."""
 
@@ -81,6 +87,7 @@ class ConnectionLimits:
             max_inflight_bytes=cfg["kafka.max_inflight_bytes"],
             idle_s=cfg["kafka.connections_max_idle_ms"] / 1000,
             auth_timeout_s=cfg["sasl.authentication_timeout_ms"] / 1000,
+            fetch_max_bytes=cfg["fetch.max.bytes"],
         )
 
 
@@ -291,7 +298,9 @@ class ConnectionState:
             elif self._draining:
                 self._set_close(Close("broker shutting down", expected=True))
                 continue
-            if self._draining:
+            if self._draining or self.writing_paused:
+                return None
+            if self.inflight > self.limits.max_inflight_bytes:
                 return None
             event = self._take(now)
             if event is _ANSWERED or (event is None and self._close is not None):
@@ -353,6 +362,8 @@ class ConnectionState:
         except InvalidRequest as exc:
             return self._set_close(Close(f"{spec.name} v{version}: {exc}"))
         slot = Slot(len(frame))
+        if key == FETCH:
+            slot.size = max(slot.size, min(body.max_bytes, self.limits.fetch_max_bytes))
         self._slots.append(slot)
         self.inflight += slot.size
         if sasl and key in SASL_APIS:

@@ -215,7 +215,7 @@ class KafkaConnection(asyncio.Protocol):
             self._drained.set_result(None)
         if self.state is not None:
             self.state.writing_paused = False
-            self._update_reading()
+            self._pump()
 
     def data_received(self, data: bytes) -> None:
         if self.state is not None and not self.closed:

@@ -763,3 +763,149 @@ def test_audit_log_records_logins_denials_and_changes(prepared: Secure) -> None:
     for entry in entries():
         assert set(entry) >= {"event", "principal", "host", "resource", "operation", "result"}
     assert "pw" not in [str(v) for e in entries() for v in e.values()]
+
+
+def test_certificate_principals_are_rfc2253_escaped(
+    broker_factory: Any, tmp_path: Path
+) -> None:
+    """A client certificate whose single attribute is O="acme,CN=admin" is not the certificate
+    CN=admin,O=acme that the ACLs name: Kafka writes it O=acme\\,CN\\=admin."""
+    certs = _certificates(
+        tmp_path,
+        {"real": [("CN", "admin"), ("O", "acme")], "forged": [("O", "acme,CN=admin")]},
+    )
+    broker = broker_factory(start=False)
+    sasl_port = free_port()
+    topic = f"mtls-{RUN}"
+    broker.settings.update(
+        {
+            "kafka.listeners": f"MTLS://127.0.0.1:{broker.kafka_port},"
+            f"SASL://127.0.0.1:{sasl_port}",
+            "kafka.listener_security_protocols": "MTLS:SSL,SASL:SASL_PLAINTEXT",
+            "tls.cert_file": certs["cert"],
+            "tls.key_file": certs["key"],
+            "tls.ca_file": certs["ca"],
+            "tls.client_auth": "required",
+            "sasl.mechanisms": "SCRAM-SHA-256",
+            "security.authorization": "true",
+            "security.super_users": "User:admin",
+            "security.bootstrap_users": "admin:admin-secret:SCRAM-SHA-256",
+        }
+    )
+    broker.start()
+    admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{sasl_port}",
+                         "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+                         "sasl.username": "admin", "sasl.password": "admin-secret"})
+    grants = {topic: "User:O=acme,CN=admin", f"{topic}-f": "User:O=acme\\,CN\\=admin"}
+    for f in admin.create_topics([NewTopic(t, 1, 1) for t in grants]).values():
+        f.result(20)
+    bindings = [
+        AclBinding(ResourceType.TOPIC, t, ResourcePatternType.LITERAL, principal, "*",
+                   AclOperation.ALL, AclPermissionType.ALLOW)
+        for t, principal in grants.items()
+    ]
+    for f in admin.create_acls(bindings).values():
+        f.result(20)
+
+    def visible(label: str) -> set[str]:
+        client = AdminClient({
+            "bootstrap.servers": f"127.0.0.1:{broker.kafka_port}",
+            "security.protocol": "SSL",
+            "ssl.ca.location": certs["ca"],
+            "ssl.certificate.location": certs[f"client-{label}"],
+            "ssl.key.location": certs[f"client-{label}-key"],
+        })
+        return set(client.list_topics(timeout=15).topics) & set(grants)
+
+    assert visible("real") == {topic}
+    assert visible("forged") == {f"{topic}-f"}
+
+
+def test_reauthentication_ends_sessions_of_deleted_users(broker_factory: Any) -> None:
+    """KIP-368: with kafka.connections_max_reauth_ms a login lasts that long. A client that
+    re-authenticates keeps its connection; once the user is deleted, the session ends at its
+    expiry (the next request closes the connection, as in Kafka)."""
+    from datetime import timedelta
+
+    from confluent_kafka.admin import UserScramCredentialDeletion
+
+    broker = broker_factory(start=False)
+    broker.settings.update({
+        "kafka.listeners": f"SASL://127.0.0.1:{broker.kafka_port}",
+        "kafka.listener_security_protocols": "SASL:SASL_PLAINTEXT",
+        "sasl.mechanisms": "PLAIN,SCRAM-SHA-256",
+        "security.bootstrap_users": "admin:admin-secret:SCRAM-SHA-256,"
+        "temp:temp-pw:SCRAM-SHA-256,keeper:keeper-pw:SCRAM-SHA-256",
+        "kafka.connections_max_reauth_ms": "2000",
+    })
+    broker.start()
+
+    def login(w: Wire, user: str, password: str) -> Any:
+        assert w.call(SaslHandshakeRequest(mechanism="PLAIN")).error_code == 0
+        return w.call(SaslAuthenticateRequest(auth_bytes=f"\0{user}\0{password}".encode()))
+
+    with Wire(broker.address) as doomed, Wire(broker.address) as kept, \
+            Wire(broker.address) as swapped:
+        assert login(doomed, "temp", "temp-pw").session_lifetime == timedelta(seconds=2)
+        logged_in = time.monotonic()
+        assert login(kept, "keeper", "keeper-pw").error_code == 0
+        assert login(swapped, "keeper", "keeper-pw").error_code == 0
+        admin = AdminClient({"bootstrap.servers": broker.bootstrap,
+                             "security.protocol": "SASL_PLAINTEXT",
+                             "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "admin",
+                             "sasl.password": "admin-secret"})
+        deletion = UserScramCredentialDeletion("temp", ScramMechanism.SCRAM_SHA_256)
+        for f in admin.alter_user_scram_credentials([deletion]).values():
+            f.result(20)
+        assert _metadata(doomed).brokers  # still within its session
+        # Re-authenticating as someone else fails and closes.
+        assert login(swapped, "admin", "admin-secret").error_code == 58
+        assert swapped.closed_by_peer()
+        # The keeper re-authenticates before expiry and goes on past the first expiry.
+        renewed = login(kept, "keeper", "keeper-pw")
+        assert renewed.error_code == 0 and renewed.session_lifetime == timedelta(seconds=2)
+        closed_after = None
+        deadline = logged_in + 15
+        while closed_after is None and time.monotonic() < deadline:
+            try:
+                _metadata(doomed)
+            except (ConnectionError, OSError):
+                closed_after = time.monotonic() - logged_in
+            time.sleep(0.1)
+        assert closed_after is not None and closed_after >= 2.0, closed_after
+        assert _metadata(kept).brokers
+        # The deleted user cannot log in again either.
+        with Wire(broker.address) as again:
+            assert login(again, "temp", "temp-pw").error_code == 58
+
+
+def test_confluent_client_reauthenticates(broker_factory: Any) -> None:
+    """librdkafka re-authenticates (KIP-368) within the session lifetime: a producer keeps
+    producing across several lifetimes without errors."""
+    broker = broker_factory(start=False)
+    broker.settings.update({
+        "kafka.listeners": f"SASL://127.0.0.1:{broker.kafka_port}",
+        "kafka.listener_security_protocols": "SASL:SASL_PLAINTEXT",
+        "security.bootstrap_users": "admin:admin-secret:SCRAM-SHA-256",
+        "kafka.connections_max_reauth_ms": "1000",
+    })
+    broker.start()
+    conf = {"bootstrap.servers": broker.bootstrap, "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanism": "SCRAM-SHA-256", "sasl.username": "admin",
+            "sasl.password": "admin-secret"}
+    topic = f"reauth-{RUN}"
+    admin = AdminClient(conf)
+    for f in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        f.result(20)
+    errors: list[Any] = []
+    delivered: list[int] = []
+    p = Producer({**conf, "error_cb": errors.append, "linger.ms": 0})
+    started = time.monotonic()
+    while time.monotonic() - started < 3.5:
+        p.produce(topic, b"x", on_delivery=lambda err, msg: (errors.append(err) if err
+                                                             else delivered.append(1)))
+        p.poll(0.1)
+    assert p.flush(15) == 0
+    assert not errors, errors
+    assert len(delivered) >= 20
+    assert "SASL session expired" not in broker.log_text()

@@ -2,17 +2,17 @@
 
 Describing needs DESCRIBE on the cluster, altering ALTER on the cluster. A refused describe
 carries CLUSTER_AUTHORIZATION_FAILED with Kafka's message ("Cluster authorization failed.") on
-one result per requested user (one result with an empty name when all users were asked for),
-and no request-level error. Kafka puts the error at the request level too, but librdkafka
-(since its KIP-554 support, 2.2.0) frees a request-level error string it never allocated (a
-stack copy, or the static text when the message is null), so such an answer aborts every
-confluent-kafka client (``streamd user list`` as a non-admin crashed). Per-user errors are what
-both librdkafka and Kafka's own AdminClient surface as the refusal (``all()`` and
-``description(user)`` fail with ClusterAuthorizationException). Clients send the salted password (never the password); the broker keeps only
-StoredKey and ServerKey derived from it. Errors are per user and atomic per user: if any change
-for a user is invalid, none of that user's changes is applied. Iterations must lie in
-[4096, 16384] (Kafka's bounds). Every change, applied or refused, is recorded on the audit
-logger (user and mechanism, never the credential).
+one result per requested user (one result with an empty name when all users were asked for), and
+no request-level error. Kafka puts the error at the request level too, but librdkafka (since its
+KIP-554 support, 2.2.0) frees a request-level error string it never allocated (a stack copy, or
+the static text when the message is null), so such an answer aborts every confluent-kafka client
+(``streamd user list`` as a non-admin crashed). Per-user errors are what both librdkafka and
+Kafka's own AdminClient surface as the refusal (``all()`` and ``description(user)`` fail with
+ClusterAuthorizationException). Clients send the salted password (never the password); the
+broker keeps only StoredKey and ServerKey derived from it. Errors are per user and atomic per
+user: if any change for a user is invalid, none of that user's changes is applied. Iterations
+must lie in [4096, 16384] (Kafka's bounds). Every change, applied or refused, is recorded on the
+audit logger (user and mechanism, never the credential).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import pytest
@@ -74,10 +75,8 @@ def run_sasl(state: ConnectionState, event: Dispatch) -> None:
     if event.header.api_key == 17:
         session.handshake(event.body.mechanism)
     else:
-        try:
+        with contextlib.suppress(AuthenticationFailed):
             session.authenticate(bytes(event.body.auth_bytes))
-        except AuthenticationFailed:
-            pass
     state.response_ready(event.slot, [b"answer-%d" % event.header.correlation_id])
 
 
@@ -181,14 +180,12 @@ def test_unread_responses_count_in_flight() -> None:
     [write] = events(state)
     assert write.files and state.inflight == 50_000
     assert not state.reading  # the client is not reading: stop taking its requests
-    state.receive(metadata(2))  # bytes read before the pause are still handled...
-    [d2] = events(state)
-    state.response_ready(d2.slot, [b"2"])
-    assert events(state) == []  # ...but their answer waits for the file response
+    state.receive(metadata(2))  # bytes read before the pause wait, unparsed
+    assert events(state) == []
     state.write_done(write.slot, T0)
-    assert state.inflight == 1 and state.reading
-    assert [w.parts for w in events(state)] == [[b"2"]]
-    assert state.inflight == 0
+    assert state.inflight == 0 and state.reading
+    [d2] = events(state)
+    assert isinstance(d2, Dispatch) and d2.header.correlation_id == 2
 
 
 class _FakeFile:
@@ -316,3 +313,31 @@ def test_garbage_closes() -> None:
     state.receive(b"\xff\xff\xff\xff")
     [close] = events(state)
     assert isinstance(close, Close) and not close.expected
+
+
+def test_frames_received_wait_while_too_much_is_in_flight() -> None:
+    """A client that pipelines requests and reads no answers: once the answers waiting for it
+    exceed the bound, frames already read stay unparsed, and are taken as answers leave."""
+    state = plain_state()
+    state.receive(b"".join(metadata(i) for i in range(1, 6)))
+    dispatched = events(state)
+    assert len(dispatched) == 5  # small requests: all of them fit
+    state.response_ready(dispatched[0].slot, [_FakeFile(6_000)])
+    state.response_ready(dispatched[1].slot, [_FakeFile(6_000)])
+    state.receive(b"".join(metadata(i) for i in range(6, 9)))
+    [write] = events(state)  # the first answer goes out; nothing new is taken
+    assert state.inflight > LIMITS.max_inflight_bytes and not state.reading
+    state.write_done(write.slot, T0)  # back under the bound
+    second, *taken = events(state)
+    assert isinstance(second, Write)
+    assert [e.header.correlation_id for e in taken] == [6, 7, 8]
+
+
+def test_a_full_transport_buffer_stops_taking_frames() -> None:
+    state = plain_state()
+    state.writing_paused = True
+    state.receive(metadata(1))
+    assert events(state) == [] and not state.reading
+    state.writing_paused = False
+    [d] = events(state)
+    assert isinstance(d, Dispatch)

@@ -83,3 +83,16 @@ def test_bootstrap_users_created_once(tmp_path: Path) -> None:
     assert svc2.credentials.get("admin", SHA256.name) == first
     assert svc2.authorizer is not None
     assert SecurityService(tmp_path, config(**{"security.authorization": False})).authorizer is None
+
+
+def test_principal_lists_keep_certificate_principals() -> None:
+    from streamd.config import load
+    from streamd.security.service import parse_principals
+
+    assert parse_principals("User:admin,User:bob") == ("User:admin", "User:bob")
+    assert parse_principals("User:CN=admin,O=acme;User:bob") == ("User:CN=admin,O=acme", "User:bob")
+    assert parse_principals("User:CN=admin,O=acme, User:bob") == (
+        "User:CN=admin,O=acme", "User:bob"
+    )
+    cfg = load(overrides=["security.super_users=User:CN=admin,O=acme;User:bob"], environ={})
+    assert parse_principals(cfg["security.super_users"]) == ("User:CN=admin,O=acme", "User:bob")
