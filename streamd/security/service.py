@@ -10,18 +10,20 @@ credential for that mechanism yet: a password changed later through the Kafka AP
 by a restart. Their passwords live in the config source only; they are hashed before storing.
 
 Authentication steps (SASL/PLAIN derives a salted password: thousands of HMAC rounds) run on
-their own small thread pool (``sasl.auth_threads``), never on the default executor that group
-commit's fsync jobs use: a flood of logins, valid or not, then queues behind itself instead of
-behind (or in front of) acknowledgements. One connection has at most one step queued (the
-front serializes a connection until it is authenticated), so the queue is bounded by the number
-of connections.
+their own small thread pool (``sasl.auth_threads``, at the lowest CPU priority), never on the
+default executor that group commit's fsync jobs use: a flood of logins, valid or not, then
+queues behind itself instead of behind (or in front of) acknowledgements. One connection has at
+most one step queued (the front serializes a connection until it is authenticated), so the queue
+is bounded by the number of connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -77,6 +79,18 @@ def parse_principals(text: str) -> tuple[str, ...]:
     return out
 
 
+AUTH_NICENESS = 19
+
+
+def _lower_priority() -> None:
+    """Password hashing runs at the lowest CPU priority (Linux: per thread): on a busy machine
+    the event loop and group commit come first, so a login flood slows logins, not produce."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), AUTH_NICENESS)
+    except (AttributeError, OSError) as exc:
+        log.debug("authentication threads keep their priority: %s", exc)
+
+
 class SecurityService:
     def __init__(self, data_dir: Path, config: Mapping[str, Any]) -> None:
         directory = Path(data_dir) / "security"
@@ -91,7 +105,9 @@ class SecurityService:
         self.super_users = parse_principals(config["security.super_users"])
         self.reauth_ms = int(config["kafka.connections_max_reauth_ms"])
         self.auth_pool = ThreadPoolExecutor(
-            max_workers=int(config["sasl.auth_threads"]), thread_name_prefix="streamd-auth"
+            max_workers=int(config["sasl.auth_threads"]),
+            thread_name_prefix="streamd-auth",
+            initializer=_lower_priority,
         )
         self.authorizer: Authorizer | None = None
         if config["security.authorization"]:

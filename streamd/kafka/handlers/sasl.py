@@ -17,7 +17,6 @@ recorded on the audit logger.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from streamd.errors import ErrorCode
@@ -27,8 +26,6 @@ from streamd.kafka.context import Request
 from streamd.security import audit
 from streamd.security.sasl import IllegalSaslState
 from streamd.security.scram import AuthenticationFailed
-
-log = logging.getLogger("streamd.security")
 
 
 @api(17, "SaslHandshake", 1, 1)
@@ -62,7 +59,6 @@ async def sasl_authenticate(req: Request) -> dict[str, Any]:
         audit.authentication(session.principal, host, session.mechanism, False, str(exc))
         return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "error_message": str(exc)}
     except AuthenticationFailed as exc:
-        log.info("failed SASL authentication from %s", req.peer)
         audit.authentication(
             session.principal if reauth else "User:ANONYMOUS", host, session.mechanism, False,
             "re-authentication failed" if reauth else "invalid credentials",
