@@ -129,20 +129,6 @@ def close_files(parts: Iterable[Any] | None) -> None:
             part.close()
 
 
-def read_files(parts: list[Any]) -> list[Any]:
-    """``parts`` with every :class:`FileRecords` replaced by its bytes (and closed)."""
-    out = []
-    for part in parts:
-        if isinstance(part, FileRecords):
-            try:
-                out.append(part.read())
-            finally:
-                part.close()
-        else:
-            out.append(part)
-    return out
-
-
 async def send_parts(loop: asyncio.AbstractEventLoop, sock_fd: int, parts: list[Any]) -> int:
     """Write ``parts`` in order on the non-blocking socket ``sock_fd``; files by sendfile.
     Returns the bytes sent by sendfile."""

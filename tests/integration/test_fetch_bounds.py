@@ -19,13 +19,15 @@ from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopi
 from kio.schema.fetch.v12.response import FetchResponse
 from kio.serial import entity_reader
 
-from streamd.kafka.server import MAX_PINNED_FILES
 from streamd.log.batch import validate_produce_batches
 from tests.support import ops
 from tests.support.broker import BrokerProcess
 from tests.support.wire import Wire, encode, frame, request_header
 
 pytestmark = [pytest.mark.streamd_only]
+
+MAX_PINNED_FILES = 1024
+"""streamd.kafka.server.MAX_PINNED_FILES: descriptors one connection's unsent answers may hold."""
 
 
 def fetch_request(
