@@ -9,6 +9,7 @@ front may do with each service. A handler that needs more of a service adds the 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from streamd.errors import ErrorCode
@@ -32,6 +33,9 @@ T = TypeVar("T")
 
 class Logs(Protocol):
     """The partition logs (:class:`streamd.log.manager.LogManager`)."""
+
+    @property
+    def topics_dir(self) -> Path: ...
 
     def get(self, name: str) -> Topic | None: ...
 
