@@ -342,8 +342,20 @@ KEYS: tuple[Key, ...] = (
         600000,
         "Close a connection that sent no request and had no answer pending this long.",
     ),
-    Key("kafka.max_connections", _non_negative, 0, "Open Kafka connections; 0 = no limit."),
-    Key("kafka.max_connections_per_ip", _non_negative, 0, "Connections per address; 0 = no limit."),
+    Key(
+        "kafka.max_connections",
+        _non_negative,
+        0,
+        "Open Kafka connections; 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "kafka.max_connections_per_ip",
+        _non_negative,
+        0,
+        "Connections per address; 0 = no limit.",
+        dynamic=True,
+    ),
     Key(
         "kafka.connections_max_reauth_ms",
         _non_negative,

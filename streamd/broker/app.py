@@ -360,6 +360,9 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            if self.connections is not None:
+                self.connections.max_connections = values["kafka.max_connections"]
+                self.connections.max_per_ip = values["kafka.max_connections_per_ip"]
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kio.schema.api_versions.v3.request import ApiVersionsRequest
@@ -137,3 +138,23 @@ def test_time_limits(limited: BrokerProcess) -> None:
         assert anonymous_closed >= AUTH_TIMEOUT_MS / 1000 * 0.9
         assert half_closed >= IDLE_MS / 1000 * 0.9
         assert metadata(busy) is not None  # active for longer than the idle limit, still open
+
+
+def test_connection_limits_change_at_runtime(broker_factory: Any) -> None:
+    """Like Kafka's max.connections(.per.ip), the limits are dynamic broker configs."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
+
+    from tests.support import ops
+
+    broker = broker_factory()
+    entry = ConfigEntry("kafka.max_connections_per_ip", "1",
+                        incremental_operation=AlterConfigOpType.SET)
+    resource = ConfigResource(ResourceType.BROKER, "0", incremental_configs=[entry])
+    client = ops.admin(broker.bootstrap)
+    client.incremental_alter_configs([resource], request_timeout=15)[resource].result(20)
+    with Wire(broker.address, source="127.0.0.7") as first:
+        assert metadata(first) is not None
+        with Wire(broker.address, source="127.0.0.7") as second:
+            assert second.closed_by_peer()
+        with Wire(broker.address, source="127.0.0.8") as other:
+            assert metadata(other) is not None
