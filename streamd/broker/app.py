@@ -72,7 +72,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
-        self.connections: ConnectionRegistry | None = None
+        self.connections = ConnectionRegistry()
         self._startup_log_level = logging.INFO
 
     async def start(self) -> None:
@@ -81,6 +81,7 @@ class Broker:
         data_dir.mkdir(parents=True, exist_ok=True)
         for warning in cfg.load_dynamic():
             log.warning("%s", warning)
+        self.connections.configure(cfg)
         self._startup_log_level = logging.getLogger().level
         self._apply_log_level()
         started = time.monotonic()
@@ -125,7 +126,6 @@ class Broker:
             producer_ids=ProducerIdAllocator(data_dir),
             file_budget=FileBudget(_sendfile_descriptor_budget()),
         )
-        self.connections = ConnectionRegistry.from_config(cfg)
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -360,9 +360,7 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
-            if self.connections is not None:
-                self.connections.max_connections = values["kafka.max_connections"]
-                self.connections.max_per_ip = values["kafka.max_connections_per_ip"]
+            self.connections.configure(cfg)
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)
@@ -393,8 +391,14 @@ class Broker:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
-        if self.connections is not None:
-            await self.connections.drain(DRAIN_TIMEOUT_S)
+        self.connections.stop_reading()
+        busy = await self.connections.drain(DRAIN_TIMEOUT_S)
+        if busy:
+            log.warning(
+                "%d connections still had requests in flight after %.0f s; closing them "
+                "unanswered", busy, DRAIN_TIMEOUT_S,
+            )
+        self.connections.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:

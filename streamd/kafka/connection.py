@@ -164,10 +164,6 @@ class ConnectionState:
     # ---- what the edge asks --------------------------------------------------------------------
 
     @property
-    def closing(self) -> bool:
-        return self._close is not None
-
-    @property
     def idle(self) -> bool:
         """Nothing taken and unanswered, nothing being written."""
         return not self._slots and self._writing is None

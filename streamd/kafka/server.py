@@ -11,8 +11,10 @@ write-buffer limits, so nothing polls), keeping every response in request order.
 :class:`ConnectionRegistry` is shared by a broker's listeners. It admits connections within
 ``kafka.max_connections`` and ``kafka.max_connections_per_ip`` (a connection over a limit is
 closed at once, before anything is read), applies the connections' time limits once per tick
-(at most every second), and drains them at shutdown: stop reading everywhere, let the requests
-already taken be answered and written, close.
+(at most every second), and stops them in order at shutdown (``Broker.stop``):
+:meth:`~ConnectionRegistry.stop_reading` everywhere, :meth:`~ConnectionRegistry.drain` until the
+requests already taken are answered and written (each connection then closes itself), and
+:meth:`~ConnectionRegistry.close` whatever is still busy. A request is answered or never read.
 
 Each server is one listener (:class:`streamd.config.ListenerSpec`) with its security protocol;
 requests carry the connection's principal and listener to the handlers.
@@ -21,6 +23,7 @@ requests carry the connection's principal and listener to the handlers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -56,19 +59,22 @@ class ConnectionRegistry:
         self._per_ip: Counter[str] = Counter()
         self._ticker: asyncio.TimerHandle | None = None
         self._empty: asyncio.Event | None = None
+        self.stopping = False
+
+    def configure(self, cfg: BrokerConfig) -> None:
+        """Take the limits from ``cfg`` (at startup, after dynamic values are loaded; the two
+        connection limits again whenever they change at runtime)."""
+        self.max_connections = cfg["kafka.max_connections"]
+        self.max_per_ip = cfg["kafka.max_connections_per_ip"]
+        timeouts = [cfg["kafka.connections_max_idle_ms"], cfg["sasl.authentication_timeout_ms"]]
+        shortest = min((ms for ms in timeouts if ms > 0), default=4000) / 1000
+        self.tick_s = min(1.0, max(0.05, shortest / 4))
 
     @classmethod
     def from_config(cls, cfg: BrokerConfig) -> ConnectionRegistry:
-        limits = [
-            cfg["kafka.connections_max_idle_ms"],
-            cfg["sasl.authentication_timeout_ms"],
-        ]
-        shortest = min((ms for ms in limits if ms > 0), default=4000) / 1000
-        return cls(
-            cfg["kafka.max_connections"],
-            cfg["kafka.max_connections_per_ip"],
-            tick_s=min(1.0, max(0.05, shortest / 4)),
-        )
+        registry = cls()
+        registry.configure(cfg)
+        return registry
 
     def __len__(self) -> int:
         return len(self._connections)
@@ -83,6 +89,8 @@ class ConnectionRegistry:
         self._per_ip[ip] += 1
         if self._ticker is None:
             self._schedule()
+        if self.stopping:
+            asyncio.get_running_loop().call_soon(conn.drain)
         return None
 
     def remove(self, conn: KafkaConnection, ip: str) -> None:
@@ -110,19 +118,28 @@ class ConnectionRegistry:
         if self._connections:
             self._schedule()
 
-    async def drain(self, timeout_s: float) -> None:
-        """Stop reading on every connection, let what was taken be answered, then close; after
-        ``timeout_s`` whatever is left is closed anyway."""
-        if not self._connections:
-            return
-        self._empty = asyncio.Event()
+    # ---- shutdown: stop_reading, then drain, then close ----------------------------------------
+
+    def stop_reading(self) -> None:
+        """No connection takes another request (new connections included); each closes once
+        what it already took is answered and written."""
+        self.stopping = True
         for conn in list(self._connections):
             conn.drain()
-        try:
-            await asyncio.wait_for(self._empty.wait(), timeout_s)
-        except TimeoutError:
-            for conn in list(self._connections):
-                conn.abort("still busy when the broker shut down")
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait (at most ``timeout_s``) until every connection has answered what it took and
+        closed; returns how many are still busy."""
+        if self._connections:
+            self._empty = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._empty.wait(), timeout_s)
+        return sum(1 for conn in self._connections if conn.busy)
+
+    def close(self) -> None:
+        """Close every connection still open; requests still running are cancelled."""
+        for conn in list(self._connections):
+            conn.abort("still busy when the broker shut down")
 
 
 class KafkaConnection(asyncio.Protocol):
@@ -233,6 +250,11 @@ class KafkaConnection(asyncio.Protocol):
         if self.state is not None and not self.closed:
             self.state.drain()
             self._pump()
+
+    @property
+    def busy(self) -> bool:
+        """Requests taken and not yet answered, or an answer still being written."""
+        return self.state is not None and not self.closed and not self.state.idle
 
     def abort(self, reason: str, expected: bool = False) -> None:
         if self.closed:
