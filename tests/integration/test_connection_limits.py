@@ -158,3 +158,51 @@ def test_connection_limits_change_at_runtime(broker_factory: Any) -> None:
             assert second.closed_by_peer()
         with Wire(broker.address, source="127.0.0.8") as other:
             assert metadata(other) is not None
+
+
+def test_shutdown_answers_requests_already_read(broker_factory: Any, topic_name: str) -> None:
+    """SIGTERM while a long-polling Fetch waits: the broker stops reading, answers the fetch
+    when its wait ends, and only then closes the connection."""
+    import signal
+    from datetime import timedelta
+
+    from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+
+    from tests.support import ops
+
+    broker = broker_factory()
+    ops.create_topic(broker.bootstrap, topic_name, 1)
+    fetch = FetchRequest(
+        replica_id=-1, max_wait=timedelta(milliseconds=1000), min_bytes=1, max_bytes=1 << 20,
+        isolation_level=0, session_id=0, session_epoch=-1,
+        topics=(FetchTopic(topic=topic_name, partitions=(
+            FetchPartition(partition=0, fetch_offset=0, partition_max_bytes=1 << 20),)),),
+        forgotten_topics_data=(), rack_id="",
+    )
+    with Wire(broker.address) as w:
+        assert metadata(w) is not None
+        w.send(w.request_bytes(fetch))
+        _wait_until_read(w, broker.kafka_port)  # the fetch waits 1 s for data
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGTERM)
+        answer = w.decode(FetchRequest, w.read_frame())
+        assert answer.responses[0].partitions[0].error_code == 0
+        assert w.closed_by_peer()
+    assert broker.proc.wait(30) == 0
+
+
+def _wait_until_read(w: Wire, server_port: int) -> None:
+    """Until the server side of ``w``'s socket has nothing left in its receive queue (the
+    process read everything sent), from /proc/net/tcp."""
+    client_port = w.sock.getsockname()[1]
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, queues = fields[1], fields[2], fields[4]
+            if (int(local.split(":")[1], 16), int(remote.split(":")[1], 16)) == (
+                server_port, client_port
+            ) and int(queues.split(":")[1], 16) == 0:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the server never read the request")
