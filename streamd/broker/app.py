@@ -25,8 +25,9 @@ from streamd.broker.allocator import tune_allocator
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
-from streamd.kafka.context import KafkaContext
+from streamd.kafka.context import AppendWaiters, KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
+from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import ConnectionRegistry, start_kafka_server
 from streamd.kafka.zerocopy import FileBudget
 from streamd.log.manager import FsyncPolicy, LogManager
@@ -99,10 +100,16 @@ class Broker:
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
+        waiters = AppendWaiters()
         # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
+        gconfig = group_config(cfg.values)
+        offsets_topic = OffsetsTopic(self.logs, waiters, gconfig.offsets_retention_ms)
+        self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
         self.tasks.append(self.groups.start())
+        if await asyncio.to_thread(offsets_topic.open):
+            offsets_topic.seed(self.groups)
+        self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
@@ -118,6 +125,7 @@ class Broker:
             cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
             advertised_host=first.advertised_host,
             advertised_port=first.advertised_port,
+            waiters=waiters,
             metrics=self.metrics,
             groups=self.groups,
             tiering=self.tiering,
@@ -317,7 +325,9 @@ class Broker:
         archive = ClusterArchive(
             self.tiering.store,
             cluster_id=self.ctx.cluster_id,
-            topics=lambda: topic_entries(logs),
+            # __consumer_offsets is derived from the offsets archived here: a restored broker
+            # re-creates and seeds it when it starts (streamd.kafka.offsets_topic).
+            topics=lambda: [e for e in topic_entries(logs) if not is_internal(e["name"])],
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,

@@ -15,8 +15,10 @@ The rules, in the order they are applied:
    SASL connection is authenticated streamd does the same: frames are taken strictly one at a
    time, the next one not even parsed before the previous one's answer was handed to the
    socket. Only ApiVersions, SaslHandshake and SaslAuthenticate are served then; any other
-   request closes the connection. After a failed authentication the answer is written and the
-   connection closes: no later frame is ever looked at (one password guess per connection).
+   request closes the connection (after a SaslHandshake v0, the frames that follow are bare
+   SASL tokens, Kafka's old framing, until the login completes). After a failed authentication
+   the answer is written and the connection closes: no later frame is ever looked at (one
+   password guess per connection).
    On an authenticated connection a SaslHandshake or SaslAuthenticate (KIP-368
    re-authentication) is a barrier: it is taken once every earlier request is answered, and the
    gate above applies until the session is authenticated again. A session past its expiry may
@@ -118,6 +120,15 @@ class Dispatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """A bare SASL token (after a SaslHandshake v0): authenticate with it and report the
+    size-prefixed reply (None: the login failed, no answer) with ``response_ready``."""
+
+    token: bytes
+    slot: Slot
+
+
+@dataclass(frozen=True, slots=True)
 class Write:
     """Send ``parts``. With ``files`` the edge reports ``write_done(slot)`` when finished and no
     other Write comes before; without, the write is complete once handed to the transport."""
@@ -136,7 +147,7 @@ class Close:
     """An orderly close (idle, shutdown) rather than a client's fault: logged quietly."""
 
 
-Event = Dispatch | Write | Close
+Event = Dispatch | Token | Write | Close
 _ANSWERED = object()
 
 
@@ -332,6 +343,11 @@ class ConnectionState:
                 return None
             frame = frame_or_none
             self.last_active = now
+            if sasl and s is not None and s.raw_tokens and s.state == "authenticate":
+                slot = Slot(len(frame))
+                self._slots.append(slot)
+                self.inflight += slot.size
+                return Token(frame, slot)
             try:
                 header = codec.parse_header(frame)
             except InvalidRequest as exc:
@@ -359,7 +375,8 @@ class ConnectionState:
             return self._set_close(Close(f"{spec.name} v{version}: {exc}"))
         slot = Slot(len(frame))
         if key == FETCH:
-            slot.size = max(slot.size, min(body.max_bytes, self.limits.fetch_max_bytes))
+            fetch_max = self.limits.fetch_max_bytes
+            slot.size = max(slot.size, min(getattr(body, "max_bytes", fetch_max), fetch_max))
         self._slots.append(slot)
         self.inflight += slot.size
         if sasl and key in SASL_APIS:

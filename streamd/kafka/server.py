@@ -28,6 +28,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Coroutine
 from typing import Any
 
 from streamd.config import BrokerConfig, ListenerSpec
@@ -39,6 +40,7 @@ from streamd.kafka.connection import (
     ConnectionState,
     Dispatch,
     Slot,
+    Token,
     Write,
 )
 from streamd.kafka.context import KafkaContext, Request
@@ -280,6 +282,8 @@ class KafkaConnection(asyncio.Protocol):
                 self._dispatch(event)  # type: ignore[arg-type]
             elif kind is Write:
                 self._write(event)  # type: ignore[arg-type]
+            elif kind is Token:
+                self._start(self._run_token(event))  # type: ignore[arg-type]
             else:
                 self._close(event)  # type: ignore[arg-type]
                 return
@@ -297,7 +301,10 @@ class KafkaConnection(asyncio.Protocol):
             self.listener,
             self.files,
         )
-        task = asyncio.ensure_future(self._run(event.api.handler, request, event.slot))
+        self._start(self._run(event.api.handler, request, event.slot))
+
+    def _start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -305,9 +312,7 @@ class KafkaConnection(asyncio.Protocol):
         assert self.transport is not None
         if event.files:
             self.sending = True
-            task = asyncio.ensure_future(self._send_with_files(event))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self._start(self._send_with_files(event))
         else:
             self.transport.writelines(event.parts)
 
@@ -369,6 +374,16 @@ class KafkaConnection(asyncio.Protocol):
             close_files(data)
             return
         self.state.response_ready(slot, data)
+        self._pump()
+
+    async def _run_token(self, event: Token) -> None:
+        from streamd.kafka.handlers.sasl import raw_token
+
+        assert self.state is not None and self.state.session is not None
+        reply = await raw_token(self.ctx, self.state.session, self.peer, event.token)
+        if self.closed:
+            return
+        self.state.response_ready(event.slot, None if reply is None else [reply])
         self._pump()
 
     async def _send_with_files(self, event: Write) -> None:

@@ -123,6 +123,9 @@ class SaslSession:
         self._guard = threading.Lock()
         """Held for every state transition (steps run in worker threads)."""
         self._running = False
+        self.raw_tokens = False
+        """Set after a SaslHandshake v0: the tokens then travel as bare size-prefixed frames
+        (Kafka's pre-SaslAuthenticate framing) until authentication completes."""
 
     @property
     def authenticated(self) -> bool:

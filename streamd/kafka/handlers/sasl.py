@@ -1,7 +1,9 @@
 """SaslHandshake and SaslAuthenticate: the Kafka side of :mod:`streamd.security.sasl`.
 
-Only the v1 handshake flow is served (tokens travel inside SaslAuthenticate), which every
-client since Kafka 1.0 uses; SaslHandshake v0 with raw-token framing is not advertised.
+Both handshake flows are served: v1, where tokens travel inside SaslAuthenticate (every client
+since Kafka 1.0), and v0, where the tokens that follow the handshake are bare size-prefixed
+frames answered the same way (:func:`raw_token`, called by the server for such frames); a failed
+v0 login gets no answer, only the close, as in Kafka.
 A failed login is answered with SASL_AUTHENTICATION_FAILED after
 ``sasl.failed_authentication_delay_ms`` (slowing down password guessing), with one message for
 every cause; the connection then closes (:mod:`streamd.kafka.connection` evaluates nothing
@@ -22,13 +24,13 @@ from typing import Any
 from streamd.errors import ErrorCode
 from streamd.kafka.apis import api
 from streamd.kafka.authz import client_host
-from streamd.kafka.context import Request
+from streamd.kafka.context import KafkaContext, Request
 from streamd.security import audit
-from streamd.security.sasl import IllegalSaslState
+from streamd.security.sasl import IllegalSaslState, SaslSession
 from streamd.security.scram import AuthenticationFailed
 
 
-@api(17, "SaslHandshake", 1, 1)
+@api(17, "SaslHandshake", 0, 1)
 async def sasl_handshake(req: Request) -> dict[str, Any]:
     session = req.session
     security = req.ctx.security
@@ -42,7 +44,28 @@ async def sasl_handshake(req: Request) -> dict[str, Any]:
             "mechanism change on re-authentication"
             if code == ErrorCode.UNSUPPORTED_SASL_MECHANISM else "unexpected SaslHandshake",
         )
+    if code == ErrorCode.NONE:
+        session.raw_tokens = req.version == 0
     return {"error_code": code, "mechanisms": list(session.mechanisms)}
+
+
+async def raw_token(
+    ctx: KafkaContext, session: SaslSession, peer: str, token: bytes
+) -> bytes | None:
+    """One raw SASL token after a v0 handshake: the size-prefixed reply, or None when the
+    login failed (the connection then closes without an answer, as in Kafka)."""
+    security = ctx.security
+    assert security is not None
+    host = client_host(peer)
+    try:
+        reply: bytes = await security.run_auth(session.authenticate, token)
+    except (IllegalSaslState, AuthenticationFailed) as exc:
+        audit.authentication("User:ANONYMOUS", host, session.mechanism, False, str(exc))
+        await asyncio.sleep(security.failed_auth_delay_s)
+        return None
+    if session.authenticated:
+        audit.authentication(session.principal, host, session.mechanism, True)
+    return len(reply).to_bytes(4, "big") + reply
 
 
 @api(36, "SaslAuthenticate", 0, 2)
