@@ -341,3 +341,24 @@ def test_a_full_transport_buffer_stops_taking_frames() -> None:
     state.writing_paused = False
     [d] = events(state)
     assert isinstance(d, Dispatch)
+
+
+def test_after_a_v0_handshake_frames_are_bare_tokens_one_at_a_time() -> None:
+    from streamd.kafka.connection import Token
+
+    state = sasl_state()
+    tokens = frame(b"\0alice\0guess") + frame(b"\0alice\0wonderland")
+    state.receive(wire(SaslHandshakeRequest(mechanism="PLAIN"), 1, version=0) + tokens)
+    [hs] = events(state)
+    assert state.session is not None
+    assert state.session.handshake("PLAIN") == 0
+    state.session.raw_tokens = True  # what the v0 handler sets
+    state.response_ready(hs.slot, [b"hs"])
+    write, token = events(state)
+    assert isinstance(token, Token) and token.token == b"\0alice\0guess"
+    with contextlib.suppress(AuthenticationFailed):
+        state.session.authenticate(token.token)
+    state.response_ready(token.slot, None)  # a failed v0 login is not answered...
+    [close] = events(state)
+    assert isinstance(close, Close)  # ...the connection closes; the second token is never read
+    assert not state.session.authenticated
