@@ -8,6 +8,9 @@ so a typo stops startup instead of being silently ignored.
 Broker-wide topic defaults use Kafka's topic config names under ``defaults.`` (e.g.
 ``defaults.segment.bytes``); they are validated by the log layer's topic-config table.
 Relative paths (``data_dir``, ``file://`` stores) are resolved against the working directory.
+Without ``tiering.store`` the bucket is the directory ``<data_dir>-bucket`` next to data_dir
+(not inside it: wiping data_dir and restoring from the bucket must leave the bucket alone),
+so two brokers with different data_dirs never share a bucket by accident.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def _fsync(v: Any) -> str:
 
 def _store(v: Any) -> str:
     s = str(v)
-    if s.startswith("file://") or s.startswith("s3://"):
+    if s == "" or s.startswith("file://") or s.startswith("s3://"):
         return s
     raise ValueError("expected file:///abs/dir or s3://bucket[/prefix]")
 
@@ -158,6 +161,12 @@ KEYS: tuple[Key, ...] = (
     Key("kafka.listen", _hostport, "127.0.0.1:9092", "Kafka listener HOST:PORT."),
     Key("kafka.advertised", _opt_hostport, "", "Address given to clients; default: listen."),
     Key("admin.listen", _opt_hostport, "127.0.0.1:9644", "Admin HTTP API + /metrics; '' = off."),
+    Key(
+        "admin.require_auth",
+        _bool,
+        False,
+        "Admin API needs HTTP basic auth with a SCRAM user (Redpanda's admin_api_require_auth).",
+    ),
     Key("fsync", _fsync, "always", "always (group commit before ack), never, or interval ms."),
     Key("auto_create_topics", _bool, False, "Create unknown topics on Metadata/Produce."),
     Key("default_partitions", _int, 1, "Partitions for auto-created / unspecified topics."),
@@ -182,7 +191,12 @@ KEYS: tuple[Key, ...] = (
     Key("group.max.session.timeout.ms", _int, 1800000, "Largest session timeout a member may ask."),
     Key("offsets.retention.minutes", _int, 10080, "Keep offsets of an empty group this long."),
     Key("offset.metadata.max.bytes", _int, 4096, "Largest metadata string of a commit."),
-    Key("tiering.store", _store, "file://./data/bucket", "Object store URL."),
+    Key(
+        "tiering.store",
+        _store,
+        "",
+        "Object store URL; '' = file:// directory '<data_dir>-bucket' next to data_dir.",
+    ),
     Key("tiering.s3.endpoint_url", _str, "", "S3 endpoint (MinIO, moto); '' = AWS."),
     Key("tiering.s3.region", _str, "us-east-1", "S3 region."),
     Key("tiering.s3.access_key_id", _str, "", "S3 access key; '' = AWS_* environment."),
@@ -234,6 +248,8 @@ DEFAULTS_PREFIX = "defaults."
 class BrokerConfig:
     values: Mapping[str, Any]
     topic_defaults: Mapping[str, str] = field(default_factory=dict)
+    defaulted: frozenset[str] = frozenset()
+    """Keys whose value was derived from another (``tiering.store`` from ``data_dir``)."""
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
@@ -384,13 +400,20 @@ def load(
     except Exception as exc:
         raise ConfigError(f"invalid topic default (defaults.*): {exc}") from None
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    defaulted = set()
     store = values["tiering.store"]
+    if not store:
+        data_dir = Path(values["data_dir"])
+        store = values["tiering.store"] = f"file://{data_dir.parent / (data_dir.name + '-bucket')}"
+        defaulted.add("tiering.store")
     if store.startswith("file://"):
         values["tiering.store"] = "file://" + str(Path(store[7:]).expanduser().resolve())
     if not values["tiering.cache_dir"]:
         values["tiering.cache_dir"] = str(Path(values["data_dir"]) / "cache")
     _check_security(values)
-    return BrokerConfig(values=values, topic_defaults=topic_defaults)
+    return BrokerConfig(
+        values=values, topic_defaults=topic_defaults, defaulted=frozenset(defaulted)
+    )
 
 
 def _topic_value(v: Any) -> str:

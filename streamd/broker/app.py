@@ -19,15 +19,22 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from streamd.broker.admin_api import AdminServer, json_reply, text_reply
+from streamd.broker import admin_routes, console
+from streamd.broker.admin_api import AdminServer, BasicAuth
 from streamd.broker.allocator import tune_allocator
+from streamd.broker.lock import DataDirLock
+from streamd.broker.metered_store import MeteredStore
+from streamd.broker.scheduler import Jobs
 from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
+from streamd.kafka.codec import api_name
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
+from streamd.security.sasl import new_mechanism
+from streamd.security.scram import AuthenticationFailed
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
@@ -35,6 +42,15 @@ from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
+
+
+def streamd_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamd")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -55,7 +71,10 @@ def _cluster_id(data_dir: Path, configured: str) -> str:
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(api_name, version=streamd_version())
+        self.lock = DataDirLock(config.data_dir)
+        self.jobs: Jobs | None = None
+        self.ready = False
         self.stopping = asyncio.Event()
         self.servers: list[asyncio.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -70,6 +89,7 @@ class Broker:
         cfg = self.config
         data_dir = cfg.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
         started = time.monotonic()
         self.logs = LogManager(
             data_dir,
@@ -95,6 +115,7 @@ class Broker:
             advertised_port=port,
             metrics=self.metrics,
         )
+        log.info("cluster id %s, node id %d", self.ctx.cluster_id, self.ctx.node_id)
         # --- group coordinator (streamd/groups) ---
         self.groups = GroupService(data_dir, group_config(cfg.values))
         await self.groups.open()
@@ -113,19 +134,20 @@ class Broker:
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
-            admin = self._admin_routes()
+            admin = self._admin_server()
             ahost, aport = split_hostport(cfg["admin.listen"])
-            self.servers.append(await admin.start(ahost, aport))
-            log.info("admin API on http://%s", cfg["admin.listen"])
+            self.servers.append(await admin.start(ahost, aport))  # type: ignore[arg-type]
+            log.info(
+                "admin API on http://%s (console: /console, authentication %s)",
+                cfg["admin.listen"], "required" if cfg["admin.require_auth"] else "optional",
+            )
         await self._start_listeners()
         # --- end security and listeners ---
         # --- cluster metadata archive (streamd/tiering/cluster_archive.py) ---
         self.archive = self._start_archive()
         # --- end cluster metadata archive ---
-        self.tasks.append(asyncio.create_task(self._housekeeping()))
-        policy = FsyncPolicy.parse(cfg["fsync"])
-        if policy.interval_ms:
-            self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
+        self.jobs = self._start_jobs()
+        self.ready = True
 
     # ---- security and listeners ------------------------------------------------------------------
 
@@ -159,35 +181,48 @@ class Broker:
                 spec.advertised_host, spec.advertised_port,
             )
 
-    def _admin_routes(self) -> AdminServer:
-        admin = AdminServer()
+    def _admin_server(self) -> AdminServer:
+        """The admin API (see :mod:`streamd.broker.admin_api`): routes read the broker through
+        :class:`~streamd.broker.admin_routes.AdminSources`."""
+        assert self.ctx is not None and self.logs is not None and self.security is not None
+        ctx, security = self.ctx, self.security
 
-        async def health(query: Any) -> Any:
-            doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
-            if self.tiering is not None:
-                doc["tiering"] = self.tiering.health()
-            return json_reply(doc)
+        def check_password(user: str, password: str) -> bool:
+            plain = new_mechanism("PLAIN", security.credentials.get)
+            try:
+                plain.step(f"\0{user}\0{password}".encode())
+            except AuthenticationFailed:
+                return False
+            return True
 
-        async def metrics(query: Any) -> Any:
-            return text_reply(self.metrics.render(), content_type="text/plain; version=0.0.4")
+        server = AdminServer(
+            BasicAuth(check_password, required=self.config["admin.require_auth"]),
+            security.authorizer,
+        )
+        sources = admin_routes.AdminSources(
+            node_id=self.config["node_id"],
+            cluster_id=lambda: ctx.cluster_id,
+            kafka_address=lambda: f"{ctx.advertised_host}:{ctx.advertised_port}",
+            logs=self.logs,
+            metrics=self.metrics,
+            health=self.health,
+            ready=lambda: self.ready,
+            tiering=lambda: self.tiering,
+            archive=lambda: self.archive,
+        )
+        admin_routes.install(server, sources)
+        kafka = console.kafka_access(
+            self.config, lambda user, mech: security.credentials.get(user, mech) is not None
+        )
+        console.install(server, sources, self.groups, kafka)
+        return server
 
-        async def cluster(query: Any) -> Any:
-            assert self.ctx is not None and self.logs is not None
-            return json_reply(
-                {
-                    "cluster_id": self.ctx.cluster_id,
-                    "node_id": self.ctx.node_id,
-                    "kafka": f"{self.ctx.advertised_host}:{self.ctx.advertised_port}",
-                    "topics": len(self.logs.topics()),
-                }
-            )
-
-        admin.route("GET", "/v1/health", health)
-        admin.route("GET", "/metrics", metrics)
-        admin.route("GET", "/v1/cluster", cluster)
-        self._tiering_routes(admin)
-        self.admin = admin
-        return admin
+    def health(self) -> dict[str, Any]:
+        """``GET /v1/health`` (HTTP 503 unless ``status`` is ``ok``)."""
+        doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
+        if self.tiering is not None:
+            doc["tiering"] = self.tiering.health()
+        return doc
 
     # ---- tiered storage -------------------------------------------------------------------------
 
@@ -199,10 +234,17 @@ class Broker:
 
         cfg = self.config
         assert self.logs is not None
-        store = open_configured_store(cfg)
+        inner = open_configured_store(cfg)
+        store = MeteredStore(inner, self.metrics)
+        if cfg["tiering.store"].startswith("s3://"):
+            self.metrics.add_collector(_s3_request_counters(inner))
         try:
             await asyncio.wait_for(store.check(), 10)
-            log.info("tiered storage: object store %s", store.description)
+            log.info(
+                "tiered storage: object store %s%s", store.description,
+                " (tiering.store not set: next to data_dir)"
+                if "tiering.store" in cfg.defaulted else "",
+            )
         except (StreamdError, TimeoutError) as exc:
             log.error(
                 "tiered storage: object store %s is not usable (%s); archiving will retry every "
@@ -216,7 +258,7 @@ class Broker:
             memory_bytes=cfg["tiering.cache_memory_bytes"],
         )
         service = TieringService(
-            store,
+            store,  # type: ignore[arg-type]
             self.logs,
             cache,
             manifest_dir=cfg.data_dir / "tiering" / "manifests",
@@ -231,22 +273,6 @@ class Broker:
         await service.start()
         self.metrics.add_collector(service.metric_families)
         return service
-
-    def _tiering_routes(self, admin: AdminServer) -> None:
-        async def storage(query: Any, topic: str) -> Any:
-            report = self.tiering.storage_report(topic) if self.tiering is not None else None
-            if report is None:
-                return json_reply({"error": f"unknown topic {topic!r}"}, 404)
-            return json_reply(report)
-
-        admin.route("GET", "/v1/topics/{topic}/storage", storage)
-
-        async def archive(query: Any) -> Any:
-            if self.archive is None:
-                return json_reply({"error": "cluster metadata archive not running"}, 404)
-            return json_reply(self.archive.status())
-
-        admin.route("GET", "/v1/cluster/archive", archive)
 
     # ---- cluster metadata archive ---------------------------------------------------------------
 
@@ -281,26 +307,32 @@ class Broker:
         self.tiering.tick_hooks.append(archive.tick)
         return archive
 
-    async def _housekeeping(self) -> None:
-        interval = self.config["log.housekeeping_interval_ms"] / 1000
-        assert self.logs is not None
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self.logs.run_housekeeping(int(time.time() * 1000))
-            except Exception:
-                log.exception("housekeeping failed; will retry")
+    def _start_jobs(self) -> Jobs:
+        """Housekeeping (segment roll, retention) and, with an interval fsync policy, the
+        periodic flush run on one apscheduler (see :mod:`streamd.broker.scheduler`)."""
+        logs = self.logs
+        assert logs is not None
+        jobs = Jobs()
 
-    async def _flusher(self, interval_ms: int) -> None:
-        assert self.logs is not None
-        while True:
-            await asyncio.sleep(interval_ms / 1000)
-            try:
-                await self.logs.flush_all()
-            except Exception:
-                log.exception("periodic fsync failed; will retry")
+        async def housekeeping() -> None:
+            await logs.run_housekeeping(int(time.time() * 1000))
+
+        jobs.every(
+            "housekeeping", self.config["log.housekeeping_interval_ms"], housekeeping,
+            on_error="housekeeping failed; will retry",
+        )
+        policy = FsyncPolicy.parse(self.config["fsync"])
+        if policy.interval_ms:
+            jobs.every(
+                "interval-fsync", policy.interval_ms, logs.flush_all,
+                on_error="periodic fsync failed; will retry",
+            )
+        jobs.start()
+        return jobs
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            self.jobs.shutdown()
         for server in self.servers:
             server.close()
         for task in self.tasks:
@@ -320,7 +352,25 @@ class Broker:
             await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
+        self.lock.release()
         log.info("streamd stopped")
+
+
+def _s3_request_counters(store: Any) -> Any:
+    """Requests and retries the S3 backend counts itself (attempts, not logical calls)."""
+    from streamd.tiering.s3_store import S3Store
+
+    assert isinstance(store, S3Store)
+
+    def families() -> list[Any]:
+        return [
+            ("streamd_s3_requests_total", "S3 requests sent (each attempt).", "counter",
+             [({}, store.requests)]),
+            ("streamd_s3_retries_total", "S3 requests retried after a transient failure.",
+             "counter", [({}, store.retries)]),
+        ]
+
+    return families
 
 
 def _raise_open_file_limit() -> None:

@@ -11,7 +11,6 @@ to stop tailing (exit 0, as rpk).
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
@@ -23,6 +22,7 @@ from streamd.cli.common import (
     CliError,
     Settings,
     config_options,
+    configure_logging,
     describe_kafka_error,
 )
 from streamd.cli.specs import SpecError
@@ -118,30 +118,40 @@ def cli(
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line (time, level, logger, message).",
+)
+def serve(
+    config_path: str | None, overrides: tuple[str, ...], log_level: str, log_format: str
+) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM.
 
     \b
     Example:
       streamd serve --set data_dir=/tmp/streamd --set kafka.listen=127.0.0.1:9092
+      streamd serve --config config/streamd.toml --log-format json
     """
     from streamd import config as config_mod
-    from streamd.errors import ConfigError
+    from streamd.errors import ConfigError, StreamdError
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(log_level, log_format)
     try:
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    from streamd.broker.app import run
+    from streamd.broker.app import run, streamd_version
 
+    logging.getLogger("streamd").info(
+        "streamd %s starting: config %s, data_dir %s",
+        streamd_version(), config_path or "(none: defaults, environment, --set)", cfg.data_dir,
+    )
     try:
         run(cfg)
-    except OSError as exc:
+    except (OSError, StreamdError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 

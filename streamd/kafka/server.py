@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections import deque
 from typing import Any
 
@@ -177,6 +178,7 @@ class KafkaConnection(asyncio.Protocol):
 
     async def _run(self, handler: Any, request: Request, slot: _Slot) -> None:
         header = request.header
+        started = time.perf_counter()
         try:
             result = await handler(request)
             data: list[Any] | None
@@ -206,7 +208,7 @@ class KafkaConnection(asyncio.Protocol):
                 self._abort("internal error")
                 return
         if self.ctx.metrics is not None:
-            self.ctx.metrics.count_request(header.api_key)
+            self.ctx.metrics.count_request(header.api_key, time.perf_counter() - started)
         slot.data = data
         slot.done = True
         self._flush()
