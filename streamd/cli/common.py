@@ -432,6 +432,16 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def human_bytes(n: int | float) -> str:
+    """``1536`` -> ``1.5 KiB`` (binary units, as rpk prints sizes)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
 def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
     """``key  value`` lines with the values aligned."""
     pairs = [(k, cell(v)) for k, v in pairs]

@@ -16,7 +16,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, cluster, group, restore, topic, user
+from streamd.cli import acl, archive, cluster, group, restore, topic, user
 from streamd.cli.common import (
     MECHANISMS,
     CliError,
@@ -157,6 +157,7 @@ def serve(
 
 # Offline broker-side commands (``restore``) register here, next to ``serve``.
 cli.add_command(restore.restore)
+cli.add_command(archive.archive)
 
 cli.add_command(topic.topic)
 cli.add_command(group.group)
