@@ -29,6 +29,7 @@ import binascii
 import contextlib
 import json
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,6 +89,12 @@ class Access:
         if self.authorizer is None:
             return topics
         return [t for t in topics if self.may_describe_topic(t)]
+
+
+def topic_id_text(topic_id: uuid.UUID) -> str:
+    """Kafka's text form of a topic id (URL-safe base64, no padding), as ``kafka-topics.sh``,
+    rpk and ``streamd topic describe`` print it; every admin view uses it."""
+    return base64.urlsafe_b64encode(topic_id.bytes).rstrip(b"=").decode("ascii")
 
 
 def access(request: web.Request) -> Access:

@@ -27,6 +27,7 @@ from streamd.broker.admin_api import (
     json_response,
     require_cluster,
     require_topic,
+    topic_id_text,
 )
 from streamd.log.manager import LogManager
 from streamd.metrics import CONTENT_TYPE, Metrics
@@ -67,7 +68,7 @@ def topic_summaries(sources: AdminSources, names: list[str]) -> list[dict[str, A
         out.append(
             {
                 "name": name,
-                "topic_id": str(topic.topic_id),
+                "topic_id": topic_id_text(topic.topic_id),
                 "internal": name.startswith("__"),
                 "remote_storage_enable": topic.config.remote_storage_enable,
                 "partitions": parts,
@@ -117,6 +118,9 @@ def install(server: AdminServer, sources: AdminSources) -> None:
         report = tiering.storage_report(topic) if tiering is not None else None
         if report is None:
             return error(404, f"unknown topic {topic!r}")
+        local = sources.logs.topics().get(topic)
+        if local is not None:
+            report = dict(report, topic_id=topic_id_text(local.topic_id))
         return json_response(report)
 
     async def archive(request: web.Request) -> web.Response:

@@ -19,7 +19,7 @@ import click
 
 from streamd.cli.common import (
     config_options,
-    echo_json,
+    echo_structured,
     format_option,
     human_bytes,
     render_fields,
@@ -123,8 +123,8 @@ def verify(
         raise click.ClickException(f"cannot verify {cfg['tiering.store']}: {exc}") from None
     elapsed = time.monotonic() - started
     ok = report.ok(strict=strict)
-    if fmt == "json":
-        echo_json(report.as_json(strict=strict) | {"seconds": round(elapsed, 3)})
+    if fmt != "text":
+        echo_structured(fmt, report.as_json(strict=strict) | {"seconds": round(elapsed, 3)})
     else:
         summary = render_fields(
             [

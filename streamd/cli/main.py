@@ -17,6 +17,7 @@ import click
 from confluent_kafka import KafkaException
 
 from streamd.cli import acl, archive, cluster, group, restore, topic, user
+from streamd.cli import profile as profiles
 from streamd.cli.common import (
     MECHANISMS,
     CliError,
@@ -77,6 +78,14 @@ class StreamdGroup(click.Group):
     help="CA bundle to verify the broker's certificate (implies --tls).",
 )
 @click.option(
+    "--profile",
+    "profile_name",
+    envvar="STREAMD_PROFILE",
+    metavar="NAME",
+    help="Connection profile (env STREAMD_PROFILE; default: the current one, see "
+    "`streamd profile`).",
+)
+@click.option(
     "--timeout",
     default=10.0,
     show_default=True,
@@ -93,6 +102,7 @@ def cli(
     mechanism: str,
     tls: bool,
     tls_ca: str | None,
+    profile_name: str | None,
     timeout: float,
 ) -> None:
     """streamd: a Kafka-API-compatible broker with tiered storage to S3.
@@ -108,6 +118,8 @@ def cli(
     obj.brokers, obj.admin_url = brokers, admin_url
     obj.user, obj.password, obj.mechanism = user, password, mechanism.upper()
     obj.tls, obj.tls_ca, obj.timeout = tls, tls_ca, timeout
+    if ctx.invoked_subcommand not in ("profile", "serve", "restore", "archive", None):
+        profiles.apply(ctx, obj, profile_name)
 
 
 @cli.command()
@@ -164,6 +176,7 @@ cli.add_command(group.group)
 cli.add_command(acl.acl)
 cli.add_command(user.user)
 cli.add_command(cluster.cluster)
+cli.add_command(profiles.profile)
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ import click
 
 from streamd.cli.common import (
     config_options,
-    echo_json,
+    echo_structured,
     format_option,
     render_fields,
     render_table,
@@ -119,8 +119,8 @@ def restore(
     except OSError as exc:
         raise click.ClickException(f"cannot write {cfg.data_dir}: {exc}") from None
     elapsed = time.monotonic() - started
-    if fmt == "json":
-        echo_json(summary_json(result, elapsed))
+    if fmt != "text":
+        echo_structured(fmt, summary_json(result, elapsed))
     else:
         click.echo(summary_text(result, elapsed).rstrip("\n"))
     if not result.complete:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamd.broker.admin_api import Access
+from streamd.broker.admin_api import Access, topic_id_text
 from streamd.broker.admin_routes import AdminSources
 from streamd.config import BrokerConfig, ListenerSpec
 from streamd.groups.service import GroupService
@@ -97,7 +97,7 @@ def topic_view(sources: AdminSources, name: str) -> dict[str, Any] | None:
         )
     return {
         "name": name,
-        "topic_id": str(topic.topic_id),
+        "topic_id": topic_id_text(topic.topic_id),
         "remote_storage_enable": topic.config.remote_storage_enable,
         "configs": dict(sorted(topic.overrides.items())),
         "partitions": parts,
