@@ -28,6 +28,7 @@ from streamd.broker.scheduler import Jobs
 from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
+from streamd.kafka.apis import REGISTRY
 from streamd.kafka.codec import api_name
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
@@ -42,6 +43,15 @@ from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
+
+
+def kafka_api_name(api_key: int) -> str | None:
+    """Kafka's name of an API ("Produce", "CreateTopics"), for metrics labels."""
+    spec = REGISTRY.get(api_key)
+    if spec is not None:
+        return spec.name
+    raw = api_name(api_key)
+    return "".join(part.title() for part in raw.split("_")) if raw else None
 
 
 def streamd_version() -> str:
@@ -71,7 +81,7 @@ def _cluster_id(data_dir: Path, configured: str) -> str:
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.metrics = Metrics(api_name, version=streamd_version())
+        self.metrics = Metrics(kafka_api_name, version=streamd_version())
         self.lock = DataDirLock(config.data_dir)
         self.jobs: Jobs | None = None
         self.ready = False
