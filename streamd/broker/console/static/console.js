@@ -13,7 +13,9 @@
     if (busy || !live.checked || document.hidden) return;
     busy = true;
     try {
-      const resp = await fetch(window.location.href, {
+      // A relative URL: the page may have been opened as http://user:pass@host/..., and a
+      // URL with credentials cannot be fetched; the browser resends the cached login itself.
+      const resp = await fetch(window.location.pathname + window.location.search, {
         headers: { "X-Console-Fragment": "1" },
         credentials: "same-origin",
         cache: "no-store",
