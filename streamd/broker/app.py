@@ -325,7 +325,13 @@ class Broker:
         jobs = Jobs()
 
         async def housekeeping() -> None:
-            await logs.run_housekeeping(int(time.time() * 1000))
+            removed = await logs.run_housekeeping(int(time.time() * 1000))
+            for name, segments in sorted(removed.items()):
+                log.info(
+                    "%s: local retention removed %d segment(s), offsets %d-%d (%d bytes)",
+                    name, len(segments), segments[0].base_offset,
+                    segments[-1].next_offset - 1, sum(s.size for s in segments),
+                )
 
         jobs.every(
             "housekeeping", self.config["log.housekeeping_interval_ms"], housekeeping,
