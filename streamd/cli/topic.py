@@ -472,7 +472,9 @@ def trim_prefix(
     for tp, fut in futures.items():
         try:
             done = result(fut, name)
-            rows.append({"topic": name, "partition": tp.partition, "new_start_offset": done.offset})
+            rows.append(
+                {"topic": name, "partition": tp.partition, "new_start_offset": done.low_watermark}
+            )
         except CliError as exc:
             failures.append(f"partition {tp.partition}: {exc.format_message()}")
     rows.sort(key=lambda r: r["partition"])
