@@ -130,39 +130,54 @@ class OffsetRange:
 
 
 def parse_offset_range(text: str, *, now_ms: int | None = None) -> OffsetRange:
-    """``start``, ``@T``... as :func:`parse_offset`, or a range ``A:B`` / ``@T1:T2``."""
+    """``start``, ``@T``... as :func:`parse_offset`, or a range ``A:B`` / ``@T1:T2``.
+
+    ISO times contain ``:`` themselves: ``@...`` is a single time when the whole text parses
+    as one, else the first split at a ``:`` where both sides parse is the range."""
     spec = text.strip()
+    if spec.startswith("@"):
+        body = spec[1:]
+        try:
+            return OffsetRange(start=parse_offset(spec, now_ms=now_ms))
+        except SpecError:
+            if ":" not in body:
+                raise
+        for at in [i for i, ch in enumerate(body) if ch == ":"]:
+            try:
+                return _range(body[:at], body[at + 1 :], timed=True, now_ms=now_ms)
+            except SpecError:
+                continue
+        raise SpecError(
+            f"invalid offset {text!r}: expected @T or @T1:T2 with times as epoch ms, ISO-8601 "
+            "or -DURATION"
+        )
     if ":" not in spec:
         return OffsetRange(start=parse_offset(spec, now_ms=now_ms))
-    timed = spec.startswith("@")
-    body = spec[1:] if timed else spec
-    if body.count(":") > 1:
-        raise SpecError(
-            f"invalid offset {text!r}: write times in a range as epoch ms, a date, "
-            "or -DURATION (ISO times contain ':')"
-        )
-    first, _, second = body.partition(":")
+    if spec.count(":") > 1:
+        raise SpecError(f"invalid offset {text!r}: expected A:B")
+    first, _, second = spec.partition(":")
+    try:
+        return _range(first, second, timed=False, now_ms=now_ms)
+    except SpecError as exc:
+        raise SpecError(f"invalid offset {text!r}: {exc}") from None
+
+
+def _range(first: str, second: str, *, timed: bool, now_ms: int | None) -> OffsetRange:
+    first, second = first.strip(), second.strip()
     if first:
         start = parse_offset(("@" if timed else "") + first, now_ms=now_ms)
     else:
         start = OffsetSpec(kind="start")
-    second = second.strip()
     if not second:
         return OffsetRange(start=start)
     if second.lower() in ("end", "newest", "latest"):
         return OffsetRange(start=start, end_kind="end")
     if timed:
-        try:
-            return OffsetRange(
-                start=start, end_kind="timestamp",
-                end_value=parse_timestamp_ms(second, now_ms=now_ms),
-            )
-        except SpecError as exc:
-            raise SpecError(f"invalid offset {text!r}: {exc}") from None
-    if not second.isdigit():
-        raise SpecError(
-            f"invalid offset {text!r}: the end of a range is an offset, end, or after @ a time"
+        return OffsetRange(
+            start=start, end_kind="timestamp", end_value=parse_timestamp_ms(second, now_ms=now_ms)
         )
+    if not second.isdigit():
+        raise SpecError("the end of a range is an offset, end, or after @ a time")
     return OffsetRange(start=start, end_kind="exact", end_value=int(second))
 
 
@@ -374,8 +389,6 @@ def record_json(rec: Record, binary: str = "auto") -> dict[str, object]:
         out["key_encoding"] = key_enc
     if value_enc != "text":
         out["value_encoding"] = value_enc
-    if rec.leader_epoch >= 0:
-        out["leader_epoch"] = rec.leader_epoch
     return out
 
 

@@ -161,3 +161,21 @@ def test_authorization_hides_topics_the_caller_cannot_describe(
     # cluster-wide documents need DESCRIBE on the cluster
     assert admin_http.get(port, "/v1/health", auth=ALICE).status == 403
     assert admin_http.get(port, "/v1/health", auth=ADMIN).status == 200
+
+
+def test_console_reads_messages_as_the_signed_in_user(
+    secured: BrokerProcess, topic_name: str
+) -> None:
+    """The message browser logs in to Kafka with the caller's credentials: ACLs apply as to
+    any client (alice may describe the topic but not read it; admin may)."""
+    visible, hidden = f"open-{topic_name}", f"secret-{topic_name}"
+    _setup_topics(secured, visible, hidden)
+    path = f"/console/topics/{visible}/messages?partition=0&format=text"
+    as_admin = admin_http.get(secured.admin_port, path, auth=ADMIN)
+    assert as_admin.status == 200
+    assert 'data-offset="0"' in as_admin.text and "browse-error" not in as_admin.text
+    as_alice = admin_http.get(secured.admin_port, path, auth=ALICE)
+    assert as_alice.status == 200
+    assert 'id=browse-error' in as_alice.text
+    assert "authoriz" in as_alice.text.lower()
+    assert 'data-offset="0"' not in as_alice.text

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -89,10 +90,18 @@ def url(broker: BrokerProcess, path: str) -> str:
     return f"http://127.0.0.1:{broker.admin_port}{path}"
 
 
+def text(driver: WebDriver, css: str) -> str:
+    """An element's text; found again when a live refresh replaced it meanwhile."""
+    for _ in range(5):
+        try:
+            return str(driver.find_element(By.CSS_SELECTOR, css).text)
+        except StaleElementReferenceException:
+            continue
+    raise AssertionError(f"{css} kept changing under the test")
+
+
 def cell(driver: WebDriver, table: str, row: str, column: str) -> str:
-    return driver.find_element(
-        By.CSS_SELECTOR, f"table#{table} tr[{row}] td.{column}"
-    ).text
+    return text(driver, f"table#{table} tr[{row}] td.{column}")
 
 
 def test_overview_shows_cluster_health(
@@ -100,14 +109,14 @@ def test_overview_shows_cluster_health(
 ) -> None:
     broker = tiered.broker
     browser.get(url(broker, "/console"))
-    assert browser.find_element(By.ID, "health-status").text == "ok"
-    assert browser.find_element(By.ID, "kafka-address").text == broker.bootstrap
+    assert text(browser, "#health-status") == "ok"
+    assert text(browser, "#kafka-address") == broker.bootstrap
     cluster = admin_http.get(broker.admin_port, "/v1/cluster").json()
-    assert browser.find_element(By.ID, "cluster-id").text == cluster["cluster_id"]
-    assert browser.find_element(By.ID, "topic-count").text == "1"
-    assert browser.find_element(By.ID, "group-count").text == "1"
-    assert browser.find_element(By.ID, "tiering-status").text == "ok"
-    assert "KiB" in browser.find_element(By.ID, "remote-bytes").text
+    assert text(browser, "#cluster-id") == cluster["cluster_id"]
+    assert text(browser, "#topic-count") == "1"
+    assert text(browser, "#group-count") == "1"
+    assert text(browser, "#tiering-status") == "ok"
+    assert "KiB" in text(browser, "#remote-bytes")
     browser.save_screenshot(str(shots / "overview.png"))
 
 
@@ -136,7 +145,7 @@ def test_topics_and_partitions_show_local_and_archived_offsets(
     ) - 1
     assert cell(browser, "partitions", row, "high-watermark") == str(len(tiered.records))
     assert cell(browser, "partitions", 'data-partition="1"', "high-watermark") == "0"
-    assert browser.find_element(By.ID, "topic-id").text == report["topic_id"]
+    assert text(browser, "#topic-id") == report["topic_id"]
     browser.save_screenshot(str(shots / "topic.png"))
 
 
@@ -152,7 +161,7 @@ def test_group_lag_per_partition(tiered: TieredTopic, browser: WebDriver, shots:
     assert cell(browser, "group-partitions", row, "committed") == str(COMMITTED)
     assert cell(browser, "group-partitions", row, "log-end") == str(len(tiered.records))
     assert cell(browser, "group-partitions", row, "lag") == str(len(tiered.records) - COMMITTED)
-    assert browser.find_element(By.ID, "group-state").text == "Empty"
+    assert text(browser, "#group-state") == "Empty"
     browser.save_screenshot(str(shots / "group.png"))
 
 
@@ -211,5 +220,5 @@ def test_live_refresh_updates_without_reloading(
 
     WebDriverWait(browser, 15, poll_frequency=0.3).until(updated)
     assert browser.execute_script("return window.__sameDocument === true;"), "page was reloaded"
-    assert browser.find_element(By.ID, "updated").text.startswith("updated ")
+    assert text(browser, "#updated").startswith("updated ")
     browser.save_screenshot(str(shots / "live-refresh.png"))
