@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamd.broker.lock import LOCK_NAME, DataDirLock
 from streamd.config import BrokerConfig
 from streamd.groups.model import OffsetInfo
 from streamd.groups.service import GroupService
@@ -89,6 +90,8 @@ def describe_contents(data_dir: Path, limit: int = 5) -> str:
         return ""
     parts = []
     for entry in sorted(data_dir.iterdir()):
+        if entry.name == LOCK_NAME:
+            continue  # left by a broker that stopped: not data
         if entry.is_dir():
             if not _has_file(entry):
                 continue
@@ -115,8 +118,29 @@ async def run_restore(
     force: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
-    """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket."""
+    """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket.
+    A real run holds the data_dir lock (see :mod:`streamd.broker.lock`) throughout, so it
+    never writes under a running broker."""
     progress = progress or NoProgress()
+    if dry_run:
+        return await _plan(cfg, topics, dry_run=True, force=force, progress=progress)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(cfg.data_dir)  # never write under a running broker
+    lock.acquire()
+    try:
+        return await _plan(cfg, topics, dry_run=False, force=force, progress=progress)
+    finally:
+        lock.release()
+
+
+async def _plan(
+    cfg: BrokerConfig,
+    topics: Iterable[str],
+    *,
+    dry_run: bool,
+    force: bool,
+    progress: Progress,
+) -> RestoreResult:
     data_dir = cfg.data_dir
     present = describe_contents(data_dir)
     if present and not (force or dry_run):
@@ -137,7 +161,18 @@ async def run_restore(
             plan=plan, data_dir=data_dir, written=False, present=present, notes=tuple(notes)
         )
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    return await _write(cfg, plan, data_dir, present, wanted, notes, progress)
+
+
+async def _write(
+    cfg: BrokerConfig,
+    plan: RestorePlan,
+    data_dir: Path,
+    present: str,
+    wanted: list[str] | None,
+    notes: list[str],
+    progress: Progress,
+) -> RestoreResult:
     failures = await write_topics(plan, data_dir, cfg.topic_defaults, progress)
     failed = {f.what.removeprefix("topic ") for f in failures}
     offsets = {

@@ -137,3 +137,21 @@ def test_housekeeping_runs_on_the_scheduler_and_logs_retention(
         ),
     )
     assert "periodic fsync failed" not in broker.log_text()
+
+
+def test_restore_refuses_the_data_dir_of_a_running_broker(
+    broker_factory: Callable[..., BrokerProcess]
+) -> None:
+    broker = broker_factory()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamd", "restore", "--force", "--no-progress",
+         "--set", f"data_dir={broker.data_dir}",
+         "--set", f"tiering.store=file://{broker.workdir / 'bucket'}"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=broker.workdir,
+    )
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert broker.proc is not None
+    assert f"is in use by process {broker.proc.pid}" in proc.stderr
+    assert broker.running
