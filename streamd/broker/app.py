@@ -268,7 +268,7 @@ class Broker:
             memory_bytes=cfg["tiering.cache_memory_bytes"],
         )
         service = TieringService(
-            store,  # type: ignore[arg-type]
+            store,
             self.logs,
             cache,
             manifest_dir=cfg.data_dir / "tiering" / "manifests",
