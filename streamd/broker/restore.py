@@ -23,6 +23,7 @@ Decisions:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -47,6 +48,7 @@ from streamd.tiering.restore import (
 from streamd.tiering.store import ObjectStore, open_store
 
 CLUSTER_FILE = "cluster.json"
+log = logging.getLogger("streamd.restore")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,20 +175,36 @@ async def _write(
     notes: list[str],
     progress: Progress,
 ) -> RestoreResult:
+    log.info(
+        "restore from %s into %s: %d topic(s), %d segment(s) archived, %d group(s)",
+        plan.store, data_dir, len(plan.topics), sum(t.segments for t in plan.topics),
+        len(plan.offsets),
+    )
     failures = await write_topics(plan, data_dir, cfg.topic_defaults, progress)
     failed = {f.what.removeprefix("topic ") for f in failures}
+    for topic in plan.topics:
+        if topic.name not in failed:
+            log.info(
+                "restored topic %s (%d partition(s), %d archived segment(s))",
+                topic.name, len(topic.partitions), topic.segments,
+            )
+    for failure in failures:
+        log.warning("not restored: %s: %s", failure.what, failure.why)
     offsets = {
         group: [e for e in entries if e["topic"] not in failed]
         for group, entries in plan.offsets.items()
     }
     restored = {t.name for t in plan.topics} - failed
     groups, count = await _write_offsets(data_dir, offsets, restored)
+    log.info("restored %d committed offset(s) of %d group(s)", count, groups)
     if plan.acls is not None and plan.credentials is not None:
         security = SecurityService(data_dir, cfg.values)
         security.acls.replace_all(plan.acls)
         security.credentials.replace_all(plan.credentials)
+        log.info("restored ACLs and SCRAM users")
     if plan.cluster_id:
         notes += _write_cluster_id(data_dir, plan.cluster_id, cfg, full=wanted is None)
+        log.info("cluster id %s", plan.cluster_id)
     return RestoreResult(
         plan=plan,
         data_dir=data_dir,

@@ -12,7 +12,6 @@ the prefix, unknown manifest format, non-empty data_dir without ``--force``...).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from typing import Any
@@ -21,6 +20,7 @@ import click
 
 from streamd.cli.common import (
     config_options,
+    configure_logging,
     echo_structured,
     format_option,
     render_fields,
@@ -76,6 +76,16 @@ class _RichProgress:
 @click.option("--force", is_flag=True, help="Restore into a non-empty data_dir.")
 @format_option(help="Summary format.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="INFO logs each restore step on stderr.",
+)
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+)
 def restore(
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -84,6 +94,8 @@ def restore(
     force: bool,
     fmt: str,
     no_progress: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Rebuild data_dir from tiering.store: topics (same ids and configs), every archived
     record (served from the bucket), committed group offsets, ACLs and users.
@@ -99,9 +111,7 @@ def restore(
     from streamd import config as config_mod
     from streamd.errors import ConfigError, StreamdError
 
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     try:
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:

@@ -155,3 +155,32 @@ def test_restore_refuses_the_data_dir_of_a_running_broker(
     assert broker.proc is not None
     assert f"is in use by process {broker.proc.pid}" in proc.stderr
     assert broker.running
+
+
+def test_restore_logs_each_step_at_info(
+    broker_factory: Callable[..., BrokerProcess], topic_name: str
+) -> None:
+    broker = broker_factory({"tiering.upload_interval_ms": "200"})
+    ops.create_topic(broker.bootstrap, topic_name, 2, {"remote.storage.enable": "true"})
+    bucket = broker.workdir / "bucket"
+    wait_until(
+        "the topic in the archived cluster metadata",
+        lambda: (bucket / "cluster" / "metadata.json").exists()
+        and topic_name in (bucket / "cluster" / "metadata.json").read_text(errors="replace"),
+    )
+    broker.stop()
+    target = broker.workdir / "restored"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamd", "restore", "--no-progress", "--log-level", "INFO",
+         "--log-format", "json", "--set", f"data_dir={target}",
+         "--set", f"tiering.store=file://{bucket}"],
+        capture_output=True, text=True, timeout=120, env=env, cwd=broker.workdir,
+    )
+    assert proc.returncode == 0, proc.stderr
+    messages = [json.loads(line)["message"] for line in proc.stderr.splitlines()]
+    assert any(m.startswith(f"restore from file://{bucket} into {target}") for m in messages)
+    assert f"restored topic {topic_name} (2 partition(s), 0 archived segment(s))" in messages
+    assert any(m.startswith("restored 0 committed offset(s)") for m in messages)
+    assert "restored ACLs and SCRAM users" in messages
