@@ -31,7 +31,7 @@ DESCRIBE permission when authorization is on).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -184,12 +184,15 @@ class Metrics:
             child = self._store_children[key] = self._store.labels(verb, outcome)
         child.observe(seconds)
 
-    def forget_topic(self, topic: str) -> None:
-        """Drop a deleted topic's series (a re-created topic starts again from zero)."""
-        if self._produce_children.pop(topic, None) is not None:
+    def retain_topics(self, existing: Container[str]) -> None:
+        """Drop the series of topics that no longer exist (called at scrape time), so topic
+        churn does not grow the registry; a re-created topic starts again from zero."""
+        for topic in [t for t in self._produce_children if t not in existing]:
+            del self._produce_children[topic]
             self._produced_bytes.remove(topic)
             self._produced_records.remove(topic)
-        if self._fetch_children.pop(topic, None) is not None:
+        for topic in [t for t in self._fetch_children if t not in existing]:
+            del self._fetch_children[topic]
             self._fetched_bytes.remove(topic)
 
     # ---- readers ----------------------------------------------------------------------------

@@ -92,6 +92,7 @@ def install(server: AdminServer, sources: AdminSources) -> None:
 
     async def metrics(request: web.Request) -> web.Response:
         caller = access(request)
+        sources.metrics.retain_topics(sources.logs.topics())
         allowed = None if caller.authorizer is None else caller.may_describe_topic
         body = sources.metrics.render(allowed)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})

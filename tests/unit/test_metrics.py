@@ -57,8 +57,11 @@ def test_per_topic_bytes_and_records_and_totals() -> None:
     assert got[("streamd_kafka_fetched_bytes_total", frozenset({("topic", "a")}))] == 30
     assert got[("streamd_produced_bytes_total", frozenset())] == 157
     assert got[("streamd_fetched_bytes_total", frozenset())] == 30
-    m.forget_topic("a")
-    assert ("streamd_kafka_produced_bytes_total", frozenset({("topic", "a")})) not in samples(m)
+    m.retain_topics({"b"})
+    got = samples(m)
+    assert ("streamd_kafka_produced_bytes_total", frozenset({("topic", "a")})) not in got
+    assert ("streamd_kafka_fetched_bytes_total", frozenset({("topic", "a")})) not in got
+    assert got[("streamd_kafka_produced_bytes_total", frozenset({("topic", "b")}))] == 7
 
 
 def test_topic_filter_drops_only_hidden_topic_series() -> None:
