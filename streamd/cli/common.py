@@ -24,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -474,11 +475,21 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 
 def kafka_topic_id(topic_id: Any) -> str:
-    """Kafka's text form of a topic id (URL-safe base64 of its 16 bytes, no padding), from a
-    confluent-kafka ``Uuid`` (whose own ``str`` uses the other base64 alphabet)."""
-    msb = topic_id.get_most_significant_bits() & ((1 << 64) - 1)
-    lsb = topic_id.get_least_significant_bits() & ((1 << 64) - 1)
-    raw = ((msb << 64) | lsb).to_bytes(16, "big")
+    """Kafka's text form of a topic id (URL-safe base64 of its 16 bytes, no padding), as the
+    admin API and console print it. Takes a confluent-kafka ``Uuid`` (whose own ``str`` uses
+    the other base64 alphabet), a ``uuid.UUID`` or its canonical string; any other string is
+    returned as given."""
+    if isinstance(topic_id, str):
+        try:
+            topic_id = uuid.UUID(topic_id)
+        except ValueError:
+            return topic_id
+    if isinstance(topic_id, uuid.UUID):
+        raw = topic_id.bytes
+    else:
+        msb = topic_id.get_most_significant_bits() & ((1 << 64) - 1)
+        lsb = topic_id.get_least_significant_bits() & ((1 << 64) - 1)
+        raw = ((msb << 64) | lsb).to_bytes(16, "big")
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 

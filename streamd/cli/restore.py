@@ -23,6 +23,7 @@ from streamd.cli.common import (
     configure_logging,
     echo_structured,
     format_option,
+    kafka_topic_id,
     render_fields,
     render_table,
     section,
@@ -182,7 +183,7 @@ def summary_text(result: Any, elapsed: float) -> str:
     rows = [
         (
             t.name,
-            t.topic_id,
+            kafka_topic_id(t.topic_id),
             len(t.partitions),
             t.segments,
             t.bucket_bytes,
@@ -220,7 +221,7 @@ def summary_json(result: Any, elapsed: float) -> dict[str, Any]:
         "topics": [
             {
                 "name": t.name,
-                "topic_id": t.topic_id,
+                "topic_id": kafka_topic_id(t.topic_id),
                 "configs": t.overrides,
                 "bucket_bytes": t.bucket_bytes,
                 "partitions": [
