@@ -9,12 +9,13 @@ filters what it shows through the caller's :class:`~streamd.broker.admin_api.Acc
 - ``GET /v1/health``: the health document; HTTP 503 when its ``status`` is not ``ok`` (the
   document itself comes from ``AdminSources.health``, so the broker decides what "ok" means).
 - ``GET /metrics``: Prometheus text; series of topics the caller may not describe are left out.
-- ``GET /v1/cluster``, ``/v1/cluster/archive``, ``/v1/topics``, ``/v1/topics/{topic}/storage``.
+- ``GET /v1/cluster``, ``/v1/cluster/archive``, ``/v1/topics``, ``/v1/topics/{topic}/storage``,
+  ``/v1/logdirs`` (DescribeLogDirs' sizes plus the archive's bytes per partition).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +47,7 @@ class AdminSources:
     ready: Callable[[], bool]
     tiering: Callable[[], TieringService | None]
     archive: Callable[[], ClusterArchive | None]
+    log_dirs: Callable[[], Awaitable[dict[str, Any]]]
 
 
 def topic_summaries(sources: AdminSources, names: list[str]) -> list[dict[str, Any]]:
@@ -131,7 +133,12 @@ def install(server: AdminServer, sources: AdminSources) -> None:
             return error(404, "cluster metadata archive not running")
         return json_response(running.status())
 
+    async def log_dirs(request: web.Request) -> web.Response:
+        require_cluster(request)  # as DescribeLogDirs: DESCRIBE on the cluster
+        return json_response(await sources.log_dirs())
+
     server.get("/v1/status/ready", ready)
+    server.get("/v1/logdirs", log_dirs)
     server.get("/v1/health", health)
     server.get("/metrics", metrics)
     server.get("/v1/cluster", cluster)

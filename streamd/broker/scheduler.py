@@ -51,6 +51,11 @@ class Jobs:
         )
         self.names.append(name)
 
+    def reschedule(self, name: str, interval_ms: int) -> None:
+        """A new interval for job ``name`` (a dynamic config changed); the next run is one
+        new interval from now."""
+        self._scheduler.reschedule_job(name, trigger="interval", seconds=max(1, interval_ms) / 1000)
+
     def start(self) -> None:
         self._scheduler.start()
 
