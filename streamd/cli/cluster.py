@@ -6,7 +6,8 @@ a ``tiering`` section, its status, upload lag and errors. ``config get|set`` use
 and IncrementalAlterConfigs on the BROKER resource (default: the first broker the cluster
 reports); a key the broker marks read-only is refused before anything is sent.
 ``logdirs describe`` sends DescribeLogDirs through kafka-python's admin client (confluent-kafka's
-Python AdminClient has no call for it) and prints each partition's size per broker and directory.
+Python AdminClient has no call for it) and prints each partition's size per broker and directory,
+plus, from streamd's admin API (``/v1/logdirs``) when it answers, the bytes archived in the bucket.
 """
 
 from __future__ import annotations
@@ -189,6 +190,17 @@ def _health() -> tuple[dict[str, Any], Any]:
     return data, text
 
 
+def _archive_sizes() -> dict[tuple[str, int], int] | None:
+    """streamd's admin API adds the bytes each partition has in the bucket; None when the
+    admin API does not serve ``/v1/logdirs`` (another Kafka broker): the column is left out."""
+    try:
+        doc = admin_get("/v1/logdirs")
+    except CliError:
+        return None
+    parts = doc.get("partitions", []) if isinstance(doc, dict) else []
+    return {(str(p["topic"]), int(p["partition"])): int(p.get("archive_bytes", 0)) for p in parts}
+
+
 @cluster.group()
 def logdirs() -> None:
     """Broker log directories (DescribeLogDirs).
@@ -248,10 +260,22 @@ def describe_logdirs(
                         }
                     )
     rows.sort(key=lambda r: (r["broker"], r["dir"] or "", r["topic"] or "", r["partition"] or 0))
+    archived = _archive_sizes()
+    columns = ["broker", "dir", "topic", "partition", "size", "offset_lag"]
+    if archived is not None:
+        for r in rows:
+            r["archive_size"] = archived.get((r["topic"], r["partition"]), 0)
+        columns.append("archive_size")
 
     def text() -> str:
-        shown = [dict(r, size=human_bytes(r["size"])) if human_readable else r for r in rows]
-        out = table_dicts(shown, ["broker", "dir", "topic", "partition", "size", "offset_lag"])
+        shown = [
+            dict(r, size=human_bytes(r["size"]),
+                 **({"archive_size": human_bytes(r["archive_size"])} if "archive_size" in r
+                    else {}))
+            if human_readable else r
+            for r in rows
+        ]
+        out = table_dicts(shown, columns)
         return out + ("\n\n" + "\n".join(errors) if errors else "")
 
     emit(fmt, rows, text)

@@ -272,3 +272,14 @@ def test_help_documents_completion_and_every_rpk_row_is_yes() -> None:
     assert len(rows) >= 41
     assert all(line.rstrip().endswith("| yes |") for line in rows), [
         r for r in rows if not r.rstrip().endswith("| yes |")]
+
+
+def test_cluster_logdirs_describe(cli: Cli, topic_name: str) -> None:
+    cli.ok("topic", "create", topic_name, "-p", "2")
+    cli.ok("topic", "produce", topic_name, "-p", "1", "-q", stdin="x" * 5000 + "\n")
+    rows = cli.json("cluster", "logdirs", "describe", "--topics", topic_name)
+    sizes = {r["partition"]: r["size"] for r in rows if r["topic"] == topic_name}
+    assert sizes[0] == 0 and sizes[1] > 5000
+    assert all(r["archive_size"] == 0 for r in rows), "nothing is archived for this topic"
+    text = cli.ok("cluster", "logdirs", "describe", "--topics", topic_name, "-H")
+    assert "KiB" in text and "ARCHIVE-SIZE" in text
