@@ -30,6 +30,7 @@ from streamd.broker.admin_api import (
     require_topic,
     topic_id_text,
 )
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.manager import LogManager
 from streamd.metrics import CONTENT_TYPE, Metrics
 from streamd.tiering.cluster_archive import ClusterArchive
@@ -71,7 +72,7 @@ def topic_summaries(sources: AdminSources, names: list[str]) -> list[dict[str, A
             {
                 "name": name,
                 "topic_id": topic_id_text(topic.topic_id),
-                "internal": name.startswith("__"),
+                "internal": is_internal(name),
                 "remote_storage_enable": topic.config.remote_storage_enable,
                 "partitions": parts,
                 "messages": sum(p["high_watermark"] - p["log_start_offset"] for p in parts),

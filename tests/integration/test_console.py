@@ -129,7 +129,13 @@ def test_topics_and_partitions_show_local_and_archived_offsets(
     assert cell(browser, "topics", row, "partitions") == "2"
     assert cell(browser, "topics", row, "records") == str(len(tiered.records))
     assert cell(browser, "topics", row, "archived") != "0 B"
+    assert not browser.find_elements(By.CSS_SELECTOR, 'tr[data-topic="__consumer_offsets"]')
     browser.save_screenshot(str(shots / "topics.png"))
+    browser.find_element(By.ID, "internal-toggle").click()
+    WebDriverWait(browser, 10).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, 'tr[data-topic="__consumer_offsets"]')
+    )
+    browser.get(url(broker, "/console/topics"))
 
     browser.find_element(By.LINK_TEXT, topic).click()
     WebDriverWait(browser, 10).until(lambda d: d.find_elements(By.ID, "partitions"))

@@ -77,8 +77,9 @@ def install(
                      pages.overview(health, cluster, topics, group_rows))
 
     async def topics(request: web.Request) -> web.Response:
-        rows = views.topics_view(sources, access(request))
-        return _html(request, "Topics", "topics", pages.topics_page(rows))
+        internal = request.query.get("internal") == "1"
+        rows = views.topics_view(sources, access(request), internal=internal)
+        return _html(request, "Topics", "topics", pages.topics_page(rows, internal=internal))
 
     async def topic(request: web.Request) -> web.Response:
         name = request.match_info["topic"]

@@ -140,7 +140,7 @@ def overview(health: dict[str, Any], cluster: dict[str, Any], topics: list[dict[
     return "<h1>Cluster</h1>" + fields(summary) + problems
 
 
-def topics_page(rows: list[dict[str, Any]]) -> str:
+def topics_page(rows: list[dict[str, Any]], *, internal: bool = False) -> str:
     cells = (
         (
             {"topic": r["name"]},
@@ -156,7 +156,13 @@ def topics_page(rows: list[dict[str, Any]]) -> str:
         )
         for r in rows
     )
-    return "<h1>Topics</h1>" + table(
+    toggle = (
+        '<p><a id=internal-toggle href="/console/topics">hide internal topics</a></p>'
+        if internal
+        else '<p><a id=internal-toggle href="/console/topics?internal=1">'
+        "show internal topics</a></p>"
+    )
+    return "<h1>Topics</h1>" + toggle + table(
         "topics",
         ["Topic", "Partitions", "Records", "Local", "Archived", "Upload lag", "Tiered"],
         cells,

@@ -30,6 +30,7 @@ from streamd.broker.admin_api import Access, topic_id_text
 from streamd.broker.admin_routes import AdminSources
 from streamd.config import BrokerConfig, ListenerSpec
 from streamd.groups.service import GroupService
+from streamd.kafka.offsets_topic import is_internal
 from streamd.security.acl import Operation, ResourceType
 
 MAX_MESSAGES = 200
@@ -41,11 +42,15 @@ FORMATS = ("text", "json", "hex", "base64")
 # ---- topics and storage --------------------------------------------------------------------
 
 
-def topics_view(sources: AdminSources, caller: Access) -> list[dict[str, Any]]:
-    """One row per visible topic: partitions, records, local and archived bytes, upload lag."""
+def topics_view(
+    sources: AdminSources, caller: Access, *, internal: bool = False
+) -> list[dict[str, Any]]:
+    """One row per visible topic: partitions, records, local and archived bytes, upload lag.
+    Internal topics (``__consumer_offsets``) only with ``internal``."""
     tiering = sources.tiering()
     rows = []
-    for name in caller.visible(sorted(sources.logs.topics())):
+    names = [n for n in sorted(sources.logs.topics()) if internal or not is_internal(n)]
+    for name in caller.visible(names):
         detail = topic_view(sources, name)
         if detail is None:
             continue
