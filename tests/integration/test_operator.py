@@ -41,7 +41,12 @@ def test_a_second_broker_on_the_same_data_dir_exits(
 ) -> None:
     first = broker_factory()
     second = serve(first.data_dir, first.workdir)
-    out, err = second.communicate(timeout=60)
+    try:
+        out, err = second.communicate(timeout=60)
+    finally:
+        if second.poll() is None:  # a broker that did not refuse: stop it, then fail
+            second.kill()
+            second.communicate()
     assert second.returncode == 1, (out, err)
     lines = err.strip().splitlines()
     assert lines[-1].startswith("Error: cannot start: data_dir"), err
