@@ -23,6 +23,7 @@ from typing import Any
 from streamd.broker import admin_routes, console
 from streamd.broker.admin_api import AdminServer, BasicAuth
 from streamd.broker.allocator import tune_allocator
+from streamd.broker.health import Health
 from streamd.broker.lock import DataDirLock
 from streamd.broker.metered_store import MeteredStore
 from streamd.broker.scheduler import Jobs
@@ -43,7 +44,7 @@ from streamd.security.scram import AuthenticationFailed
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
-from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
+from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
@@ -98,6 +99,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
     async def start(self) -> None:
@@ -230,7 +232,7 @@ class Broker:
             kafka_address=lambda: f"{ctx.advertised_host}:{ctx.advertised_port}",
             logs=self.logs,
             metrics=self.metrics,
-            health=self.health,
+            health=lambda: self.health.report()[1],
             ready=lambda: self.ready,
             tiering=lambda: self.tiering,
             archive=lambda: self.archive,
@@ -243,19 +245,12 @@ class Broker:
         console.install(server, sources, self.groups, kafka)
         return server
 
-    def health(self) -> dict[str, Any]:
-        """``GET /v1/health`` (HTTP 503 unless ``status`` is ``ok``)."""
-        doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
-        if self.tiering is not None:
-            doc["tiering"] = self.tiering.health()
-        return doc
-
     # ---- tiered storage -------------------------------------------------------------------------
 
     async def _start_tiering(self) -> TieringService:
         """Open the object store and start the uploader. An unreachable or misconfigured bucket
-        is logged and retried by every upload tick; it never stops the broker (invariant 4 keeps
-        local data until archived)."""
+        is logged, reported by ``/v1/health`` and retried by every upload tick; it never stops
+        the broker (invariant 4 keeps local data until archived)."""
         from streamd.broker.restore import open_configured_store
 
         cfg = self.config
@@ -263,20 +258,7 @@ class Broker:
         inner = open_configured_store(cfg)
         store = MeteredStore(inner, self.metrics)
         if cfg["tiering.store"].startswith("s3://"):
-            self.metrics.add_collector(_s3_request_counters(inner))
-        try:
-            await asyncio.wait_for(store.check(), 10)
-            log.info(
-                "tiered storage: object store %s%s", store.description,
-                " (tiering.store not set: next to data_dir)"
-                if "tiering.store" in cfg.defaulted else "",
-            )
-        except (StreamdError, TimeoutError) as exc:
-            log.error(
-                "tiered storage: object store %s is not usable (%s); archiving will retry every "
-                "%d ms and local data is kept until it succeeds",
-                store.description, exc or "timed out", cfg["tiering.upload_interval_ms"],
-            )
+            self.metrics.add_collector(_s3_retry_counter(inner))
         cache = ChunkCache(
             cfg["tiering.cache_dir"],
             max_bytes=cfg["tiering.cache_max_bytes"],
@@ -293,11 +275,21 @@ class Broker:
                 upload_concurrency=cfg["tiering.upload_concurrency"],
                 read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
                 delete_on_topic_delete=cfg["tiering.delete_on_topic_delete"],
+                merge_target_bytes=cfg["tiering.merge_target_bytes"],
+                segment_max_upload_interval_ms=cfg["tiering.segment_max_upload_interval_ms"],
+                shutdown_upload_timeout_ms=cfg["tiering.shutdown_upload_timeout_ms"],
                 fail_after_segment_upload=cfg["tiering.debug.fail_after_segment_upload"],
             ),
         )
-        await service.start()
+        await service.start()  # probes the bucket: an unusable one shows in /v1/health at once
+        if service.store_error is None:
+            log.info(
+                "tiered storage: object store %s%s", store.description,
+                " (tiering.store not set: next to data_dir)"
+                if "tiering.store" in cfg.defaulted else "",
+            )
         self.metrics.add_collector(service.metric_families)
+        self.health.register("tiering", service.health)
         return service
 
     async def log_dirs_report(self) -> dict[str, Any]:
@@ -358,10 +350,23 @@ class Broker:
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,
+            ends=lambda: end_offsets(logs),
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
         )
         self.tiering.tick_hooks.append(archive.tick)
+        self.health.register("cluster_archive", archive.health)
         return archive
+
+    async def _archive_tail(self) -> None:
+        """Shutdown step (tiering): once nothing appends any more and before the logs close,
+        archive every tiered partition's tail within ``tiering.shutdown_upload_timeout_ms``, so
+        a planned stop followed by a wipe and restore loses nothing."""
+        if self.tiering is None:
+            return
+        try:
+            await self.tiering.archive_tail()
+        except Exception:
+            log.exception("archiving the tail at shutdown failed; local data is kept")
 
     # ---- dynamic broker configs ----------------------------------------------------------------
 
@@ -450,6 +455,7 @@ class Broker:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        await self._archive_tail()
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
@@ -463,16 +469,15 @@ class Broker:
         log.info("streamd stopped")
 
 
-def _s3_request_counters(store: Any) -> Any:
-    """Requests and retries the S3 backend counts itself (attempts, not logical calls)."""
+def _s3_retry_counter(store: Any) -> Any:
+    """Retries the S3 backend counts itself (requests by verb are the tiering layer's
+    ``streamd_tiering_bucket_requests_total``)."""
     from streamd.tiering.s3_store import S3Store
 
     assert isinstance(store, S3Store)
 
     def families() -> list[Any]:
         return [
-            ("streamd_s3_requests_total", "S3 requests sent (each attempt).", "counter",
-             [({}, store.requests)]),
             ("streamd_s3_retries_total", "S3 requests retried after a transient failure.",
              "counter", [({}, store.retries)]),
         ]

@@ -2,7 +2,8 @@
 
 The broker wraps the configured store in this before handing it to the tiering service, so
 bucket requests are measured by verb and outcome without the tiering layer knowing about
-metrics. Verbs: ``put``, ``put_file`` (segment uploads), ``get`` (whole objects: manifests,
+metrics. Verbs: ``put``, ``put_file`` (segment uploads, also of merged segments),
+``get`` (whole objects: manifests,
 indexes), ``get_range`` (remote reads of segment chunks), ``head``, ``list``, ``delete``,
 ``delete_many``. Outcomes: ``ok``, ``not_found``, ``exists`` (a put-if-absent that found the key),
 ``error``. A call is one logical operation: retries inside the S3 backend are part of its time.
@@ -11,7 +12,8 @@ indexes), ``get_range`` (remote reads of segment chunks), ``head``, ``list``, ``
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from streamd.tiering.store import ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
@@ -39,6 +41,10 @@ class MeteredStore:
     @property
     def description(self) -> str:
         return self.inner.description
+
+    @property
+    def requests(self) -> Counter[str]:
+        return self.inner.requests
 
     def _done(self, verb: str, started: float, exc: BaseException | None) -> None:
         self._meter.store_call(verb, _outcome(exc), time.perf_counter() - started)
@@ -70,11 +76,34 @@ class MeteredStore:
         size: int,
         *,
         checksum: str,
+        if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         started, exc = time.perf_counter(), None
         try:
-            await self.inner.put_file(key, fd, size, checksum=checksum, metadata=metadata)
+            await self.inner.put_file(
+                key, fd, size, checksum=checksum, if_absent=if_absent, metadata=metadata
+            )
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("put_file", started, exc)
+
+    async def put_files(
+        self,
+        key: str,
+        files: Sequence[tuple[int, int]],
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.put_files(
+                key, files, checksum=checksum, if_absent=if_absent, metadata=metadata
+            )
         except Exception as e:
             exc = e
             raise

@@ -118,6 +118,7 @@ async def run_restore(
     topics: Iterable[str] = (),
     dry_run: bool = False,
     force: bool = False,
+    allow_missing_manifest: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket.
@@ -125,12 +126,18 @@ async def run_restore(
     never writes under a running broker."""
     progress = progress or NoProgress()
     if dry_run:
-        return await _plan(cfg, topics, dry_run=True, force=force, progress=progress)
+        return await _plan(
+            cfg, topics, dry_run=True, force=force,
+            allow_missing_manifest=allow_missing_manifest, progress=progress,
+        )
     cfg.data_dir.mkdir(parents=True, exist_ok=True)
     lock = DataDirLock(cfg.data_dir)  # never write under a running broker
     lock.acquire()
     try:
-        return await _plan(cfg, topics, dry_run=False, force=force, progress=progress)
+        return await _plan(
+            cfg, topics, dry_run=False, force=force,
+            allow_missing_manifest=allow_missing_manifest, progress=progress,
+        )
     finally:
         lock.release()
 
@@ -141,6 +148,7 @@ async def _plan(
     *,
     dry_run: bool,
     force: bool,
+    allow_missing_manifest: bool,
     progress: Progress,
 ) -> RestoreResult:
     data_dir = cfg.data_dir
@@ -152,7 +160,9 @@ async def _plan(
     wanted = list(topics) or None
     store = open_configured_store(cfg)
     try:
-        plan = await read_plan(store, wanted, progress)
+        plan = await read_plan(
+            store, wanted, progress, allow_missing_manifest=allow_missing_manifest
+        )
     finally:
         await store.close()
     notes = []

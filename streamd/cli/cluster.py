@@ -162,10 +162,10 @@ def _health() -> tuple[dict[str, Any], Any]:
     try:
         try:
             doc = admin_get("/v1/health")
-        except AdminHTTPError as exc:
+        except AdminHTTPError as exc:  # 503: degraded, and the document says why
             if exc.status != 503 or not isinstance(exc.body, dict):
                 raise
-            doc = exc.body  # degraded: the document says why
+            doc = exc.body
         status = str(doc.get("status", "unknown")) if isinstance(doc, dict) else "unknown"
         checks.append(
             {

@@ -91,7 +91,7 @@ def test_metrics_cover_requests_topics_store_and_process(tiered: TieredTopic) ->
     assert total(got, store, verb="put_file", outcome="ok") >= 2, "segment uploads are timed"
     assert total(got, store, verb="get_range", outcome="ok") >= 1, "remote reads are timed"
     assert total(got, store, verb="put", outcome="ok") >= 1
-    assert total(got, "streamd_s3_requests_total") >= total(got, store)
+    assert total(got, "streamd_tiering_bucket_requests_total") >= total(got, store)
     assert ("streamd_s3_retries_total", frozenset()) in got
 
     assert total(got, "streamd_tiering_manifest_writes_total") >= 1
