@@ -18,9 +18,11 @@ TIERED = {
 
 
 def tiered_settings(moto: MotoS3, bucket: str) -> dict[str, str]:
+    """One object per segment (no merged uploads), so the archive has several objects."""
     return moto.broker_settings(bucket) | {
         "tiering.upload_interval_ms": "250",
         "log.housekeeping_interval_ms": "250",
+        "tiering.merge_target_bytes": "0",
     }
 
 
