@@ -95,7 +95,7 @@ async def test_crash_rebuilds_open_transactions_and_the_index(tmp_path: Path) ->
     """No clean close, index file gone: the scan from the start rebuilds both."""
     plog = open_log(tmp_path, segment_bytes="1024")
     for i in range(6):
-        await plog.append(txn_batch(1, pid=1, seq=i), now_ms=1)  # rolls segments
+        await plog.append(txn_batch(1, pid=1, seq=i, value_size=400), now_ms=1)  # rolls
     await plog.append_marker(1, 0, False, now_ms=1)
     await plog.append(txn_batch(1, pid=3, seq=0), now_ms=1)  # left open
     assert len(plog.segments) > 2
