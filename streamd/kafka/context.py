@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from streamd.kafka.codec import RequestHeader
+from streamd.txn.service import TransactionService
 
 
 class AppendWaiters:
@@ -61,6 +62,9 @@ class KafkaContext:
     tiering: Any = None
     authorizer: Any = None
     security: Any = None
+    txn: TransactionService | None = None
+    """The transaction coordinator; None answers transactional requests with
+    COORDINATOR_NOT_AVAILABLE."""
     extras: dict[str, Any] = field(default_factory=dict)
 
 

@@ -7,6 +7,11 @@ The payload stays bytes from the socket to the file: the log validates headers a
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
+
+Transactional records (the attribute bit of a partition's first batch) need the request's
+transactional id with WRITE on it, and the transaction coordinator must have that partition in
+the producer's ongoing transaction (KIP-890 part 1 verification: a zombie or late write can never
+open a transaction that no marker would end). One header peek per partition, no record work.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
-from streamd.kafka.authz import TOPIC, WRITE, authorize
+from streamd.kafka.authz import TOPIC, TRANSACTIONAL_ID, WRITE, authorize
 from streamd.kafka.context import Request
+from streamd.log.batch import HEADER_SIZE, TRANSACTIONAL
+
+_ATTRIBUTES_LOW = 22
+"""The low byte of a batch's attributes (bytes 21-22, big-endian): holds the TRANSACTIONAL bit."""
 
 
 def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, Any]:
@@ -76,8 +85,8 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif body.transactional_id is not None:
-                entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            elif (txn_error := _transaction_error(req, t.name, p.index, p.records)) is not None:
+                entries.append(_failed(p.index, txn_error))
             else:
                 entry, plog, result = _stage(topic, p.index, p.records)
                 entries.append(entry)
@@ -94,6 +103,21 @@ async def produce(req: Request) -> dict[str, Any] | None:
     if acks == 0:
         return None
     return {"responses": responses}
+
+
+def _transaction_error(req: Request, topic: str, index: int, records: Any) -> ErrorCode | None:
+    if not records or len(records) < HEADER_SIZE or not records[_ATTRIBUTES_LOW] & TRANSACTIONAL:
+        return None
+    tid = req.body.transactional_id
+    if tid is None or not authorize(req, WRITE, TRANSACTIONAL_ID, tid):
+        return ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    txn = req.ctx.txn
+    if txn is None:
+        return ErrorCode.COORDINATOR_NOT_AVAILABLE
+    pid = int.from_bytes(records[43:51], "big", signed=True)
+    epoch = int.from_bytes(records[51:53], "big", signed=True)
+    code = txn.verify_produce(tid, pid, epoch, topic, index)
+    return None if code == ErrorCode.NONE else code
 
 
 def _failed(index: int, code: ErrorCode) -> dict[str, Any]:
