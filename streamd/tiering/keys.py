@@ -4,6 +4,7 @@ Layout (all keys relative to the store root, i.e. under the ``s3://bucket/prefix
 
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>.log     segment bytes, verbatim
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>.index   its offset index
+    <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>.txnindex  its aborted txns (if any)
     <h>/<topic>/<topic_id>/<partition>/manifest.json                  partition manifest
     <t>/<topic>/<topic_id>/topic.json                                 topic manifest
     cluster/metadata.json                                             topics, configs, ACLs, users
@@ -36,6 +37,7 @@ PARTITION_MANIFEST_NAME = "manifest.json"
 TOPIC_MANIFEST_NAME = "topic.json"
 SEGMENT_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
+TXN_INDEX_SUFFIX = ".txnindex"
 
 _TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _TOPIC_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -112,6 +114,13 @@ def segment_index_key(
         + _segment_stem(base_offset, last_offset)
         + INDEX_SUFFIX
     )
+
+
+def txn_index_key(segment_key: str) -> str:
+    """The aborted-transaction index object of the segment object ``segment_key``."""
+    if not segment_key.endswith(SEGMENT_SUFFIX):
+        raise ValueError(f"not a segment object key: {segment_key!r}")
+    return segment_key[: -len(SEGMENT_SUFFIX)] + TXN_INDEX_SUFFIX
 
 
 def parse_segment_name(key: str) -> tuple[int, int] | None:

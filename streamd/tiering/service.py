@@ -41,6 +41,7 @@ from streamd.errors import OffsetOutOfRange
 from streamd.log.manager import LogManager, Topic
 from streamd.log.partition import PartitionLog
 from streamd.log.segment import Segment
+from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.candidates import select_candidates
@@ -324,6 +325,8 @@ class TieringService:
             for seg in removed:
                 self.cache.invalidate(seg.key)
                 state.pending_deletes += [seg.key, seg.index_key]
+                if seg.txn_index_key:
+                    state.pending_deletes.append(seg.txn_index_key)
             return moved
 
     async def _delete_pending(self, state: PartitionState) -> None:
@@ -438,6 +441,16 @@ class TieringService:
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")
         return await self._reader.read(state.manifest, offset, max_bytes, min_one)
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
+        and whether that settles it (else the local segments' indexes follow)."""
+        state = self._states.get((topic, partition))
+        if state is None:
+            return [], False
+        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int

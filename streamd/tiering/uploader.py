@@ -194,6 +194,7 @@ class Uploader:
                 os._exit(75)
             await self._store.put(index_key, scan.index)
             self._stats.uploaded_bytes += len(scan.index)
+            txn_key, txn_checksum = await self._upload_txn_index(seg_key, segment)
         except StoreError as exc:
             self._stats.upload_errors += 1
             outcome = Outcome.RETRY if exc.retriable else Outcome.FAILED
@@ -211,8 +212,21 @@ class Uploader:
             index_key=index_key,
             index_checksum=crc32c_hex(scan.index),
             uploaded_at_ms=now_ms(),
+            txn_index_key=txn_key,
+            txn_index_checksum=txn_checksum,
         )
         return UploadResult(Outcome.OK, meta)
+
+    async def _upload_txn_index(self, seg_key: str, *segments: Segment) -> tuple[str, str]:
+        """The aborted-transaction index of the segment(s) in one object, when there is one:
+        a read_committed replay from the bucket skips aborted records as the local log does."""
+        data = b"".join(s.txn_index.to_bytes() for s in segments)
+        if not data:
+            return "", ""
+        key = keys.txn_index_key(seg_key)
+        await self._store.put(key, data)
+        self._stats.uploaded_bytes += len(data)
+        return key, crc32c_hex(data)
 
     async def store_manifest(
         self, state: PartitionState, manifest: PartitionManifest
