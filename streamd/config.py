@@ -28,6 +28,13 @@ def _int(v: Any) -> int:
     return int(v)
 
 
+def _positive(v: Any) -> int:
+    n = _int(v)
+    if n <= 0:
+        raise ValueError("expected an integer > 0")
+    return n
+
+
 def _bool(v: Any) -> bool:
     if isinstance(v, bool):
         return v
@@ -182,6 +189,33 @@ KEYS: tuple[Key, ...] = (
     Key("group.max.session.timeout.ms", _int, 1800000, "Largest session timeout a member may ask."),
     Key("offsets.retention.minutes", _int, 10080, "Keep offsets of an empty group this long."),
     Key("offset.metadata.max.bytes", _int, 4096, "Largest metadata string of a commit."),
+    # --- transactions (streamd/txn) ---
+    Key("transaction.max.timeout.ms", _positive, 900000, "Largest transaction.timeout.ms allowed."),
+    Key(
+        "transactional.id.expiration.ms",
+        _positive,
+        604800000,
+        "Forget a transactional id idle this long.",
+    ),
+    Key(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        _positive,
+        10000,
+        "How often transactions past their timeout are aborted.",
+    ),
+    Key(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        _positive,
+        3600000,
+        "How often expired transactional ids are removed.",
+    ),
+    Key(
+        "transaction.debug.exit_after_markers",
+        _int,
+        -1,
+        "Test hook: exit after this many markers of a commit are written (crash simulation).",
+    ),
+    # --- end transactions ---
     Key("tiering.store", _store, "file://./data/bucket", "Object store URL."),
     Key("tiering.s3.endpoint_url", _str, "", "S3 endpoint (MinIO, moto); '' = AWS."),
     Key("tiering.s3.region", _str, "us-east-1", "S3 region."),

@@ -21,18 +21,21 @@ from typing import Any
 
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.broker.allocator import tune_allocator
+from streamd.broker.transactions import transaction_service
 from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.txn.service import TransactionService
 
 log = logging.getLogger("streamd")
 
@@ -65,6 +68,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.txn: TransactionService | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -101,6 +105,16 @@ class Broker:
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
         # --- end group coordinator ---
+        # --- transaction coordinator (streamd/txn) ---
+        producer_ids = ProducerIdAllocator(data_dir)
+        self.ctx.extras["producer_ids"] = producer_ids
+        self.txn = transaction_service(
+            data_dir, cfg.values, producer_ids, self.logs, self.ctx.waiters, self.groups
+        )
+        await self.txn.open()
+        self.ctx.txn = self.txn
+        self.tasks.append(self.txn.start())
+        # --- end transaction coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
         self.ctx.tiering = self.tiering
@@ -314,6 +328,8 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
+        if self.txn is not None:
+            await self.txn.close()
         if self.groups is not None:
             await self.groups.close()
         if self.tiering is not None:
