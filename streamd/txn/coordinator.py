@@ -262,7 +262,8 @@ class TransactionCoordinator:
             return Step(E.INVALID_TXN_STATE)
         done = S.COMPLETE_COMMIT if meta.state is S.PREPARE_COMMIT else S.COMPLETE_ABORT
         finished = replace(meta, last_producer_epoch=meta.producer_epoch)
-        return self._begin(self._idle(finished, done, meta.timeout_ms, now_ms))
+        idle = self._idle(finished, done, meta.timeout_ms, now_ms)
+        return self._begin(replace(idle, start_ms=meta.start_ms))  # kept, as Kafka does
 
     # ---- TxnOffsetCommit -------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ DescribeProducers.
 
 from __future__ import annotations
 
+import datetime
 import re
 from typing import Any
 
@@ -36,6 +37,12 @@ from streamd.kafka.context import Request
 from streamd.txn.model import PendingOffset
 
 E = ErrorCode
+NO_TIME = datetime.datetime.fromtimestamp(-0.001, datetime.UTC)
+"""-1 on the wire: "no transaction started" (the codec reads negative ints as null)."""
+
+
+def _time(ms: int) -> Any:
+    return NO_TIME if ms < 0 else ms
 
 
 def _fenced(error: ErrorCode, version: int, since: int) -> ErrorCode:
@@ -184,7 +191,7 @@ async def describe_transactions(req: Request) -> dict[str, Any]:
     states = []
     for tid in req.body.transactional_ids:
         entry: dict[str, Any] = {"transactional_id": tid, "producer_id": -1, "producer_epoch": -1,
-                                 "transaction_start_time": -1}
+                                 "transaction_start_time": NO_TIME}
         states.append(entry)
         if not authorize(req, DESCRIBE, TRANSACTIONAL_ID, tid):
             entry["error_code"] = E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
@@ -207,7 +214,7 @@ async def describe_transactions(req: Request) -> dict[str, Any]:
             error_code=E.NONE,
             transaction_state=d.state,
             transaction_timeout=d.timeout_ms,
-            transaction_start_time=d.start_ms,
+            transaction_start_time=_time(d.start_ms),
             producer_id=d.producer_id,
             producer_epoch=d.producer_epoch,
             topics=[{"topic": t, "partitions": ps} for t, ps in topics.items()],
