@@ -46,7 +46,10 @@ def values(prefix: str, n: int) -> list[bytes]:
 def test_commit_abort_and_isolation_levels_with_confluent(broker, topic_name) -> None:  # noqa: ANN001
     ops.create_topic(broker.bootstrap, topic_name, 2)
     p = txn_producer(broker.bootstrap, f"{topic_name}-tx")
-    sent: dict[str, dict[int, list[bytes]]] = {"committed": {0: [], 1: []}, "aborted": {0: [], 1: []}}
+    sent: dict[str, dict[int, list[bytes]]] = {
+        "committed": {0: [], 1: []},
+        "aborted": {0: [], 1: []},
+    }
 
     def txn(kind: str, n: int, commit: bool) -> None:
         p.begin_transaction()
