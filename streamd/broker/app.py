@@ -21,7 +21,7 @@ from typing import Any
 
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.broker.allocator import tune_allocator
-from streamd.broker.transactions import transaction_service
+from streamd.broker.transactions import describe_json, transaction_service, transactions_json
 from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
@@ -199,9 +199,32 @@ class Broker:
         admin.route("GET", "/v1/health", health)
         admin.route("GET", "/metrics", metrics)
         admin.route("GET", "/v1/cluster", cluster)
+        self._transaction_routes(admin)
         self._tiering_routes(admin)
         self.admin = admin
         return admin
+
+    def _transaction_routes(self, admin: AdminServer) -> None:
+        """``/v1/transactions[?state=S,...]`` and ``/v1/transactions/{id}`` (``streamd
+        transaction list|describe``)."""
+
+        async def listing(query: Any) -> Any:
+            assert self.txn is not None
+            states = [s for s in query.get("state", "").split(",") if s]
+            try:
+                return json_reply(transactions_json(self.txn, states))
+            except ValueError as exc:
+                return json_reply({"error": str(exc)}, 400)
+
+        async def one(query: Any, transactional_id: str) -> Any:
+            assert self.txn is not None
+            d = self.txn.describe(transactional_id)
+            if d is None:
+                return json_reply({"error": f"unknown transactional id {transactional_id!r}"}, 404)
+            return json_reply(describe_json(d, int(time.time() * 1000)))
+
+        admin.route("GET", "/v1/transactions", listing)
+        admin.route("GET", "/v1/transactions/{transactional_id}", one)
 
     # ---- tiered storage -------------------------------------------------------------------------
 

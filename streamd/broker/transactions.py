@@ -23,7 +23,7 @@ from streamd.kafka.context import AppendWaiters
 from streamd.log.manager import LogManager
 from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.txn.coordinator import TxnConfig
-from streamd.txn.model import PendingOffset
+from streamd.txn.model import PendingOffset, TxnDescription
 from streamd.txn.service import TransactionService
 
 
@@ -88,3 +88,28 @@ def transaction_service(
         ),
         exit_after_markers=int(values["transaction.debug.exit_after_markers"]),
     )
+
+
+def describe_json(d: TxnDescription, now_ms: int) -> dict[str, Any]:
+    """One transactional id as the admin API (``/v1/transactions``) shows it."""
+    return {
+        "transactional_id": d.transactional_id,
+        "producer_id": d.producer_id,
+        "producer_epoch": d.producer_epoch,
+        "state": d.state,
+        "timeout_ms": d.timeout_ms,
+        "start_ms": d.start_ms,
+        "duration_ms": now_ms - d.start_ms if d.state == "Ongoing" else None,
+        "last_update_ms": d.update_ms,
+        "partitions": [{"topic": t, "partition": p} for t, p in d.partitions],
+        "groups": list(d.groups),
+        "pending_offsets": d.pending_offsets,
+    }
+
+
+def transactions_json(txn: TransactionService, states: list[str]) -> dict[str, Any]:
+    now = int(time.time() * 1000)
+    found, unknown = txn.list_transactions(states=states)
+    if unknown:
+        raise ValueError(f"unknown state {unknown[0]!r}")
+    return {"transactions": [describe_json(d, now) for d in found]}
