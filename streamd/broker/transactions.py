@@ -45,6 +45,16 @@ class LogMarkers:
         self.waiters.notify(topic, partition)
         return True
 
+    def open_transactions(self) -> list[tuple[str, int, int, int]]:
+        found = []
+        for name, topic in self.logs.topics().items():
+            for index, plog in enumerate(topic.partitions):
+                producers = plog.producers
+                for pid in producers.ongoing:
+                    entry = producers.producers.get(pid)
+                    found.append((name, index, pid, entry.epoch if entry is not None else 0))
+        return found
+
 
 class GroupTxnOffsets:
     def __init__(self, groups: GroupService) -> None:

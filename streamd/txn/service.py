@@ -57,6 +57,11 @@ class MarkerWriter(Protocol):
         exist (nothing to end there). Raises :class:`StreamdError` when the write failed."""
         ...
 
+    def open_transactions(self) -> list[tuple[str, int, int, int]]:
+        """(topic, partition, producer id, producer epoch) of every transaction the partitions
+        hold open (data written, no marker yet)."""
+        ...
+
 
 class GroupOffsets(Protocol):
     def validate_txn_commit(
@@ -97,7 +102,11 @@ class TransactionService:
         self._written = Snapshot()
         """What the file holds (records written, in order): the source of a compacting rewrite,
         which must keep transitions already written but not yet completed in the coordinator."""
-        self._queue: list[tuple[Record, bool]] = []
+        self._dirty = 0
+        """Records queued without fsync so far; ``_synced`` is how many an fsync covers."""
+        self._synced = 0
+        self._markers_done: dict[str, asyncio.Event] = {}
+        self._queue: list[tuple[Record | None, bool]] = []
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._finishing: dict[str, asyncio.Task[None]] = {}
@@ -125,6 +134,31 @@ class TransactionService:
         tasks = [self._finish_later(tid) for tid in preparing]
         if tasks:
             await asyncio.wait(tasks, timeout=END_TXN_WAIT_S)
+        await self._abort_unknown()
+
+    async def _abort_unknown(self) -> None:
+        """Abort what partitions hold open for a transaction the coordinator does not have them
+        in: data whose AddPartitionsToTxn never became durable (its Produce was never
+        acknowledged either, see :meth:`durable`), so no marker would ever end it and its last
+        stable offset would be stuck. No such transaction can have committed."""
+        by_pid = {m.producer_id: m for m in self.coordinator.txns.values()}
+        for topic, partition, pid, epoch in self.markers.open_transactions():
+            meta = by_pid.get(pid)
+            if meta is not None and (
+                (meta.state.preparing or meta.state.value == "Ongoing")
+                and (topic, partition) in meta.partitions
+            ):
+                continue
+            log.warning(
+                "aborting the transaction of producer %d open on %s-%d: the coordinator has "
+                "no record of it there", pid, topic, partition,
+            )
+            await self._retrying(
+                f"abort marker of producer {pid} on {topic}-{partition}",
+                lambda t=topic, p=partition, i=pid, e=epoch: self.markers.write_marker(  # type: ignore[misc]
+                    t, p, i, e, False
+                ),
+            )
 
     def start(self) -> asyncio.Task[None]:
         self._ticker = asyncio.create_task(self._tick_loop())
@@ -173,6 +207,10 @@ class TransactionService:
         step = self.coordinator.init_producer_id(
             transactional_id, timeout_ms, expected, wall_ms()
         )
+        if step.error is E.CONCURRENT_TRANSACTIONS and await self._settled(transactional_id):
+            step = self.coordinator.init_producer_id(
+                transactional_id, timeout_ms, expected, wall_ms()
+            )
         error = await self._apply(step)
         if error is not E.NONE or step.target is None:
             return error, -1, -1
@@ -188,25 +226,46 @@ class TransactionService:
         epoch: int,
         partitions: Iterable[TopicPartition],
     ) -> ErrorCode:
+        partitions = list(partitions)
         step = self.coordinator.add_partitions(
             transactional_id, producer_id, epoch, partitions, wall_ms()
         )
-        return await self._apply(step)
+        if step.error is E.CONCURRENT_TRANSACTIONS and await self._settled(transactional_id):
+            step = self.coordinator.add_partitions(
+                transactional_id, producer_id, epoch, partitions, wall_ms()
+            )
+        # No fsync of its own: a Produce of transactional data waits for one (durable()), and
+        # so does EndTxn's decision; restart aborts what no durable record explains.
+        return await self._apply(step, sync=False)
 
     async def add_group(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
     ) -> ErrorCode:
         step = self.coordinator.add_group(transactional_id, producer_id, epoch, group_id, wall_ms())
+        if step.error is E.CONCURRENT_TRANSACTIONS and await self._settled(transactional_id):
+            step = self.coordinator.add_group(
+                transactional_id, producer_id, epoch, group_id, wall_ms()
+            )
         return await self._apply(step)
 
     async def end_txn(
         self, transactional_id: str, producer_id: int, epoch: int, commit: bool
     ) -> ErrorCode:
         step = self.coordinator.end_txn(transactional_id, producer_id, epoch, commit, wall_ms())
+        if step.error is E.CONCURRENT_TRANSACTIONS and await self._settled(transactional_id):
+            step = self.coordinator.end_txn(
+                transactional_id, producer_id, epoch, commit, wall_ms()
+            )
         error = await self._apply(step)
         if error is E.NONE and step.target is not None:
-            await self._wait_finished(transactional_id)
+            await self._wait_markers(transactional_id)
         return error
+
+    async def durable(self) -> None:
+        """Return once every transition written so far is fsynced (a Produce of transactional
+        data waits for this before its acknowledgement: its AddPartitionsToTxn is then durable)."""
+        if self._synced < self._dirty:
+            await self._persist([], sync=True)
 
     async def txn_offset_commit(
         self,
@@ -274,7 +333,8 @@ class TransactionService:
     def _finish_later(self, transactional_id: str) -> asyncio.Task[None]:
         task = self._finishing.get(transactional_id)
         if task is None or task.done():
-            task = asyncio.create_task(self._finish(transactional_id))
+            done = self._markers_done[transactional_id] = asyncio.Event()
+            task = asyncio.create_task(self._finish(transactional_id, done))
             self._finishing[transactional_id] = task
             task.add_done_callback(lambda t: self._forget(transactional_id, t))
         return task
@@ -288,7 +348,34 @@ class TransactionService:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(task), END_TXN_WAIT_S)
 
-    async def _finish(self, transactional_id: str) -> None:
+    async def _wait_markers(self, transactional_id: str) -> None:
+        """Until the markers (and offsets) of an ending transaction are written; its Complete
+        record may still be on its way (a request meanwhile waits in :meth:`_settled`)."""
+        self._finish_later(transactional_id)
+        done = self._markers_done.get(transactional_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), END_TXN_WAIT_S)
+
+    async def _settled(self, transactional_id: str) -> bool:
+        """A request found the id busy (a transition being written, or its transaction
+        ending): wait for that, bounded, instead of sending the client into a retry backoff.
+        True when there was something to wait for (the caller then tries again)."""
+        task = self._finishing.get(transactional_id)
+        if task is not None and not task.done():
+            await self._wait_finished(transactional_id)
+            return True
+        return False
+
+    async def _finish(self, transactional_id: str, done: asyncio.Event) -> None:
+        try:
+            await self._end(transactional_id, done)
+        finally:
+            done.set()
+            if self._markers_done.get(transactional_id) is done:
+                del self._markers_done[transactional_id]
+
+    async def _end(self, transactional_id: str, markers_done: asyncio.Event) -> None:
         meta = self.coordinator.txns.get(transactional_id)
         if meta is None or not meta.state.preparing:
             return
@@ -313,6 +400,7 @@ class TransactionService:
         await asyncio.gather(*(one(t, p) for t, p in partitions))
         if commit:
             await self._commit_offsets(transactional_id, meta)
+        markers_done.set()
         step = self.coordinator.complete_markers(transactional_id, wall_ms())
         await self._apply(step, sync=False)
 
@@ -343,7 +431,11 @@ class TransactionService:
 
     async def _persist(self, records: list[Record], *, sync: bool) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if not sync:
+            self._dirty += len(records)
         self._queue.extend((r, sync) for r in records)
+        if sync and not records:
+            self._queue.append((None, True))  # an fsync of what is written
         self._queue_waiters.append(done)
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
@@ -353,11 +445,14 @@ class TransactionService:
         while self._queue:
             queued, waiters = self._queue, self._queue_waiters
             self._queue, self._queue_waiters = [], []
-            records = [r for r, _ in queued]
+            records = [r for r, _ in queued if r is not None]
             sync = any(s for _, s in queued)
+            covered = self._dirty
             error: StreamdError | None = None
             try:
                 await asyncio.to_thread(self.log.append, records, sync=sync)
+                if sync:
+                    self._synced = max(self._synced, covered)
             except OSError as exc:
                 log.error("cannot write transaction state to %s: %s", self.log.path, exc)
                 error = StreamdError(str(exc), code=E.COORDINATOR_NOT_AVAILABLE)

@@ -76,6 +76,7 @@ async def produce(req: Request) -> dict[str, Any] | None:
     responses = []
     waits = []
     produced = 0
+    transactional = False
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -93,7 +94,10 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 if plog is not None:
                     produced += len(p.records)
                     waits.append(_durable(ctx, t.name, entry, plog, result))
+                    transactional = transactional or _is_transactional(p.records)
         responses.append({"name": t.name, "partition_responses": entries})
+    if transactional and ctx.txn is not None:
+        waits.append(ctx.txn.durable())  # its AddPartitionsToTxn, before the acknowledgement
     if len(waits) == 1:
         await waits[0]
     elif waits:
@@ -105,8 +109,14 @@ async def produce(req: Request) -> dict[str, Any] | None:
     return {"responses": responses}
 
 
+def _is_transactional(records: Any) -> bool:
+    return bool(
+        records and len(records) >= HEADER_SIZE and records[_ATTRIBUTES_LOW] & TRANSACTIONAL
+    )
+
+
 def _transaction_error(req: Request, topic: str, index: int, records: Any) -> ErrorCode | None:
-    if not records or len(records) < HEADER_SIZE or not records[_ATTRIBUTES_LOW] & TRANSACTIONAL:
+    if not _is_transactional(records):
         return None
     tid = req.body.transactional_id
     if tid is None or not authorize(req, WRITE, TRANSACTIONAL_ID, tid):

@@ -20,6 +20,7 @@ class Markers:
     def __init__(self, fail: int = 0) -> None:
         self.written: list[tuple[str, int, int, int, bool]] = []
         self.fail = fail
+        self.open: list[tuple[str, int, int, int]] = []
 
     async def write_marker(
         self, topic: str, partition: int, producer_id: int, epoch: int, commit: bool
@@ -29,6 +30,9 @@ class Markers:
             raise StorageError("disk on fire")
         self.written.append((topic, partition, producer_id, epoch, commit))
         return True
+
+    def open_transactions(self) -> list[tuple[str, int, int, int]]:
+        return list(self.open)
 
 
 class Groups:
@@ -68,7 +72,10 @@ async def test_commit_writes_markers_and_offsets_before_answering(tmp_path: Path
     assert await svc.end_txn("t", pid, epoch, True) is E.NONE
     assert sorted(markers.written) == [("a", 0, pid, epoch, True), ("b", 1, pid, epoch, True)]
     assert groups.committed == {"g": offsets}
-    assert svc.describe("t").state == "CompleteCommit"  # type: ignore[union-attr]
+    # The next transaction may begin at once: the broker waits for the Complete record itself
+    # rather than answering CONCURRENT_TRANSACTIONS.
+    assert await svc.add_partitions("t", pid, epoch, [("a", 0)]) is E.NONE
+    assert svc.describe("t").state == "Ongoing"  # type: ignore[union-attr]
     await svc.close()
 
 
@@ -119,4 +126,34 @@ async def test_timed_out_transaction_is_aborted_by_the_ticker(tmp_path: Path) ->
         await asyncio.sleep(0.02)
     assert markers.written == [("a", 0, pid, epoch + 1, False)]
     assert await svc.end_txn("t", pid, epoch, True) is E.PRODUCER_FENCED
+    await svc.close()
+
+
+async def test_open_aborts_open_data_the_coordinator_does_not_know(tmp_path: Path) -> None:
+    """Data whose AddPartitionsToTxn was lost (never fsynced, its Produce never acknowledged)
+    is aborted at start; a partition of a known ongoing transaction is left alone."""
+    svc = service(tmp_path, Markers(), Groups())
+    await svc.open()
+    _, pid, epoch = await svc.init_producer_id("t", 60_000, None)
+    await svc.add_partitions("t", pid, epoch, [("a", 0)])
+    await svc.durable()
+    await svc.close()
+    markers = Markers()
+    markers.open = [("a", 0, pid, epoch), ("b", 0, pid, epoch), ("c", 1, 999, 4)]
+    again = service(tmp_path, markers, Groups())
+    await again.open()
+    assert sorted(markers.written) == [("b", 0, pid, epoch, False), ("c", 1, 999, 4, False)]
+    assert again.describe("t").state == "Ongoing"  # type: ignore[union-attr]
+    await again.close()
+
+
+async def test_durable_waits_for_an_fsync_of_unsynced_transitions(tmp_path: Path) -> None:
+    svc = service(tmp_path, Markers(), Groups())
+    await svc.open()
+    _, pid, epoch = await svc.init_producer_id("t", 60_000, None)
+    synced = svc._synced
+    await svc.add_partitions("t", pid, epoch, [("a", 0)])  # written, not fsynced
+    assert svc._dirty > svc._synced == synced
+    await svc.durable()
+    assert svc._synced == svc._dirty
     await svc.close()
