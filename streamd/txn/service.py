@@ -430,6 +430,11 @@ class TransactionService:
     # ---- durability ------------------------------------------------------------------------
 
     async def _persist(self, records: list[Record], *, sync: bool) -> None:
+        if not sync and records and not self._queue and (
+            self._flusher is None or self._flusher.done()
+        ):
+            self._write_now(records)
+            return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not sync:
             self._dirty += len(records)
@@ -440,6 +445,19 @@ class TransactionService:
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.create_task(self._flush())
         await asyncio.shield(done)
+
+    def _write_now(self, records: list[Record]) -> None:
+        """A record that needs no fsync, with nothing queued before it: one small write(2) into
+        the page cache, done right here rather than through a worker thread (the next fsync
+        covers it)."""
+        try:
+            self.log.append(records, sync=False)
+        except OSError as exc:
+            log.error("cannot write transaction state to %s: %s", self.log.path, exc)
+            raise StreamdError(str(exc), code=E.COORDINATOR_NOT_AVAILABLE) from exc
+        self._dirty += len(records)
+        for record in records:
+            self._written.apply(record)
 
     async def _flush(self) -> None:
         while self._queue:
