@@ -301,6 +301,11 @@ class TransactionCoordinator:
     def pending_offsets(self, transactional_id: str) -> list[PendingOffset]:
         return list(self.offsets.get(transactional_id, {}).values())
 
+    def release_offsets(self, transactional_id: str) -> None:
+        """The committed transaction's offsets are now the group's: stop holding them (the
+        log keeps them until the Complete record, for a restart to apply them again)."""
+        self.offsets.pop(transactional_id, None)
+
     def has_pending_offset(self, group_id: str, topic: str, partition: int) -> bool:
         """KIP-447: an offset of this partition awaits a transaction's outcome."""
         key = (group_id, topic, partition)

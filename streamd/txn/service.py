@@ -15,11 +15,20 @@ transactional id: write the markers of every partition concurrently (retrying a 
 with backoff until it succeeds or the partition is gone), apply the offsets on commit, then
 record CompleteCommit/CompleteAbort. That last record may ride on the next fsync: if it is lost,
 restart finds PrepareCommit/PrepareAbort and finishes again (markers and offsets are idempotent
-to repeat). Decisions recorded here: EndTxn is answered once the markers are written (or after
-``END_TXN_WAIT_S`` if they cannot be, the decision being durable), so a producer's next
-transaction does not run into CONCURRENT_TRANSACTIONS; a fenced InitProducerId likewise waits
-for the abort before answering CONCURRENT_TRANSACTIONS, so the retry succeeds at once. On open,
-every transaction found preparing is finished before the broker serves clients.
+to repeat). On open, every transaction found preparing is finished before the broker serves
+clients, and data the partitions hold open for a transaction the coordinator has no record of
+is aborted (:meth:`_abort_unknown`).
+
+Decisions recorded here:
+- EndTxn is answered once the decision (PrepareCommit/PrepareAbort) is durable, as Kafka does;
+  the markers follow. A request for the same id meanwhile (the producer's next transaction)
+  waits for them (:meth:`_settled`) rather than being sent into a CONCURRENT_TRANSACTIONS retry
+  backoff; a fenced InitProducerId waits for the abort before answering CONCURRENT_TRANSACTIONS,
+  so the retry succeeds at once.
+- AddPartitionsToTxn is written without an fsync of its own: a Produce of transactional data
+  waits for one before its acknowledgement (:meth:`durable`), and EndTxn's decision is fsynced
+  after it in the same file. Lost in a crash, it explains no acknowledged write, and the data
+  it would have explained is aborted at open.
 
 ``exit_after_markers`` is a test hook (``transaction.debug.exit_after_markers``): the process
 exits right after that many markers of one commit are written, as a crash in the middle.
@@ -38,7 +47,7 @@ from typing import Protocol
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.txn.coordinator import Step, TransactionCoordinator, TxnConfig
-from streamd.txn.model import PendingOffset, TopicPartition, TxnDescription, TxnMetadata
+from streamd.txn.model import PendingOffset, TopicPartition, TxnDescription
 from streamd.txn.state_log import OffsetsRecord, Record, Snapshot, TxnStateLog
 
 log = logging.getLogger("streamd.txn")
@@ -105,7 +114,8 @@ class TransactionService:
         self._dirty = 0
         """Records queued without fsync so far; ``_synced`` is how many an fsync covers."""
         self._synced = 0
-        self._markers_done: dict[str, asyncio.Event] = {}
+        self._offsets_applied: set[str] = set()
+        """Committing transactions whose offsets EndTxn already applied."""
         self._queue: list[tuple[Record | None, bool]] = []
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -234,9 +244,7 @@ class TransactionService:
             step = self.coordinator.add_partitions(
                 transactional_id, producer_id, epoch, partitions, wall_ms()
             )
-        # No fsync of its own: a Produce of transactional data waits for one (durable()), and
-        # so does EndTxn's decision; restart aborts what no durable record explains.
-        return await self._apply(step, sync=False)
+        return await self._apply(step, sync=False)  # see the module docstring
 
     async def add_group(
         self, transactional_id: str, producer_id: int, epoch: int, group_id: str
@@ -258,7 +266,13 @@ class TransactionService:
             )
         error = await self._apply(step)
         if error is E.NONE and step.target is not None:
-            await self._wait_markers(transactional_id)
+            if commit and self.coordinator.pending_offsets(transactional_id):
+                # A consume-transform-produce loop reads its position back next: let it find
+                # the committed offsets (the output records follow with the markers).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._commit_offsets(transactional_id), END_TXN_WAIT_S)
+                    self._offsets_applied.add(transactional_id)
+            self._finish_later(transactional_id)
         return error
 
     async def durable(self) -> None:
@@ -333,8 +347,7 @@ class TransactionService:
     def _finish_later(self, transactional_id: str) -> asyncio.Task[None]:
         task = self._finishing.get(transactional_id)
         if task is None or task.done():
-            done = self._markers_done[transactional_id] = asyncio.Event()
-            task = asyncio.create_task(self._finish(transactional_id, done))
+            task = asyncio.create_task(self._finish(transactional_id))
             self._finishing[transactional_id] = task
             task.add_done_callback(lambda t: self._forget(transactional_id, t))
         return task
@@ -348,15 +361,6 @@ class TransactionService:
         with contextlib.suppress(TimeoutError, asyncio.CancelledError):
             await asyncio.wait_for(asyncio.shield(task), END_TXN_WAIT_S)
 
-    async def _wait_markers(self, transactional_id: str) -> None:
-        """Until the markers (and offsets) of an ending transaction are written; its Complete
-        record may still be on its way (a request meanwhile waits in :meth:`_settled`)."""
-        self._finish_later(transactional_id)
-        done = self._markers_done.get(transactional_id)
-        if done is not None:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), END_TXN_WAIT_S)
-
     async def _settled(self, transactional_id: str) -> bool:
         """A request found the id busy (a transition being written, or its transaction
         ending): wait for that, bounded, instead of sending the client into a retry backoff.
@@ -367,15 +371,7 @@ class TransactionService:
             return True
         return False
 
-    async def _finish(self, transactional_id: str, done: asyncio.Event) -> None:
-        try:
-            await self._end(transactional_id, done)
-        finally:
-            done.set()
-            if self._markers_done.get(transactional_id) is done:
-                del self._markers_done[transactional_id]
-
-    async def _end(self, transactional_id: str, markers_done: asyncio.Event) -> None:
+    async def _finish(self, transactional_id: str) -> None:
         meta = self.coordinator.txns.get(transactional_id)
         if meta is None or not meta.state.preparing:
             return
@@ -398,13 +394,13 @@ class TransactionService:
                 os._exit(75)
 
         await asyncio.gather(*(one(t, p) for t, p in partitions))
-        if commit:
-            await self._commit_offsets(transactional_id, meta)
-        markers_done.set()
+        if commit and transactional_id not in self._offsets_applied:
+            await self._commit_offsets(transactional_id)
+        self._offsets_applied.discard(transactional_id)
         step = self.coordinator.complete_markers(transactional_id, wall_ms())
         await self._apply(step, sync=False)
 
-    async def _commit_offsets(self, transactional_id: str, meta: TxnMetadata) -> None:
+    async def _commit_offsets(self, transactional_id: str) -> None:
         by_group: dict[str, list[PendingOffset]] = {}
         for o in self.coordinator.pending_offsets(transactional_id):
             by_group.setdefault(o.group_id, []).append(o)
@@ -413,6 +409,7 @@ class TransactionService:
                 f"offsets of group {group_id} committed by {transactional_id}",
                 lambda g=group_id, o=offsets: self.groups.commit_txn_offsets(g, o),  # type: ignore[misc]
             )
+        self.coordinator.release_offsets(transactional_id)
 
     async def _retrying(self, what: str, attempt: Callable[[], object]) -> None:
         delay = RETRY_MIN_S

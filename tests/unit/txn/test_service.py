@@ -70,11 +70,12 @@ async def test_commit_writes_markers_and_offsets_before_answering(tmp_path: Path
     assert await svc.txn_offset_commit("t", pid, epoch, "g", (-1, "", None), offsets) is E.NONE
     assert svc.has_pending_offset("g", "in", 0)
     assert await svc.end_txn("t", pid, epoch, True) is E.NONE
+    assert svc.describe("t").state == "PrepareCommit"  # type: ignore[union-attr]
+    # The next transaction may begin at once: the broker waits for the markers and the
+    # Complete record itself rather than answering CONCURRENT_TRANSACTIONS.
+    assert await svc.add_partitions("t", pid, epoch, [("a", 0)]) is E.NONE
     assert sorted(markers.written) == [("a", 0, pid, epoch, True), ("b", 1, pid, epoch, True)]
     assert groups.committed == {"g": offsets}
-    # The next transaction may begin at once: the broker waits for the Complete record itself
-    # rather than answering CONCURRENT_TRANSACTIONS.
-    assert await svc.add_partitions("t", pid, epoch, [("a", 0)]) is E.NONE
     assert svc.describe("t").state == "Ongoing"  # type: ignore[union-attr]
     await svc.close()
 
@@ -109,7 +110,9 @@ async def test_failed_marker_write_is_retried(tmp_path: Path) -> None:
     _, pid, epoch = await svc.init_producer_id("t", 60_000, None)
     await svc.add_partitions("t", pid, epoch, [("a", 0)])
     assert await svc.end_txn("t", pid, epoch, False) is E.NONE
+    assert await svc.end_txn("t", pid, epoch, False) is E.NONE  # a retry waits for the end
     assert markers.written == [("a", 0, pid, epoch, False)] and markers.fail == 0
+    assert svc.describe("t").state == "CompleteAbort"  # type: ignore[union-attr]
     await svc.close()
 
 
