@@ -1,9 +1,12 @@
 """The classic consumer-group protocol as a state machine: no sockets, no clock, no codec.
 
 Every call takes ``now_ms``; :meth:`GroupCoordinator.tick` fires the session, join and sync
-deadlines, so tests drive time by hand. A JoinGroup or SyncGroup that must wait returns None
-and leaves its ``waiter`` token on the member; when the phase completes the answer appears in
-:meth:`GroupCoordinator.take_outputs` as ``(waiter, JoinResult | SyncResult)``.
+deadlines, so tests drive time by hand; :meth:`GroupCoordinator.next_deadline_ms` tells the
+caller when the next one is due, and every request first fires the passed deadlines of its
+group, so no answer depends on how late a timer runs. A JoinGroup or SyncGroup that must wait
+returns None and leaves its ``waiter`` token on the member; when the phase completes the
+answer appears in :meth:`GroupCoordinator.take_outputs` as ``(waiter, JoinResult |
+SyncResult)``.
 
 State machine (Kafka's ``GroupMetadata``):
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streamd.errors import ErrorCode
@@ -111,6 +114,7 @@ class GroupCoordinator:
             return JoinResult(E.INVALID_SESSION_TIMEOUT, req.member_id)
         if not req.protocols or not req.protocol_type:
             return JoinResult(E.INCONSISTENT_GROUP_PROTOCOL, req.member_id)
+        self._catch_up_id(req.group_id, now_ms)
         group = self.groups.get(req.group_id)
         if group is None:
             if req.member_id:
@@ -166,7 +170,14 @@ class GroupCoordinator:
         self, group: Group, old_id: str, new_id: str, req: JoinRequest, waiter: Any, now_ms: int
     ) -> JoinResult | None:
         """A static member came back with no member id: it takes over its old slot and the
-        previous incarnation is fenced."""
+        previous incarnation is fenced.
+
+        In a Stable group whose selected protocol stays the same nothing rebalances, leader or
+        not (Kafka's ``updateStaticMemberAndRebalance``): the member gets the current generation
+        and fetches its stored assignment with SyncGroup. A rejoining leader is answered with
+        the *old* leader id below JoinGroup v9, so it acts as a follower and runs no assignor;
+        from v9 it learns it leads but is told to skip the assignment (KIP-814)."""
+        previous_leader = group.leader_id
         member = group.members.pop(old_id)
         fenced = E.FENCED_INSTANCE_ID
         self._answer(member.join_waiter, JoinResult(fenced, old_id))
@@ -177,13 +188,20 @@ class GroupCoordinator:
         group.members[new_id] = member
         assert req.instance_id is not None
         group.static_members[req.instance_id] = new_id
-        was_leader = group.leader_id == old_id
-        if was_leader:
+        if group.leader_id == old_id:
             group.leader_id = new_id
-        changed = member.protocols != req.protocols
-        if group.state is S.STABLE and not changed and not was_leader:
+        if group.state is S.STABLE:
             self._update_member(member, req, None)
-            return self._join_result(group, member, with_members=False)
+            if group.select_protocol() == group.protocol_name:
+                leads = group.leader_id == new_id
+                if req.supports_skip_assignment:
+                    result = self._join_result(group, member, with_members=leads)
+                    return replace(result, skip_assignment=leads)
+                result = self._join_result(group, member, with_members=False)
+                return replace(result, leader_id=previous_leader or "")
+            member.join_waiter = waiter
+            self._prepare_rebalance(group, now_ms)
+            return None
         self._update_member(member, req, waiter)
         if group.state is S.PREPARING_REBALANCE:
             self._maybe_complete_join(group, now_ms)
@@ -357,6 +375,7 @@ class GroupCoordinator:
     ) -> SyncResult | None:
         if not group_id:
             return SyncResult(E.INVALID_GROUP_ID)
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None or group.state in (S.EMPTY, S.DEAD):
             return SyncResult(E.UNKNOWN_MEMBER_ID)
@@ -394,6 +413,7 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return E.INVALID_GROUP_ID
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None or group.state in (S.EMPTY, S.DEAD):
             return E.UNKNOWN_MEMBER_ID
@@ -415,6 +435,7 @@ class GroupCoordinator:
         members = list(members)
         if not group_id:
             return E.INVALID_GROUP_ID, [E.INVALID_GROUP_ID] * len(members)
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             return E.NONE, [E.UNKNOWN_MEMBER_ID] * len(members)
@@ -451,30 +472,69 @@ class GroupCoordinator:
     def tick(self, now_ms: int) -> None:
         """Fire every deadline that has passed: pending member ids, sessions, join, sync."""
         for group in list(self.groups.values()):
-            if group.pending_members:
-                for member_id, expiry in list(group.pending_members.items()):
-                    if expiry <= now_ms:
-                        del group.pending_members[member_id]
-                self._maybe_complete_join(group, now_ms)
-            expired = [
-                m
-                for m in group.members.values()
-                if m.join_waiter is None
-                and m.sync_waiter is None
-                and m.last_heartbeat_ms + m.session_timeout_ms <= now_ms
-            ]
-            if expired:
-                for m in expired:
-                    self._remove(group, m)
+            self._catch_up(group, now_ms)
+
+    def next_deadline_ms(self) -> int | None:
+        """When :meth:`tick` next has something to do (None: no deadline pending)."""
+        return min(
+            (d for g in self.groups.values() if (d := self._deadline(g)) is not None),
+            default=None,
+        )
+
+    def _catch_up_id(self, group_id: str, now_ms: int | None) -> None:
+        group = self.groups.get(group_id)
+        if group is not None and now_ms is not None:
+            self._catch_up(group, now_ms)
+
+    def _catch_up(self, group: Group, now_ms: int) -> None:
+        """Fire the group's deadlines that have passed by ``now_ms``. Every request catches
+        its group up first, so the answer never depends on how late the timer runs: a
+        DeleteGroups issued once the last session deadline has passed finds the group Empty."""
+        due = self._deadline(group)
+        if due is not None and due <= now_ms:
+            self._fire(group, now_ms)
+
+    @staticmethod
+    def _deadline(group: Group) -> int | None:
+        due = [*group.pending_members.values()]
+        due += [
+            m.last_heartbeat_ms + m.session_timeout_ms
+            for m in group.members.values()
+            if m.join_waiter is None and m.sync_waiter is None
+        ]
+        if group.state is S.PREPARING_REBALANCE:
+            due.append(group.join_deadline_ms)
+        elif group.state is S.COMPLETING_REBALANCE:
+            due.append(group.sync_deadline_ms)
+        return min(due, default=None)
+
+    def _fire(self, group: Group, now_ms: int) -> None:
+        if group.pending_members:
+            for member_id, expiry in list(group.pending_members.items()):
+                if expiry <= now_ms:
+                    del group.pending_members[member_id]
+            self._maybe_complete_join(group, now_ms)
+        expired = [
+            m
+            for m in group.members.values()
+            if m.join_waiter is None
+            and m.sync_waiter is None
+            and m.last_heartbeat_ms + m.session_timeout_ms <= now_ms
+        ]
+        if expired:
+            for m in expired:
+                self._remove(group, m)
+            self._member_gone(group, now_ms)
+        while group.state is S.PREPARING_REBALANCE and group.join_deadline_ms <= now_ms:
+            self._join_deadline(group, now_ms)
+        if group.state is S.COMPLETING_REBALANCE and group.sync_deadline_ms <= now_ms:
+            late = [m for m in group.members.values() if m.sync_waiter is None]
+            for m in late:
+                self._remove(group, m)
+            if late:
                 self._member_gone(group, now_ms)
-            while group.state is S.PREPARING_REBALANCE and group.join_deadline_ms <= now_ms:
-                self._join_deadline(group, now_ms)
-            if group.state is S.COMPLETING_REBALANCE and group.sync_deadline_ms <= now_ms:
-                late = [m for m in group.members.values() if m.sync_waiter is None]
-                for m in late:
-                    self._remove(group, m)
-                if late:
-                    self._member_gone(group, now_ms)
+            else:
+                group.sync_deadline_ms = now_ms + group.rebalance_timeout_ms()
 
     # ---- offsets ---------------------------------------------------------------------------
 
@@ -512,6 +572,7 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return E.INVALID_GROUP_ID
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             if generation >= 0:
@@ -584,8 +645,9 @@ class GroupCoordinator:
         return {tp: committed.get(tp) for tp in partitions}
 
     def delete_offsets(
-        self, group_id: str, partitions: list[TopicPartition]
+        self, group_id: str, partitions: list[TopicPartition], now_ms: int | None = None
     ) -> tuple[ErrorCode, list[ErrorCode], list[OffsetRecord]]:
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if not group_id:
             return E.INVALID_GROUP_ID, [], []
@@ -610,9 +672,12 @@ class GroupCoordinator:
             self.offsets.pop(group_id, None)
         return E.NONE, codes, records
 
-    def delete_groups(self, group_ids: list[str]) -> tuple[list[ErrorCode], list[OffsetRecord]]:
+    def delete_groups(
+        self, group_ids: list[str], now_ms: int | None = None
+    ) -> tuple[list[ErrorCode], list[OffsetRecord]]:
         codes, records = [], []
         for group_id in group_ids:
+            self._catch_up_id(group_id, now_ms)
             group = self.groups.get(group_id)
             if not group_id:
                 codes.append(E.INVALID_GROUP_ID)
@@ -657,8 +722,12 @@ class GroupCoordinator:
 
     # ---- listing ---------------------------------------------------------------------------
 
-    def list_groups(self, states: Iterable[str] = ()) -> list[tuple[str, str, str]]:
+    def list_groups(
+        self, states: Iterable[str] = (), now_ms: int | None = None
+    ) -> list[tuple[str, str, str]]:
         """(group id, protocol type, state) for every group, optionally filtered by state."""
+        if now_ms is not None:
+            self.tick(now_ms)
         wanted = {s.lower() for s in states}
         return [
             (g.group_id, g.protocol_type or "", g.state.value)
@@ -666,7 +735,8 @@ class GroupCoordinator:
             if not wanted or g.state.value.lower() in wanted
         ]
 
-    def describe(self, group_id: str) -> GroupDescription:
+    def describe(self, group_id: str, now_ms: int | None = None) -> GroupDescription:
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             return GroupDescription(group_id, S.DEAD.value, "", "", ())

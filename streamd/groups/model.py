@@ -173,6 +173,8 @@ class JoinRequest:
     client_id: str = ""
     client_host: str = ""
     require_known_member_id: bool = True
+    supports_skip_assignment: bool = False
+    """JoinGroup v9+ (KIP-814): a rejoining static leader can be told to skip the assignor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +193,7 @@ class JoinResult:
     protocol_name: str | None = None
     leader_id: str = ""
     members: tuple[JoinedMember, ...] = ()
+    skip_assignment: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,13 +67,11 @@ def wall_ms() -> int:
 
 
 class GroupService:
-    def __init__(
-        self, data_dir: Path, config: GroupConfig | None = None, *, tick_ms: int = 200
-    ) -> None:
+    def __init__(self, data_dir: Path, config: GroupConfig | None = None) -> None:
         self.config = config or GroupConfig()
         self.log = OffsetLog(Path(data_dir) / "groups")
         self.coordinator = GroupCoordinator(self.config)
-        self.tick_ms = tick_ms
+        self._wake = asyncio.Event()
         self._queue: list[OffsetRecord] = []
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -107,14 +105,26 @@ class GroupService:
                 await self._flusher
         self.log.close()
 
+    def reconfigure(self, config: GroupConfig) -> None:
+        """New coordinator settings (dynamic broker configs); they apply to the next request
+        and deadline."""
+        self.config = config
+        self.coordinator.config = config
+
     async def _tick_loop(self) -> None:
+        """Sleep until the coordinator's next deadline (or until a request may have moved it),
+        then fire what is due: sessions expire at their deadline, not on a polling tick."""
         next_expiry = wall_ms() + EXPIRY_INTERVAL_MS
         while True:
-            await asyncio.sleep(self.tick_ms / 1000)
+            due = self.coordinator.next_deadline_ms()
+            wake_at = next_expiry if due is None else min(due, next_expiry)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0, wake_at - wall_ms()) / 1000)
+            self._wake.clear()
             now = wall_ms()
             try:
                 self.coordinator.tick(now)
-                self._dispatch()
+                self._dispatch(wake=False)
                 if now >= next_expiry:
                     next_expiry = now + EXPIRY_INTERVAL_MS
                     self._persist_later(self.coordinator.expire_offsets(now))
@@ -123,7 +133,11 @@ class GroupService:
 
     # ---- membership ------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, *, wake: bool = True) -> None:
+        """Hand out the answers of the last coordinator call; it may have moved a deadline, so
+        the timer looks again (``wake``)."""
+        if wake:
+            self._wake.set()
         for waiter, result in self.coordinator.take_outputs():
             if isinstance(waiter, asyncio.Future) and not waiter.done():
                 waiter.set_result(result)
@@ -174,10 +188,14 @@ class GroupService:
         return result
 
     def list_groups(self, states: Iterable[str] = ()) -> list[tuple[str, str, str]]:
-        return self.coordinator.list_groups(states)
+        groups = self.coordinator.list_groups(states, wall_ms())
+        self._dispatch()
+        return groups
 
     def describe(self, group_id: str) -> GroupDescription:
-        return self.coordinator.describe(group_id)
+        description = self.coordinator.describe(group_id, wall_ms())
+        self._dispatch()
+        return description
 
     # ---- offsets ---------------------------------------------------------------------------
 
@@ -192,6 +210,7 @@ class GroupService:
         codes, records = self.coordinator.commit(
             group_id, generation, member_id, instance_id, offsets, wall_ms()
         )
+        self._dispatch()
         if records:
             try:
                 await self._persist(records)
@@ -218,13 +237,15 @@ class GroupService:
     async def delete_offsets(
         self, group_id: str, partitions: list[TopicPartition]
     ) -> tuple[ErrorCode, list[ErrorCode]]:
-        error, codes, records = self.coordinator.delete_offsets(group_id, partitions)
+        error, codes, records = self.coordinator.delete_offsets(group_id, partitions, wall_ms())
+        self._dispatch()
         if records:
             await self._persist(records)
         return error, codes
 
     async def delete_groups(self, group_ids: list[str]) -> list[ErrorCode]:
-        codes, records = self.coordinator.delete_groups(group_ids)
+        codes, records = self.coordinator.delete_groups(group_ids, wall_ms())
+        self._dispatch()
         if records:
             await self._persist(records)
         return codes

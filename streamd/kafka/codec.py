@@ -116,7 +116,7 @@ def decode_request(header: RequestHeader, frame: bytes) -> Any:
 
 @cache
 def _reader(cls: type) -> Callable[[bytes, int], tuple[Any, int]]:
-    return entity_reader(cls)  # type: ignore[no-any-return]
+    return entity_reader(cls)
 
 
 SCATTER_MIN = 64 * 1024
@@ -169,7 +169,7 @@ def encode_response(api_key: int, version: int, correlation_id: int, body: Any) 
 
 @cache
 def _writer(cls: type) -> Callable[[Any, Any], None]:
-    return entity_writer(cls)  # type: ignore[no-any-return]
+    return entity_writer(cls)
 
 
 def build(cls: type, data: dict[str, Any]) -> Any:

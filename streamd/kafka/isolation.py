@@ -62,4 +62,4 @@ def local_read_end(plog: Any, offset: int, limit: int) -> int:
     segment holding ``offset``."""
     segments = plog.segments
     i = max(0, bisect.bisect_right(segments, offset, key=lambda s: s.base_offset) - 1)
-    return min(limit, segments[i].next_offset)
+    return min(limit, int(segments[i].next_offset))

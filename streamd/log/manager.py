@@ -38,7 +38,7 @@ from streamd.log.names import validate_topic_name
 from streamd.log.partition import PartitionLog, now_ms
 from streamd.log.segment import Segment
 from streamd.log.syncfs import FilesystemSync
-from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
+from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig, upgrade_stored
 
 __all__ = ["FsyncPolicy", "LogManager", "Topic"]
 
@@ -123,6 +123,7 @@ class LogManager:
                 overrides = {str(k): str(v) for k, v in meta["overrides"].items()}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise StorageError(f"unreadable topic metadata {meta_path}: {exc}") from exc
+            overrides = upgrade_stored(overrides)
             config = TopicConfig.from_overrides(self._defaults, overrides)
             partitions = [self._open_partition(entry, i, config) for i in range(count)]
             self._topics[name] = Topic(name, topic_id, partitions, overrides, config, entry)
@@ -285,10 +286,9 @@ class LogManager:
             config = topic.config
             tiered = config.remote_storage_enable
             if tiered:
-                retention_ms = config.effective_local_retention_ms
-                retention_bytes = config.effective_local_retention_bytes
+                retention_ms, retention_bytes = config.local_retention_limits
             else:
-                retention_ms, retention_bytes = config.retention_ms, config.retention_bytes
+                retention_ms, retention_bytes = config.retention_limits
             for index, partition in enumerate(topic.partitions):
                 partition.roll_if_due(now)
                 gone = partition.apply_retention(

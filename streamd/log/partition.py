@@ -46,10 +46,12 @@ from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError, Stream
 from streamd.log.batch import (
     CONTROL,
     BatchHeader,
+    iter_record_timestamps,
     parse_header,
     patch_for_append,
     validate_produce_batches,
 )
+from streamd.log.conform import check_timestamps, conform_batches
 from streamd.log.control import ABORT, marker_batch, marker_type
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.flusher import SharedFlusher
@@ -293,6 +295,7 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
             duplicate = producers.check(header)
@@ -303,7 +306,8 @@ class PartitionLog:
                     duplicate.base_offset, duplicate.last_offset, -1, self._log_start
                 )
         count = sum(h.last_offset_delta + 1 for h in headers)
-        return self._stage(bytearray(payload), headers, count, now_ms)
+        buf, headers = conform_batches(payload, headers, self.config)
+        return self._stage(buf, headers, count, now_ms)
 
     async def append_marker(
         self,
@@ -514,6 +518,43 @@ class PartitionLog:
             if found is not None:
                 return found
         return None
+
+    def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the earliest visible record carrying the largest timestamp
+        (ListOffsets -3, KIP-734); None for an empty log. Like Kafka 3.9 it looks at the local
+        segments only. Cold path: segments are visited by descending ``max_timestamp`` and the
+        scan stops once no other segment can hold a larger one; one batch is decoded."""
+        start, end = self._log_start, self.high_watermark
+        candidates = sorted(
+            (
+                s
+                for s in self._segments
+                if s.next_offset > start and s.base_offset < end and s.max_timestamp >= 0
+            ),
+            key=lambda s: (-s.max_timestamp, s.base_offset),
+        )
+        best: tuple[BatchHeader, Segment, int] | None = None
+        for segment in candidates:
+            if best is not None and segment.max_timestamp < best[0].max_timestamp:
+                break
+            for pos, header in segment.iter_headers():
+                if header.base_offset >= end:
+                    break
+                if header.last_offset < start:
+                    continue
+                if best is None or (header.max_timestamp, -header.base_offset) > (
+                    best[0].max_timestamp,
+                    -best[0].base_offset,
+                ):
+                    best = (header, segment, pos)
+        if best is None or best[0].max_timestamp < 0:
+            return None
+        header, segment, pos = best
+        ts = header.max_timestamp
+        for offset, record_ts in iter_record_timestamps(segment.read_batch(pos, header)):
+            if record_ts == ts:
+                return max(offset, start), ts
+        return header.base_offset, ts
 
     # ---- deletion ------------------------------------------------------------------------------
 

@@ -187,7 +187,7 @@ def _denied(index: int) -> dict[str, Any]:
     }
 
 
-@api(2, "ListOffsets", 1, 7)
+@api(2, "ListOffsets", 1, 9)
 async def list_offsets(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     isolation = getattr(req.body, "isolation_level", 0)
@@ -232,7 +232,7 @@ async def _list_offset(ctx: Any, name: str, index: int, plog: Any, ts: int) -> t
             return tiering.latest_tiered_offset(name, index), -1
         return -1, -1
     if ts == MAX_TIMESTAMP:
-        found = plog.max_timestamp_offset() if hasattr(plog, "max_timestamp_offset") else None
+        found = await asyncio.to_thread(plog.max_timestamp_offset)
         return found if found is not None else (-1, -1)
     if ts < 0:
         raise StreamdError(f"invalid timestamp {ts}", code=ErrorCode.INVALID_REQUEST)

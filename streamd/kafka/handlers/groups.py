@@ -19,11 +19,13 @@ from streamd.kafka.authz import (
     DELETE,
     DESCRIBE,
     GROUP,
+    NOT_REQUESTED,
     READ,
     TOPIC,
     TRANSACTIONAL_ID,
     authorize,
     authorize_cluster,
+    authorized_operations,
 )
 from streamd.kafka.context import Request
 from streamd.kafka.handlers.meta import advertised_address
@@ -85,7 +87,7 @@ def _no_coordinator(req: Request) -> bool:
     return req.ctx.groups is None
 
 
-@api(11, "JoinGroup", 0, 7)
+@api(11, "JoinGroup", 0, 9)
 async def join_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if _no_coordinator(req):
@@ -106,6 +108,7 @@ async def join_group(req: Request) -> dict[str, Any]:
             client_id=req.header.client_id or "",
             client_host=_client_host(req.peer),
             require_known_member_id=v >= 4,
+            supports_skip_assignment=v >= 9,
         )
     )
     nullable = v >= 7
@@ -115,6 +118,7 @@ async def join_group(req: Request) -> dict[str, Any]:
         "protocol_type": result.protocol_type,
         "protocol_name": result.protocol_name if nullable else (result.protocol_name or ""),
         "leader": result.leader_id,
+        "skip_assignment": result.skip_assignment,
         "member_id": result.member_id,
         "members": [
             {"member_id": m.member_id, "group_instance_id": m.instance_id, "metadata": m.metadata}
@@ -160,7 +164,7 @@ async def heartbeat(req: Request) -> dict[str, Any]:
     return {"error_code": error}
 
 
-@api(13, "LeaveGroup", 0, 4)
+@api(13, "LeaveGroup", 0, 5)
 async def leave_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if v >= 3:
@@ -345,8 +349,12 @@ async def describe_groups(req: Request) -> dict[str, Any]:
             groups.append({"group_id": group_id, "error_code": E.GROUP_AUTHORIZATION_FAILED})
             continue
         d = req.ctx.groups.describe(group_id)
+        operations = NOT_REQUESTED
+        if getattr(req.body, "include_authorized_operations", False):
+            operations = authorized_operations(req, GROUP, group_id)
         groups.append(
             {
+                "authorized_operations": operations,
                 "error_code": E.NONE,
                 "group_id": d.group_id,
                 "group_state": d.state,

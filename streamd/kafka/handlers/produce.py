@@ -5,6 +5,8 @@ request handlers in arrival order, so pipelined requests on one connection appen
 Only the wait for durability is concurrent, so partitions' group-commit fsyncs overlap.
 The payload stays bytes from the socket to the file: the log validates headers and patches
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
+A topic whose ``min.insync.replicas`` exceeds 1 refuses acks=all with NOT_ENOUGH_REPLICAS, as
+Kafka does when its in-sync replica set is too small: every partition has one replica here.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
 
@@ -30,12 +32,19 @@ _ATTRIBUTES_LOW = 22
 """The low byte of a batch's attributes (bytes 21-22, big-endian): holds the TRANSACTIONAL bit."""
 
 
-def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, Any]:
+def _stage(topic: Any, index: int, records: Any, acks: int) -> tuple[dict[str, Any], Any, Any]:
     """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
     returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
     if topic is None or not 0 <= index < len(topic.partitions):
         entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return entry, None, None
+    required = topic.config.min_insync_replicas
+    if acks == -1 and required > 1:
+        entry["error_code"] = ErrorCode.NOT_ENOUGH_REPLICAS
+        entry["error_message"] = (
+            f"the in-sync replica set (1 replica) is smaller than min.insync.replicas={required}"
+        )
         return entry, None, None
     if not records:
         entry["error_code"] = ErrorCode.CORRUPT_MESSAGE
@@ -47,7 +56,7 @@ def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, A
     except StreamdError as exc:
         entry["error_code"] = exc.code
         entry["error_message"] = str(exc)
-        if exc.code == ErrorCode.INVALID_RECORD:
+        if exc.code in (ErrorCode.INVALID_RECORD, ErrorCode.INVALID_TIMESTAMP):
             entry["record_errors"] = [{"batch_index": 0, "batch_index_error_message": str(exc)}]
         return entry, None, None
     entry.update(
@@ -89,7 +98,7 @@ async def produce(req: Request) -> dict[str, Any] | None:
             elif (txn_error := _transaction_error(req, t.name, p.index, p.records)) is not None:
                 entries.append(_failed(p.index, txn_error))
             else:
-                entry, plog, result = _stage(topic, p.index, p.records)
+                entry, plog, result = _stage(topic, p.index, p.records, acks)
                 entries.append(entry)
                 if plog is not None:
                     produced += len(p.records)
