@@ -159,20 +159,21 @@ def validate_produce_batches(
                     f"record batch of {size} bytes exceeds max.message.bytes={max_message_bytes}"
                 )
         header = check_batch(data, pos, end)
-        if header.attributes & (CONTROL | TRANSACTIONAL):
-            _check_transactional(header)
         headers.append(header)
         pos += header.size
     return headers
 
 
-def _check_transactional(header: BatchHeader) -> None:
-    """Control batches are the coordinator's (transaction markers); a transactional batch needs
-    a producer id, or no transaction could ever end it."""
-    if header.attributes & CONTROL:
-        raise InvalidRecord("clients may not write control batches (transaction markers)")
-    if header.producer_id < 0:
-        raise InvalidRecord("a transactional batch needs a producer id")
+def check_client_batches(headers: Sequence[BatchHeader]) -> None:
+    """What a client may not write: control batches are the transaction coordinator's
+    (markers), and a transactional batch needs a producer id, or no transaction could ever end
+    it. One attribute test per batch."""
+    for header in headers:
+        if header.attributes & (CONTROL | TRANSACTIONAL):
+            if header.attributes & CONTROL:
+                raise InvalidRecord("clients may not write control batches (transaction markers)")
+            if header.producer_id < 0:
+                raise InvalidRecord("a transactional batch needs a producer id")
 
 
 def patch_for_append(

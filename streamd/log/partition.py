@@ -46,6 +46,7 @@ from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError, Stream
 from streamd.log.batch import (
     CONTROL,
     BatchHeader,
+    check_client_batches,
     iter_record_timestamps,
     parse_header,
     patch_for_append,
@@ -295,6 +296,7 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        check_client_batches(headers)
         check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
@@ -684,6 +686,9 @@ class PartitionLog:
     def discard(self) -> None:
         """Release descriptors without syncing (the partition is being deleted)."""
         self._closed = True
+        self._snapshot = None
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
         for segment in self._segments:
             segment.close()
 

@@ -118,6 +118,8 @@ async def test_snapshot_at_roll_bounds_the_restart_scan(tmp_path: Path) -> None:
     for _ in range(8):
         await plog.append(simple_batch(1, value_size=300), now_ms=1)
     await plog.flush()
+    assert plog._snapshot_task is not None  # written off the loop at each roll
+    await plog._snapshot_task
     assert (tmp_path / SNAPSHOT_FILE).exists()  # written at a roll, not at close
     plog.discard()
     again = PartitionLog.open(tmp_path, plog.config)
