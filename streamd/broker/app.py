@@ -28,6 +28,7 @@ from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
+from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.log.producer_ids import ProducerIdAllocator
@@ -108,10 +109,15 @@ class Broker:
             metrics=self.metrics,
         )
         # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
+        gconfig = group_config(cfg.values)
+        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
+        if await asyncio.to_thread(offsets_topic.open):
+            offsets_topic.seed(self.groups)
+        self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
         # --- transaction coordinator (streamd/txn) ---
         producer_ids = ProducerIdAllocator(data_dir)
@@ -351,7 +357,9 @@ class Broker:
         archive = ClusterArchive(
             self.tiering.store,
             cluster_id=self.ctx.cluster_id,
-            topics=lambda: topic_entries(logs),
+            # __consumer_offsets is derived from the offsets archived here: a restored broker
+            # re-creates and seeds it when it starts (streamd.kafka.offsets_topic).
+            topics=lambda: [e for e in topic_entries(logs) if not is_internal(e["name"])],
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,

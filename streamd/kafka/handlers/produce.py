@@ -14,6 +14,9 @@ Transactional records (the attribute bit of a partition's first batch) need the 
 transactional id with WRITE on it, and the transaction coordinator must have that partition in
 the producer's ongoing transaction (KIP-890 part 1 verification: a zombie or late write can never
 open a transaction that no marker would end). One header peek per partition, no record work.
+Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
+(:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
+Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
 """
 
 from __future__ import annotations
@@ -26,13 +29,17 @@ from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
 from streamd.kafka.authz import TOPIC, TRANSACTIONAL_ID, WRITE, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.legacy.records import up_convert
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.batch import HEADER_SIZE, TRANSACTIONAL
 
 _ATTRIBUTES_LOW = 22
 """The low byte of a batch's attributes (bytes 21-22, big-endian): holds the TRANSACTIONAL bit."""
 
 
-def _stage(topic: Any, index: int, records: Any, acks: int) -> tuple[dict[str, Any], Any, Any]:
+def _stage(
+    topic: Any, index: int, records: Any, acks: int, old_format: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
     returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
@@ -52,6 +59,8 @@ def _stage(topic: Any, index: int, records: Any, acks: int) -> tuple[dict[str, A
         return entry, None, None
     plog = topic.partitions[index]
     try:
+        if old_format:
+            records = up_convert(records)
         result = plog.stage_append(records, now_ms=int(time.time() * 1000))
     except StreamdError as exc:
         entry["error_code"] = exc.code
@@ -77,7 +86,7 @@ async def _durable(ctx: Any, name: str, entry: dict[str, Any], plog: Any, result
     ctx.waiters.notify(name, entry["index"])
 
 
-@api(0, "Produce", 3, 9)
+@api(0, "Produce", 0, 9)
 async def produce(req: Request) -> dict[str, Any] | None:
     ctx = req.ctx
     body = req.body
@@ -86,6 +95,7 @@ async def produce(req: Request) -> dict[str, Any] | None:
     waits = []
     produced = 0
     transactional = False
+    old_format = req.version < 3
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -95,15 +105,21 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif (txn_error := _transaction_error(req, t.name, p.index, p.records)) is not None:
+            elif not old_format and (
+                txn_error := _transaction_error(req, t.name, p.index, p.records)
+            ) is not None:
                 entries.append(_failed(p.index, txn_error))
+            elif is_internal(t.name):
+                entries.append(_failed(p.index, ErrorCode.INVALID_TOPIC_EXCEPTION))
             else:
-                entry, plog, result = _stage(topic, p.index, p.records, acks)
+                entry, plog, result = _stage(topic, p.index, p.records, acks, old_format)
                 entries.append(entry)
                 if plog is not None:
                     produced += len(p.records)
                     waits.append(_durable(ctx, t.name, entry, plog, result))
-                    transactional = transactional or _is_transactional(p.records)
+                    transactional = transactional or (
+                        not old_format and _is_transactional(p.records)
+                    )
         responses.append({"name": t.name, "partition_responses": entries})
     if transactional and ctx.txn is not None:
         waits.append(ctx.txn.durable())  # its AddPartitionsToTxn, before the acknowledgement
