@@ -390,7 +390,10 @@ class PartitionLog:
 
     def _save_producer_state_later(self) -> None:
         """Snapshot the producer state at every roll, written off the loop, so that restart
-        after a crash scans about one segment, not the whole log (open transactions)."""
+        after a crash scans about one segment, not the whole log (open transactions).
+
+        Written and renamed without fsync: a crash may leave the previous snapshot or an
+        unreadable one (then the scan starts further back), never a wrong one."""
         self._snapshot = self.producers.to_json()
         try:
             loop = asyncio.get_running_loop()
@@ -404,14 +407,14 @@ class PartitionLog:
         while self._snapshot is not None:
             data, self._snapshot = self._snapshot, None
             try:
-                await asyncio.to_thread(atomic_write, self.directory / SNAPSHOT_FILE, data)
+                await asyncio.to_thread(_replace_file, self.directory / SNAPSHOT_FILE, data)
             except OSError as exc:
                 log.warning("%s: producer state snapshot not written: %s", self.directory, exc)
 
     def _write_snapshot_now(self) -> None:
         data, self._snapshot = self._snapshot, None
         if data is not None:
-            atomic_write(self.directory / SNAPSHOT_FILE, data)
+            _replace_file(self.directory / SNAPSHOT_FILE, data)
 
     def roll_if_due(self, now: int) -> bool:
         """Roll a non-empty active segment older than ``segment.ms``."""
@@ -771,6 +774,13 @@ def _fsync_all(files: list[SegmentFile], directory: Path | None, keep: int) -> N
             file.drop_synced(keep)
     if directory is not None:
         fsync_dir(directory)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write a temporary file and rename it over ``path`` (no fsync: see the caller)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _read_log_start(directory: Path) -> int | None:
