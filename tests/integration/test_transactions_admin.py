@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from tests.integration.test_cli import ADMIN_PASSWORD, ADMIN_USER, Cli
 from tests.support import ops
 from tests.support.broker import BrokerProcess
-from tests.support.txn import txn_producer
+from tests.support.txn import txn_producer, wait_for_state
 
 pytestmark = [pytest.mark.streamd_only]
 
@@ -35,6 +36,7 @@ def test_transaction_list_and_describe(broker, topic_name) -> None:  # noqa: ANN
     assert "TRANSACTIONAL-ID" in text and tid in text and f"{topic_name}-1" in text
 
     p.commit_transaction(30)
+    wait_for_state(broker.address, tid, "CompleteCommit")  # the markers follow the answer
     described = cli.json("transaction", "describe", tid)
     assert described["state"] == "CompleteCommit" and described["producer_epoch"] == 0
     assert "CompleteCommit" in cli.ok("transaction", "describe", tid)
@@ -108,8 +110,10 @@ def test_transactional_id_and_idempotent_write_acls(
     p.begin_transaction()
     p.produce(topic_name, b"paid")
     p.commit_transaction(15)
-    described = cli.json("transaction", "describe", "pay-1")
-    assert described["state"] == "CompleteCommit"
+    deadline = time.monotonic() + 30
+    while cli.json("transaction", "describe", "pay-1")["state"] != "CompleteCommit":
+        assert time.monotonic() < deadline, "the commit did not complete"
+        time.sleep(0.1)
 
     # Idempotence needs IDEMPOTENT_WRITE on the cluster or WRITE on some topic (KIP-679).
     errors: list[KafkaError] = []

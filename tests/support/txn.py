@@ -117,3 +117,27 @@ def describe_transaction(address: tuple[str, int], transactional_id: str) -> obj
     with Wire(address) as wire:
         resp = wire.call(DescribeTransactionsRequest(transactional_ids=(transactional_id,)))
     return resp.transaction_states[0]
+
+
+def wait_for_state(address: tuple[str, int], transactional_id: str, state: str) -> object:
+    """DescribeTransactions until the id reaches ``state``: EndTxn is answered once the
+    decision is durable, the markers and the Complete record follow (as in Kafka)."""
+    deadline = time.monotonic() + 30
+    while True:
+        described = describe_transaction(address, transactional_id)
+        if described.transaction_state == state:  # type: ignore[attr-defined]
+            return described
+        assert time.monotonic() < deadline, described
+        time.sleep(0.05)
+
+
+def wait_stable(address: tuple[str, int], topic: str, partition: int) -> int:
+    """ListOffsets until the last stable offset reaches the high watermark; returns it."""
+    deadline = time.monotonic() + 30
+    while True:
+        lso = list_offsets(address, topic, partition, isolation=1)
+        hw = list_offsets(address, topic, partition, isolation=0)
+        if lso == hw:
+            return lso
+        assert time.monotonic() < deadline, (lso, hw)
+        time.sleep(0.05)
