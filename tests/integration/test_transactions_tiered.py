@@ -102,6 +102,8 @@ def test_read_committed_replay_from_the_bucket_and_after_restore(
         "tiering.upload_interval_ms": "250",
         "tiering.offsets_archive_interval_ms": "300",
         "log.housekeeping_interval_ms": "250",
+        # two 32 KiB segments per object: their transaction indexes are archived together
+        "tiering.merge_target_bytes": "65536",
     }
     broker = BrokerProcess(tmp_path / "data", settings, log_path=tmp_path / "broker.log")
     broker.start()
