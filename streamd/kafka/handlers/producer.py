@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamd.errors import ErrorCode
+from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka import codec
 from streamd.kafka.apis import api
 from streamd.kafka.authz import (
@@ -24,18 +24,16 @@ from streamd.kafka.authz import (
     authorize,
     authorize_cluster,
 )
-from streamd.kafka.context import Request
-from streamd.log.producer_ids import ProducerIdAllocator
+from streamd.kafka.context import KafkaContext, Request
+from streamd.kafka.services import ProducerIds
 
 MAX_EPOCH = 32767
 
 
-def allocator(ctx: Any) -> ProducerIdAllocator:
-    """The broker's one allocator (shared with the transaction coordinator)."""
-    alloc = ctx.extras.get("producer_ids")
-    if alloc is None:
-        alloc = ctx.extras["producer_ids"] = ProducerIdAllocator(ctx.config.data_dir)
-    return alloc  # type: ignore[no-any-return]
+def _allocator(ctx: KafkaContext) -> ProducerIds:
+    if ctx.producer_ids is None:
+        raise StreamdError("no producer id allocator", code=ErrorCode.UNKNOWN_SERVER_ERROR)
+    return ctx.producer_ids
 
 
 def _failed(code: ErrorCode) -> dict[str, Any]:
@@ -51,12 +49,12 @@ async def init_producer_id(req: Request) -> dict[str, Any]:
         return await _transactional(req, pid, epoch)
     if not (
         authorize_cluster(req, IDEMPOTENT_WRITE)
-        or any(authorize(req, WRITE, TOPIC, name) for name in req.ctx.logs.topics())
+        or any(authorize(req, WRITE, TOPIC, name, audit=False) for name in req.ctx.logs.topics())
     ):
         return _failed(ErrorCode.CLUSTER_AUTHORIZATION_FAILED)
     if pid >= 0 and 0 <= epoch < MAX_EPOCH:
         return {"error_code": ErrorCode.NONE, "producer_id": pid, "producer_epoch": epoch + 1}
-    return {"error_code": ErrorCode.NONE, "producer_id": allocator(req.ctx).allocate(),
+    return {"error_code": ErrorCode.NONE, "producer_id": _allocator(req.ctx).allocate(),
             "producer_epoch": 0}
 
 
