@@ -11,11 +11,11 @@ import pytest
 
 import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 from streamd.broker.transactions import transaction_service
-from streamd.config import KEYS
+from streamd.config import KEYS, BrokerConfig
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka import codec
 from streamd.kafka.apis import REGISTRY
-from streamd.kafka.context import KafkaContext, Request
+from streamd.kafka.context import AppendWaiters, KafkaContext, Request
 from streamd.log.manager import LogManager
 from streamd.log.producer_ids import ProducerIdAllocator
 
@@ -23,27 +23,31 @@ TXN_APIS = {22: (0, 5), 24: (0, 3), 25: (0, 4), 26: (0, 4), 28: (0, 4), 61: (0, 
             65: (0, 0), 66: (0, 2)}
 
 
-class Config(dict):  # type: ignore[type-arg]
-    data_dir: Path
-
-
 @pytest.fixture
 async def ctx(tmp_path: Path) -> AsyncIterator[KafkaContext]:
-    values = {k.name: k.default for k in KEYS}
-    config = Config(values)
-    config.data_dir = tmp_path
+    values: dict[str, Any] = {k.name: k.default for k in KEYS}
+    values["data_dir"] = str(tmp_path)
     logs = LogManager(tmp_path)
     logs.load()
     logs.create_topic("t", 2, {})
     groups = GroupService(tmp_path, group_config({}))
     await groups.open()
-    context = KafkaContext(logs, config, 0, "c", "localhost", 9092, groups=groups)
-    txn = transaction_service(
-        tmp_path, values, ProducerIdAllocator(tmp_path), logs, context.waiters, groups
-    )
+    waiters = AppendWaiters()
+    producer_ids = ProducerIdAllocator(tmp_path)
+    txn = transaction_service(tmp_path, values, producer_ids, logs, waiters, groups)
     await txn.open()
-    context.txn = txn
-    yield context
+    yield KafkaContext(
+        logs=logs,
+        config=BrokerConfig(values),
+        node_id=0,
+        cluster_id="c",
+        advertised_host="localhost",
+        advertised_port=9092,
+        waiters=waiters,
+        groups=groups,
+        producer_ids=producer_ids,
+        txn=txn,
+    )
     await txn.close()
     await groups.close()
     await logs.close()
