@@ -29,6 +29,8 @@ open on this partition, else the high watermark; never below the log start. read
 readers stop there. Transaction markers are appended by :meth:`append_marker` (the coordinator's
 path, never a client's); an ABORT marker adds an entry to the aborted-transaction index of the
 segment it lands in (:mod:`streamd.log.txn_index`), which read_committed fetches return.
+A marker ends its transaction here when it is staged, before it is durable: the decision it
+carries is already durable at the coordinator, which writes it again after a crash.
 """
 
 from __future__ import annotations
