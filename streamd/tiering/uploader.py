@@ -236,6 +236,8 @@ class Uploader:
                 for entry in entries:
                     self._invalidate(entry.key)
                     state.pending_deletes += [entry.key, entry.index_key]
+                    if entry.txn_index_key:
+                        state.pending_deletes.append(entry.txn_index_key)
 
             stored = await self.store_manifest(state, manifest, then=doom)
             if stored.outcome is not Outcome.OK:

@@ -18,6 +18,7 @@ from confluent_kafka import KafkaError, TopicPartition
 from tests.integration.test_cli import Cli
 from tests.support.broker import BrokerProcess
 from tests.support.ops import consumer, create_topic, producer, watermarks
+from tests.support.txn import txn_producer
 
 pytestmark = pytest.mark.streamd_only
 
@@ -67,13 +68,15 @@ def produce_rows(
     return offsets
 
 
-def read_all(bootstrap: str, topic: str) -> list[tuple[int, bytes | None, bytes | None]]:
+def read_all(
+    bootstrap: str, topic: str, isolation: str = "read_uncommitted"
+) -> list[tuple[int, bytes | None, bytes | None]]:
     """Every record from offset 0 up to the high watermark, as a consumer sees it. A compacted
     log may end in a gap or an empty batch, so the end is the consumer's end-of-partition
     event (its fetch position reached the high watermark), not the last record's offset."""
     _, high = watermarks(bootstrap, topic)
     out: list[tuple[int, bytes | None, bytes | None]] = []
-    c = consumer(bootstrap, **{"enable.partition.eof": True})
+    c = consumer(bootstrap, **{"enable.partition.eof": True, "isolation.level": isolation})
     try:
         c.assign([TopicPartition(topic, 0, 0)])
         deadline = time.monotonic() + 60
@@ -257,3 +260,41 @@ def test_a_crash_inside_a_swap_is_completed_by_recovery(broker_factory, topic_na
     leftovers = [p.name for p in partition_dir.iterdir() if p.suffix in (".swap", ".deleted")]
     assert leftovers == []
     wait_compacted(broker.bootstrap, topic_name, expected, timeout=30)
+
+
+def test_transactions_on_a_compacted_topic(broker_factory, topic_name) -> None:  # type: ignore[no-untyped-def]
+    """Aborted records are removed by the cleaner (read_uncommitted no longer sees them either),
+    committed ones are compacted like any other; read_committed state never changes."""
+    broker = broker_factory(FAST)
+    create_topic(broker.bootstrap, topic_name, config=COMPACTED)
+    p = txn_producer(broker.bootstrap, f"{topic_name}-tx")
+
+    def txn(rows: list[tuple[bytes, bytes]], commit: bool) -> None:
+        p.begin_transaction()
+        for key, value in rows:
+            p.produce(topic_name, key=key, value=value, partition=0)
+        if commit:
+            p.commit_transaction(30)
+        else:
+            assert p.flush(30) == 0
+            p.abort_transaction(30)
+
+    keys = [b"k%02d" % i for i in range(20)]
+    txn([(k, b"v1") for k in keys], commit=True)
+    txn([(k, b"aborted") for k in keys[:10]], commit=False)
+    txn([(k, b"v3") for k in keys[10:]], commit=True)
+    pad = history(30, 20, seed=9)
+    produce_rows(broker.bootstrap, topic_name, pad)
+    expected = {k: b"v1" for k in keys[:10]} | {k: b"v3" for k in keys[10:]}
+    expected |= state_of([(0, k, v) for k, v in pad])
+    assert state_of(read_all(broker.bootstrap, topic_name, "read_committed")) == expected
+    deadline = time.monotonic() + 30
+    while True:
+        view = read_all(broker.bootstrap, topic_name)
+        if len(view) == len(expected) and state_of(view) == expected:
+            break
+        assert time.monotonic() < deadline, f"not compacted: {len(view)} records"
+        time.sleep(0.5)
+    assert b"aborted" not in {v for _, _, v in view}
+    committed = read_all(broker.bootstrap, topic_name, "read_committed")
+    assert committed == view, "read_committed and read_uncommitted agree once aborts are gone"

@@ -271,7 +271,7 @@ class LogCleaner:
             infos,
             log_start=plog.log_start_offset,
             checkpoint=checkpoint,
-            stable_offset=plog.high_watermark,
+            stable_offset=plog.last_stable_offset,
             policy=policy_of(plog.config),
             now_ms=now,
         )
@@ -341,6 +341,11 @@ class LogCleaner:
             (pid, entry.batches[-1].last_offset if entry.batches else None, entry.epoch)
             for pid, entry in plog.producers.producers.items()
         ]
+        aborted = [
+            (e.producer_id, e.first_offset, e.last_offset, e.last_stable_offset)
+            for s in segments
+            for e in s.txn_index.entries
+        ]
         request = PassRequest(
             directory=str(plog.directory),
             segments=rows,
@@ -354,6 +359,7 @@ class LogCleaner:
             map_bytes=self.settings.map_bytes,
             io_bytes_per_second=self.settings.io_bytes_per_second,
             producers=producers,
+            aborted=aborted,
         )
         return request, run
 
@@ -599,7 +605,7 @@ class LogCleaner:
         return rows
 
 
-def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any]:
+def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any, Any]:
     """Steps 1-2 of a swap, off the event loop; returns the cleaned indexes."""
     indexes = swap.load_indexes(directory, meta.base_offset, meta.size, meta.end_offset)
     swap.commit(directory, meta.base_offset, meta.end_offset)

@@ -53,6 +53,8 @@ from pathlib import Path
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.index import OffsetIndex, TimeIndex
 from streamd.log.segment import Segment, SegmentFile, segment_path
+from streamd.log.txn_index import SUFFIX as TXN_INDEX_SUFFIX
+from streamd.log.txn_index import TxnIndex
 
 log = logging.getLogger("streamd.log.cleaner")
 
@@ -168,7 +170,9 @@ def abandon(directory: Path, base: int, end: int) -> None:
         fsync_dir(directory)
 
 
-def load_indexes(directory: Path, base: int, size: int, end: int) -> tuple[OffsetIndex, TimeIndex]:
+def load_indexes(
+    directory: Path, base: int, size: int, end: int
+) -> tuple[OffsetIndex, TimeIndex, TxnIndex]:
     """The cleaned indexes of ``base`` (read before they are renamed; empty when the cleaned
     segment has none), addressed by their final names."""
     offsets = OffsetIndex.load(
@@ -179,7 +183,11 @@ def load_indexes(directory: Path, base: int, size: int, end: int) -> tuple[Offse
     ) or TimeIndex(cleaned_path(directory, base, ".timeindex"), base)
     offsets.path = segment_path(directory, base, ".index")
     times.path = segment_path(directory, base, ".timeindex")
-    return offsets, times
+    aborted = TxnIndex.load(cleaned_path(directory, base, TXN_INDEX_SUFFIX), base, end)
+    txns = TxnIndex(
+        segment_path(directory, base, TXN_INDEX_SUFFIX), aborted.entries if aborted else []
+    )
+    return offsets, times, txns
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +205,7 @@ class CleanedSegment:
 def open_cleaned_segment(
     directory: Path,
     meta: CleanedSegment,
-    indexes: tuple[OffsetIndex, TimeIndex],
+    indexes: tuple[OffsetIndex, TimeIndex, TxnIndex],
     *,
     index_interval_bytes: int,
     created_ms: int,
@@ -205,7 +213,7 @@ def open_cleaned_segment(
     """The segment object for an installed cleaned file. Its ``next_offset`` is the group's end
     (the next segment's base), whatever offset its last batch ends at."""
     path = segment_path(directory, meta.base_offset, ".log")
-    offsets, times = indexes
+    offsets, times, txns = indexes
     segment = Segment(
         directory,
         meta.base_offset,
@@ -220,6 +228,7 @@ def open_cleaned_segment(
     segment.first_timestamp = meta.first_timestamp
     segment.max_timestamp = meta.max_timestamp
     segment.last_batch_base = meta.last_batch_base
+    segment.txn_index = txns
     segment.sealed = True
     return segment
 

@@ -23,21 +23,13 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+__all__ = ["ABORT", "COMMIT", "AbortedTxn", "TxnTracker"]
+
 from streamd.log.batch import TRANSACTIONAL, BatchHeader
+from streamd.log.txn_index import AbortedTxn
 
 ABORT = 0
 COMMIT = 1
-
-
-@dataclass(frozen=True, slots=True)
-class AbortedTxn:
-    """An aborted transaction on one partition: its first offset, the offset of its ABORT
-    marker and the last stable offset right after the marker (the transaction index entry)."""
-
-    producer_id: int
-    first_offset: int
-    last_offset: int
-    last_stable_offset: int
 
 
 @dataclass(slots=True)

@@ -35,9 +35,11 @@ from streamd.log.compaction.keymap import KeyMap
 from streamd.log.compaction.plan import MAX_RELATIVE_OFFSET, SegmentInfo, group_segments
 from streamd.log.compaction.swap import cleaned_path, remove_cleaned
 from streamd.log.compaction.txn import AbortedTxn, TxnTracker
-from streamd.log.files import pread_exactly
+from streamd.log.files import atomic_write, pread_exactly
 from streamd.log.index import OffsetIndex, TimeIndex
 from streamd.log.segment import NO_TIMESTAMP, Segment, SegmentFile, segment_path
+from streamd.log.txn_index import SUFFIX as TXN_INDEX_SUFFIX
+from streamd.log.txn_index import encode_entries
 
 CHUNK = 1 << 20
 """Bytes read (and written) per system call."""
@@ -258,6 +260,11 @@ def run_pass(
         throttle.note(writer.flush())
         segment = writer.close()
         writer = None
+        # Always written (empty too): after a crash, recovery tells a transaction index still
+        # to rename from one already renamed by whether the cleaned file is there.
+        atomic_write(
+            cleaned_path(directory, base, TXN_INDEX_SUFFIX), encode_entries(txn.retained_aborts)
+        )
         emit(
             {
                 "kind": "group",
