@@ -115,6 +115,10 @@ async def fetch(req: Request) -> dict[str, Any]:
         for t in body.topics
         for p in t.partitions
     ]
+    if ctx.tiering is not None:  # archived partitions start their GETs together, not in turn
+        for name, index, offset, _pmax, plog in wanted:
+            if plog is not None and name not in denied and offset < plog.log_start_offset:
+                ctx.tiering.prefetch(name, index, offset)
     # A long poll re-evaluates after every append; a partition whose high watermark has not
     # moved (and whose size budget is the same) gives the same answer, so it is not read again.
     previous: dict[int, tuple[tuple[int, int, bool], dict[str, Any], int]] = {}
