@@ -37,6 +37,7 @@ from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
+from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
@@ -70,6 +71,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.replicas: ReadReplicas | None = None
         self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
@@ -120,6 +122,8 @@ class Broker:
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
         self.ctx.tiering = self.tiering
+        self.replicas = await self._start_replicas()
+        self.ctx.replicas = self.replicas
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
@@ -244,6 +248,34 @@ class Broker:
         self.health.register("tiering", service.health)
         return service
 
+    async def _start_replicas(self) -> ReadReplicas:
+        """Read replicas (``remote.readreplica``): served from their origins' stores, opened
+        with this broker's own ``tiering.s3.*`` settings, through the shared chunk cache."""
+        from streamd.broker.restore import s3_options
+        from streamd.tiering.store import open_store
+
+        cfg = self.config
+        tiering, ctx = self.tiering, self.ctx
+        assert tiering is not None and ctx is not None and self.logs is not None
+        options = s3_options(cfg)
+        replicas = ReadReplicas(
+            self.logs,
+            tiering.cache,
+            state_dir=cfg.data_dir / "tiering" / "readreplicas",
+            own_store=cfg["tiering.store"],
+            open_store=lambda url: open_store(url, s3_options=options),
+            sync_interval_ms=cfg["tiering.readreplica_sync_interval_ms"],
+            read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
+            on_moved=ctx.waiters.notify,
+            on_promoted=tiering.on_topic_changed,
+            own_archive_bytes=tiering.archived_bytes,
+        )
+        tiering.borrowed = replicas
+        await replicas.start()
+        self.metrics.add_collector(replicas.metric_families)
+        self.health.register("read_replicas", replicas.health)
+        return replicas
+
     def _tiering_routes(self, admin: AdminServer) -> None:
         async def storage(query: Any, topic: str) -> Any:
             report = self.tiering.storage_report(topic) if self.tiering is not None else None
@@ -366,6 +398,8 @@ class Broker:
                 groups.reconfigure(group_config(values))
             if "tiering.upload_interval_ms" in changed:
                 tiering.set_upload_interval(values["tiering.upload_interval_ms"])
+            if "tiering.readreplica_sync_interval_ms" in changed and self.replicas is not None:
+                self.replicas.set_sync_interval(values["tiering.readreplica_sync_interval_ms"])
             if "tiering.cache_max_bytes" in changed:
                 tiering.cache.max_bytes = values["tiering.cache_max_bytes"]
             if "tiering.offsets_archive_interval_ms" in changed and self.archive is not None:
@@ -419,6 +453,8 @@ class Broker:
                 await asyncio.wait_for(self.archive.flush(), 5)
         if self.groups is not None:
             await self.groups.close()
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.tiering is not None:
             await self.tiering.close()
         if self.logs is not None:

@@ -59,6 +59,8 @@ class KafkaContext:
     metrics: Any = None
     groups: Any = None
     tiering: Any = None
+    replicas: Any = None
+    """Read replicas (``streamd.tiering.readreplica.ReadReplicas``): create and promote."""
     authorizer: Any = None
     security: Any = None
     extras: dict[str, Any] = field(default_factory=dict)

@@ -12,6 +12,7 @@ access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
 Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
 (:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
 Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
+So are read replicas (``remote.readreplica``), with a message saying so.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from streamd.kafka.authz import TOPIC, WRITE, authorize
 from streamd.kafka.context import Request
 from streamd.kafka.legacy.records import up_convert
 from streamd.kafka.offsets_topic import is_internal
+from streamd.tiering.readreplica import ReadReplicaTopic, refusal
 
 
 def _stage(
@@ -36,6 +38,10 @@ def _stage(
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
     if topic is None or not 0 <= index < len(topic.partitions):
         entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return entry, None, None
+    if topic.config.remote_readreplica:
+        entry["error_code"] = ReadReplicaTopic.code
+        entry["error_message"] = refusal(topic)
         return entry, None, None
     required = topic.config.min_insync_replicas
     if acks == -1 and required > 1:
