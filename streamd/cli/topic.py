@@ -340,6 +340,14 @@ def promote(name: str, fmt: str) -> None:
       streamd topic promote orders
     """
     admin = admin_client()
+    topic_partitions(admin, name)
+    described = ConfigResource(ResourceType.TOPIC, name)
+    entries = result(
+        admin.describe_configs([described], request_timeout=settings().timeout)[described], name
+    )
+    current = entries.get("remote.readreplica")
+    if current is None or not current.value:
+        raise CliError(f"topic {name} is not a read replica (nothing to promote)")
     entry = ConfigEntry(
         "remote.readreplica", None, incremental_operation=AlterConfigOpType.DELETE
     )

@@ -267,9 +267,11 @@ async def find_origin_topic(store: ObjectStore, name: str) -> OriginTopic:
                 meta_entry = entry
                 topic_id = str(entry["topic_id"])
     if topic_id is None:
-        topic_id = await _discover_topic_id(store, name)
+        found = await _discover_topics(store)
+        topic_id = found.get(name)
+        listed += [t for t in found if t not in listed]
     if topic_id is None:
-        have = ", ".join(sorted(listed)) if listed else "none listed"
+        have = ", ".join(sorted(listed)) if listed else "none"
         raise InvalidConfig(
             f"{CONFIG}: topic {name!r} is not in the archive at {store.description} "
             f"(topics there: {have})"
@@ -295,15 +297,16 @@ async def find_origin_topic(store: ObjectStore, name: str) -> OriginTopic:
     )
 
 
-async def _discover_topic_id(store: ObjectStore, name: str) -> str | None:
-    """An archive without cluster metadata: find ``<h>/<name>/<id>/topic.json`` by listing."""
-    found = None
+async def _discover_topics(store: ObjectStore) -> dict[str, str]:
+    """Topic name -> id of every ``<t>/<topic>/<id>/topic.json`` in the store: one listing, for
+    an archive whose cluster metadata does not (yet) name the topic."""
+    found: dict[str, str] = {}
     async for info in store.list(""):
         parts = info.key.split("/")
-        if len(parts) == 4 and parts[1] == name and parts[3] == keys.TOPIC_MANIFEST_NAME:
+        if len(parts) == 4 and parts[3] == keys.TOPIC_MANIFEST_NAME:
             with contextlib.suppress(ValueError, StreamdError):
-                if info.key == keys.topic_manifest_key(name, parts[2]):
-                    found = parts[2]
+                if info.key == keys.topic_manifest_key(parts[1], parts[2]):
+                    found[parts[1]] = parts[2]
     return found
 
 
@@ -365,6 +368,7 @@ class ReadReplicas:
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._sem = asyncio.Semaphore(SYNC_CONCURRENCY)
+        self._closed = False
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -393,6 +397,7 @@ class ReadReplicas:
             self._task = asyncio.create_task(self._loop())
 
     async def close(self) -> None:
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -436,6 +441,8 @@ class ReadReplicas:
     def origin(self, url: str) -> Origin:
         origin = self._origins.get(url)
         if origin is None:
+            if self._closed:
+                raise RemoteStorageError("the broker is shutting down")
             store = self._open_store(url)
             reader = RemoteReader(store, self.cache, self.stats, read_ahead_chunks=self._read_ahead)
             origin = self._origins[url] = Origin(url, store, reader)
