@@ -565,12 +565,16 @@ class ReadReplicas:
 
     # ---- sync ----------------------------------------------------------------------------------
 
-    async def sync(self, replica: Replica) -> bool:
-        """Re-read the origin's manifests of ``replica``; True when every one was read."""
+    async def sync(self, replica: Replica, *, unless_after: int | None = None) -> bool:
+        """Re-read the origin's manifests of ``replica``; True when every one was read.
+        ``unless_after``: a count of syncs; if more have happened meanwhile, do nothing (many
+        reads finding the same object gone trigger one sync, not one each)."""
         topic = self.logs.get(replica.name)
         if topic is None or str(topic.topic_id) != replica.topic_id:
             return False
         async with replica.lock:
+            if unless_after is not None and replica.syncs != unless_after:
+                return True
             started = now_ms()
             origin = self.origin(replica.origin)
             if not replica.promoted:
@@ -803,10 +807,11 @@ class ReadReplicas:
             raise OffsetOutOfRange(f"{topic}-{partition} is not a read replica")
         part = replica.partitions[partition]
         reader = self.origin(replica.origin).reader
+        syncs = replica.syncs
         try:
             return await reader.read(part.manifest, offset, max_bytes, min_one, below=below)
         except ObjectNotFound:
-            await self.sync(replica)
+            await self.sync(replica, unless_after=syncs)
             if offset < part.manifest.remote_start_offset:
                 raise OffsetOutOfRange(
                     f"offset {offset} of {topic}-{partition} was removed by its origin's "
