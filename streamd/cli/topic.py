@@ -441,6 +441,8 @@ STORAGE_COLUMNS = [
     "last_upload",
     "origin_last_offset",
     "lag_offsets",
+    "inherited_start_offset",
+    "inherited_last_offset",
     "last_sync",
     "errors",
 ]

@@ -865,12 +865,12 @@ class ReadReplicas:
                 "sync_errors": part.errors,
             }
             if replica.promoted:
-                fields["inherited"] = {
-                    "remote_start_offset": m.remote_start_offset if m.segments else -1,
-                    "last_offset": m.last_uploaded_offset,
-                    "bytes": m.size_bytes,
-                    "segments": len(m.segments),
-                }
+                fields.update(
+                    inherited_start_offset=m.remote_start_offset if m.segments else -1,
+                    inherited_last_offset=m.last_uploaded_offset,
+                    inherited_bytes=m.size_bytes,
+                    inherited_segments=len(m.segments),
+                )
                 if m.segments and entry.get("earliest_offset", m.remote_start_offset) >= 0:
                     entry["earliest_offset"] = min(
                         entry.get("earliest_offset", m.remote_start_offset), m.remote_start_offset

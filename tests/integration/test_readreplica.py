@@ -399,7 +399,7 @@ def test_three_brokers_promotion_after_the_origin_is_killed(
                    "last_uploaded_offset"] >= end, timeout=60)
     report = storage_report(b.admin_port, topic_name)
     assert report["read_replica"] == "promoted"
-    assert report["partitions"][0]["inherited"]["last_offset"] == end - 1
+    assert report["partitions"][0]["inherited_last_offset"] == end - 1
     assert report["partitions"][0]["earliest_offset"] == 0
 
     # c still serves the dead origin's archive, read-only; nobody wrote into the origin's prefix.

@@ -312,7 +312,7 @@ async def test_promotion_continues_offsets_and_archives_to_its_own_store(
     assert await objects(origin.url) == origin_objects, "the origin's store is never written"
     report = replica.tiering.storage_report("t")
     assert report is not None and report["read_replica"] == "promoted"
-    assert report["partitions"][0]["inherited"]["last_offset"] == end - 1
+    assert report["partitions"][0]["inherited_last_offset"] == end - 1
 
     await replica.reopen()  # state survives a restart: the inherited archive is still served
     assert replica.tiering is not None
