@@ -186,6 +186,14 @@ async def test_a_replica_serves_every_archived_offset_byte_for_byte(
             origin, "t", 0, end, max_bytes
         )
     assert ("t", 0) in replica.moved and ("t", 1) in replica.moved
+    for ts in (T0 - 1, T0 + 100 * 20 + 3, T0 + 100 * 10**6):
+        want = await origin.tiering.offset_for_timestamp(  # type: ignore[union-attr]
+            "t", 0, origin.logs.partition("t", 0), ts
+        )
+        got = await replica.tiering.offset_for_timestamp("t", 0, replica.logs.partition("t", 0), ts)
+        if want is not None and want[0] >= end:
+            want = None  # not archived yet: the replica does not have it
+        assert got == want, ts
     assert refusal(topic) is not None and "read replica" in str(refusal(topic))
 
 
