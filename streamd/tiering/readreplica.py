@@ -202,6 +202,9 @@ class Replica:
     last_sync_ms: int = -1
     syncs: int = 0
     topic_error: str | None = None
+    """The origin's topic manifest could not be read (the last sync is incomplete)."""
+    config_error: str | None = None
+    """Its configs or partition count could not be applied here (reported, not blocking)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @property
@@ -381,6 +384,9 @@ class ReadReplicas:
             replica = await asyncio.to_thread(self._load_state, path)
             topic = topics.get(replica.name) if replica is not None else None
             if replica is None or topic is None or str(topic.topic_id) != replica.topic_id:
+                await asyncio.to_thread(self._forget_files, path.stem)
+                continue
+            if not (replica.promoted or topic.config.remote_readreplica):
                 await asyncio.to_thread(self._forget_files, path.stem)
                 continue
             self._replicas[replica.name] = replica
@@ -621,7 +627,9 @@ class ReadReplicas:
                     ))
                 await asyncio.to_thread(self._save_state, replica)
         except StreamdError as exc:
-            replica.topic_error = f"cannot apply the origin's topic manifest: {exc}"
+            replica.config_error = f"cannot apply the origin's topic manifest: {exc}"
+        else:
+            replica.config_error = None
 
     async def _sync_partition(
         self, replica: Replica, topic: Topic, origin: Origin, part: ReplicaPartition, started: int
@@ -849,8 +857,9 @@ class ReadReplicas:
         report["sync_age_ms"] = now - replica.last_sync_ms if replica.last_sync_ms >= 0 else -1
         if replica.promoted:
             report["promoted_at_ms"] = replica.promoted_at_ms
-        if replica.topic_error:
-            report["origin_error"] = replica.topic_error
+        for error in (replica.topic_error, replica.config_error):
+            if error:
+                report["origin_error"] = error
         for entry in report.get("partitions", []):
             index = entry.get("partition")
             if not isinstance(index, int) or index >= len(replica.partitions):
@@ -900,8 +909,9 @@ class ReadReplicas:
         for replica in self._replicas.values():
             if replica.promoted:
                 continue
-            if replica.topic_error:
-                failing.append(f"{replica.name}: {replica.topic_error}")
+            failing += [
+                f"{replica.name}: {e}" for e in (replica.topic_error, replica.config_error) if e
+            ]
             failing += [
                 f"{replica.name}-{p.index}: {p.last_error}"
                 for p in replica.partitions
@@ -979,8 +989,11 @@ class ReadReplicas:
                        promoted_at_ms=promoted)
 
     def _forget_files(self, name: str) -> None:
-        self._state_path(name).unlink(missing_ok=True)
-        self._copies.drop_topic(name)
+        try:
+            self._state_path(name).unlink(missing_ok=True)
+            self._copies.drop_topic(name)
+        except (OSError, StreamdError) as exc:
+            log.warning("cannot remove read replica state of %r: %s", name, exc)
 
     async def _save_copy(self, manifest: PartitionManifest) -> None:
         try:
