@@ -10,13 +10,13 @@ broker is restarted first; its chunk cache starts empty):
 
 1. ``origin``: one librdkafka consumer (``bench/client.py consume``) replays the topic from the
    origin;
-2. ``replica``: the same from replica 1 alone;
+2. ``replica``: the same from replica 1 alone (the order of 1 and 2 alternates per round);
 3. ``two replicas``: one consumer on each replica at the same time (start barrier); the figure
    is the bytes of both over the wall time from the first start to the last end.
 
 Targets (issue 20): replica / origin within 10 % (0.9-1.1), two replicas / one >= 1.6.
 
-    python bench/readreplica.py                         # 60 MB, 4 partitions, 30 ms, 3 rounds
+    python bench/readreplica.py                         # 200 MB, 4 partitions, 30 ms, 3 rounds
     python bench/readreplica.py --mb 100 --rounds 5 --json /tmp/rr.json
     python bench/readreplica.py --ttfb-ms 0 --rounds 1  # loopback moto, no added latency
 """
@@ -137,7 +137,7 @@ def wait(what: str, check: Any, timeout: float = 300) -> Any:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mb", type=float, default=60, help="MiB written and replayed")
+    parser.add_argument("--mb", type=float, default=200, help="MiB written and replayed")
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--segment-mb", type=float, default=1)
     parser.add_argument("--record-size", type=int, default=1024)
@@ -209,11 +209,11 @@ def main() -> None:
               f"{archived} archived records; TTFB {args.ttfb_ms:.0f} ms")
 
         rows = []
+        n = archived
         for rnd in range(args.rounds):
             for b in brokers:  # cold chunk caches
                 b.stop()
                 b.start()
-            n = archived
 
             def meter(served_by: list[StreamdBroker]) -> CpuMeter:
                 return CpuMeter({
@@ -222,12 +222,18 @@ def main() -> None:
                     "proxies": [proxies[brokers.index(b)].pid for b in served_by],
                 })
 
-            cpu = meter([origin])
-            one_origin = run_jobs([consume_spec(origin, n, args.partitions, f"o{rnd}")])
-            cpu_origin = cpu.per_gb(one_origin)
-            cpu = meter(replicas[:1])
-            one_replica = run_jobs([consume_spec(replicas[0], n, args.partitions, f"r{rnd}")])
-            cpu_replica = cpu.per_gb(one_replica)
+            def replay(broker: StreamdBroker, tag: str) -> tuple[list[Any], dict[str, float]]:
+                cpu = meter([broker])
+                res = run_jobs([consume_spec(broker, n, args.partitions, tag)])
+                return res, cpu.per_gb(res)
+
+            # The order alternates from round to round, so neither side always goes first.
+            if rnd % 2 == 0:
+                one_origin, cpu_origin = replay(origin, f"o{rnd}")
+                one_replica, cpu_replica = replay(replicas[0], f"r{rnd}")
+            else:
+                one_replica, cpu_replica = replay(replicas[0], f"r{rnd}")
+                one_origin, cpu_origin = replay(origin, f"o{rnd}")
             for b in replicas:
                 b.stop()
                 b.start()
