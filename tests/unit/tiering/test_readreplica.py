@@ -424,3 +424,23 @@ def test_manifest_roundtrip_of_an_empty_origin_partition() -> None:
     m = empty_origin_manifest("t", str(uuid.uuid4()), 3)
     assert load_partition_manifest(dump_partition_manifest(m)) == m
     assert m.next_offset == 0 and not m.segments
+
+
+async def test_a_promotion_interrupted_after_it_was_recorded_finishes_on_start(
+    pair: tuple[Broker, Broker],
+) -> None:
+    origin, replica = pair
+    await archived(origin)
+    assert replica.replicas is not None
+    await replica.replicas.create("t", None, {"remote.readreplica": origin.url})
+    state = replica.replicas.replica("t")
+    assert state is not None
+    state.promoted_at_ms = 1  # recorded; the process dies before the override is removed
+    replica.replicas._save_state(state)
+    await replica.reopen()
+    topic = replica.logs.get("t")
+    assert topic is not None and refusal(topic) is None
+    assert topic.config.remote_storage_enable
+    end = manifest_of(origin).last_uploaded_offset + 1
+    assert replica.logs.partition("t", 0).log_end_offset == end
+    assert await replay(replica, "t", 0, end) == await replay(origin, "t", 0, end)
