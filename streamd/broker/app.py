@@ -26,11 +26,13 @@ from streamd.broker.health import Health
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
-from streamd.kafka.context import KafkaContext
+from streamd.kafka.context import AppendWaiters, KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
-from streamd.kafka.server import start_kafka_server
+from streamd.kafka.server import ConnectionRegistry, start_kafka_server
+from streamd.kafka.zerocopy import FileBudget
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.log.topic_config import TopicConfig
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
@@ -41,6 +43,8 @@ from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
+DRAIN_TIMEOUT_S = 2.0
+"""Shutdown: how long connections may take to answer what they already read."""
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -72,6 +76,7 @@ class Broker:
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
         self.replicas: ReadReplicas | None = None
+        self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
@@ -81,6 +86,7 @@ class Broker:
         data_dir.mkdir(parents=True, exist_ok=True)
         for warning in cfg.load_dynamic():
             log.warning("%s", warning)
+        self.connections.configure(cfg)
         self._startup_log_level = logging.getLogger().level
         self._apply_log_level()
         started = time.monotonic()
@@ -98,22 +104,12 @@ class Broker:
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
-        host, port = cfg.advertised
-        self.ctx = KafkaContext(
-            logs=self.logs,
-            config=cfg,
-            node_id=cfg["node_id"],
-            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
-            advertised_host=host,
-            advertised_port=port,
-            metrics=self.metrics,
-        )
+        waiters = AppendWaiters()
         # --- group coordinator (streamd/groups) ---
         gconfig = group_config(cfg.values)
-        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        offsets_topic = OffsetsTopic(self.logs, waiters, gconfig.offsets_retention_ms)
         self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
-        self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
         if await asyncio.to_thread(offsets_topic.open):
             offsets_topic.seed(self.groups)
@@ -121,15 +117,29 @@ class Broker:
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
-        self.ctx.tiering = self.tiering
-        self.replicas = await self._start_replicas()
-        self.ctx.replicas = self.replicas
+        self.replicas = await self._start_replicas(waiters)
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
         await asyncio.to_thread(self.security.open)
-        self.ctx.security = self.security
-        self.ctx.authorizer = self.security.authorizer
+        first = cfg.listeners[0]
+        self.ctx = KafkaContext(
+            logs=self.logs,
+            config=cfg,
+            node_id=cfg["node_id"],
+            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
+            advertised_host=first.advertised_host,
+            advertised_port=first.advertised_port,
+            waiters=waiters,
+            metrics=self.metrics,
+            groups=self.groups,
+            tiering=self.tiering,
+            replicas=self.replicas,
+            authorizer=self.security.authorizer,
+            security=self.security,
+            producer_ids=ProducerIdAllocator(data_dir),
+            file_budget=FileBudget(_sendfile_descriptor_budget()),
+        )
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -155,11 +165,6 @@ class Broker:
         assert self.ctx is not None
         cfg = self.config
         listeners = cfg.listeners
-        first = listeners[0]
-        self.ctx.advertised_host, self.ctx.advertised_port = (
-            first.advertised_host,
-            first.advertised_port,
-        )
         tls = None
         if any(spec.protocol in ("SSL", "SASL_SSL") for spec in listeners):
             tls = server_context(
@@ -171,7 +176,7 @@ class Broker:
         for spec in listeners:
             ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
             server = await start_kafka_server(
-                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl, registry=self.connections
             )
             self.servers.append(server)
             log.info(
@@ -248,15 +253,15 @@ class Broker:
         self.health.register("tiering", service.health)
         return service
 
-    async def _start_replicas(self) -> ReadReplicas:
+    async def _start_replicas(self, waiters: AppendWaiters) -> ReadReplicas:
         """Read replicas (``remote.readreplica``): served from their origins' stores, opened
         with this broker's own ``tiering.s3.*`` settings, through the shared chunk cache."""
         from streamd.broker.restore import s3_options
         from streamd.tiering.store import open_store
 
         cfg = self.config
-        tiering, ctx = self.tiering, self.ctx
-        assert tiering is not None and ctx is not None and self.logs is not None
+        tiering = self.tiering
+        assert tiering is not None and self.logs is not None
         options = s3_options(cfg)
         replicas = ReadReplicas(
             self.logs,
@@ -266,7 +271,7 @@ class Broker:
             open_store=lambda url: open_store(url, s3_options=options),
             sync_interval_ms=cfg["tiering.readreplica_sync_interval_ms"],
             read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
-            on_moved=ctx.waiters.notify,
+            on_moved=waiters.notify,
             on_promoted=tiering.on_topic_changed,
             own_archive_bytes=tiering.archived_bytes,
         )
@@ -409,6 +414,7 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            self.connections.configure(cfg)
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)
@@ -439,6 +445,14 @@ class Broker:
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        self.connections.stop_reading()
+        busy = await self.connections.drain(DRAIN_TIMEOUT_S)
+        if busy:
+            log.warning(
+                "%d connections still had requests in flight after %.0f s; closing them "
+                "unanswered", busy, DRAIN_TIMEOUT_S,
+            )
+        self.connections.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -459,6 +473,8 @@ class Broker:
             await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
+        if self.security is not None:
+            self.security.close()
         log.info("streamd stopped")
 
 
@@ -474,6 +490,20 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not raise the open file limit: %s", exc)
+
+
+def _sendfile_descriptor_budget() -> int:
+    """A quarter of the open-file limit for descriptors held by unsent fetch responses (see
+    streamd.kafka.zerocopy): a client that stops reading cannot exhaust the rest."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(256, soft // 4)
 
 
 GC_THRESHOLD = (20_000, 20, 20)
