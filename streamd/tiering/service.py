@@ -36,6 +36,10 @@ topic that has archived data this session). Decisions recorded here:
   its local start, else the local start; -4 = local start; -5 = last archived offset (-1: none).
 - **Topic manifests** (topic id, partition count, topic overrides) are written in the background
   on create/alter/add-partitions of tiered topics, so CreateTopics never waits for the bucket.
+- **Borrowed archives** (:attr:`TieringService.borrowed`, read replicas): a replica topic is
+  never tracked or archived here; the offsets it (or the inherited history of a promoted
+  replica) serves from another broker's store lie below this broker's own archive, so reads,
+  prefetches, earliest/latest and timestamp lookups ask the borrowed manifest first.
 - **DeleteTopics** forgets the topic at once; with ``tiering.delete_on_topic_delete`` every object
   under its partitions' prefixes and its topic manifest is deleted in the background (after any
   in-flight upload of those partitions finished), retried on later ticks until it succeeds.
