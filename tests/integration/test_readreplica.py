@@ -241,8 +241,11 @@ def test_two_brokers_a_replica_serves_the_origins_archive_read_only(
     got = ops.consume(replica.bootstrap, topic_name, 0, 0)
     assert [m.offset for m in got] == list(range(ends[0]))
     describe = cli(replica, "topic", "describe", topic_name, "--format", "json")
-    configs = {c["name"]: c["value"] for c in json.loads(describe.stdout)["configs"]}
+    described = json.loads(describe.stdout)["configs"]
+    configs = {c["name"]: c["value"] for c in described}
     assert configs["remote.readreplica"] == url and configs["segment.bytes"] == "65536"
+    read_only = {c["name"] for c in described if c["read_only"]}
+    assert "segment.bytes" in read_only and "remote.readreplica" not in read_only
 
     # New uploads show after the next sync started once they were stored.
     topic_id = topic_id_of(origin, topic_name)

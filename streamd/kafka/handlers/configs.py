@@ -121,6 +121,7 @@ def describe_topic_configs(
     ctx: Any, topic: Any, keys: set[str] | None, *, synonyms: bool = False, docs: bool = False
 ) -> list[dict[str, Any]]:
     config: BrokerConfig = ctx.config
+    replica = bool(topic.config.remote_readreplica)  # its configs follow the origin
     out = []
     for name, value, _ in topic.config.describe():
         if keys and name not in keys:
@@ -137,7 +138,7 @@ def describe_topic_configs(
                 value,
                 origins,
                 broker_name=DEFAULTS_PREFIX + name,
-                read_only=False,
+                read_only=replica and name != READREPLICA,
                 sensitive=False,
                 config_type=TYPE_CODES[key.type],
                 doc=key.doc,
