@@ -177,7 +177,14 @@ class Metrics(Protocol):
     fetched_bytes: int
     sendfile_bytes: int
 
-    def count_request(self, api_key: int) -> None: ...
+    def count_request(self, api_key: int, seconds: float = 0.0) -> None:
+        """One handled request and its latency (decoded request to encoded response)."""
+
+    def produced(self, topic: str, nbytes: int, records: int) -> None:
+        """Batch bytes and records appended to ``topic``."""
+
+    def fetched(self, topic: str, nbytes: int) -> None:
+        """Batch bytes of ``topic`` served to consumers."""
 
 
 class ProducerIds(Protocol):

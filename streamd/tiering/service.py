@@ -388,6 +388,7 @@ class TieringService:
             except ObjectNotFound:
                 manifest = None
             except (RemoteStorageError, ManifestError) as exc:
+                self.stats.manifest_errors += 1
                 state.note_error(
                     f"cannot load manifest {state.manifest_key}: {exc}; the partition serves "
                     "its local copy and archives nothing until the manifest is readable"
@@ -865,8 +866,10 @@ class TieringService:
                     s.uploaded_segments),
             counter("streamd_tiering_upload_errors_total", "Failed segment uploads.",
                     s.upload_errors),
-            counter("streamd_tiering_manifest_errors_total", "Failed manifest stores.",
-                    s.manifest_errors),
+            counter("streamd_tiering_manifest_writes_total", "Partition manifests stored.",
+                    s.manifest_writes),
+            counter("streamd_tiering_manifest_errors_total",
+                    "Partition manifests that failed to store or to load.", s.manifest_errors),
             counter("streamd_tiering_download_bytes_total", "Bytes read from the bucket.",
                     s.downloaded_bytes),
             counter("streamd_tiering_download_errors_total", "Failed remote reads.",
@@ -877,6 +880,8 @@ class TieringService:
                     s.read_ahead_chunks),
             counter("streamd_tiering_deleted_objects_total", "Objects deleted.",
                     s.deleted_objects),
+            counter("streamd_tiering_delete_errors_total", "Failed object deletions.",
+                    s.delete_errors),
             ("streamd_tiering_upload_lag_offsets", "Offsets below the high watermark not yet "
              "archived.", "gauge", lag_offsets),
             ("streamd_tiering_upload_lag_bytes", "Local bytes not yet archived.", "gauge",

@@ -182,6 +182,11 @@ class Uploader:
                 return SyncResult(stored.outcome, uploaded, stored.error)
             uploaded += admitted
         state.pending_uploads = max(0, state.pending_uploads - uploaded)
+        if uploaded:
+            log.info(
+                "%s-%d: archived %d segment(s), now up to offset %d",
+                state.topic, state.partition, uploaded, state.manifest.last_uploaded_offset,
+            )
         if failure is not None:
             return SyncResult(failure.outcome, uploaded, failure.error)
         if selection.blocked:

@@ -191,8 +191,10 @@ async def fetch(req: Request) -> dict[str, Any]:
         if total >= min_bytes or left <= 0 or errors:
             break
         await ctx.waiters.wait([(w[0], w[1]) for w in wanted if w[4] is not None], left)
-    if ctx.metrics is not None:
-        ctx.metrics.fetched_bytes += total
+    if ctx.metrics is not None and total:
+        for i, cached in previous.items():
+            if cached[2]:
+                ctx.metrics.fetched(wanted[i][0], cached[2])
     old_magic = -1 if req.version >= 4 else (0 if req.version < 2 else 1)
     await _materialize(entries, req.files if old_magic < 0 else None, ctx.read_pool)
     responses: list[dict[str, Any]] = []

@@ -90,7 +90,6 @@ async def produce(req: Request) -> dict[str, Any] | None:
     acks = body.acks
     responses = []
     waits = []
-    produced = 0
     old_format = req.version < 3
     transactional_id = getattr(body, "transactional_id", None)
     for t in body.topic_data:
@@ -110,15 +109,16 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entry, plog, result = _stage(topic, p.index, p.records, acks, old_format)
                 entries.append(entry)
                 if plog is not None:
-                    produced += len(p.records)
+                    if ctx.metrics is not None:
+                        ctx.metrics.produced(
+                            t.name, len(p.records), result.last_offset - result.base_offset + 1
+                        )
                     waits.append(_durable(ctx, t.name, entry, plog, result))
         responses.append({"name": t.name, "partition_responses": entries})
     if len(waits) == 1:
         await waits[0]
     elif waits:
         await asyncio.gather(*waits)
-    if ctx.metrics is not None:
-        ctx.metrics.produced_bytes += produced
     if acks == 0:
         return None
     return {"responses": responses}
