@@ -285,6 +285,33 @@ KEYS: tuple[Key, ...] = (
         "Largest metadata string of a commit.",
         dynamic=True,
     ),
+    # --- transactions (streamd/txn) ---
+    Key("transaction.max.timeout.ms", _positive, 900000, "Largest transaction.timeout.ms allowed."),
+    Key(
+        "transactional.id.expiration.ms",
+        _positive,
+        604800000,
+        "Forget a transactional id idle this long.",
+    ),
+    Key(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        _positive,
+        10000,
+        "How often transactions past their timeout are aborted.",
+    ),
+    Key(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        _positive,
+        3600000,
+        "How often expired transactional ids are removed.",
+    ),
+    Key(
+        "transaction.debug.exit_after_markers",
+        _int,
+        -1,
+        "Test hook: exit after this many markers of a commit are written (crash simulation).",
+    ),
+    # --- end transactions ---
     Key(
         "tiering.store",
         _store,

@@ -20,13 +20,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from streamd.broker import admin_routes, console
-from streamd.broker.admin_api import AdminServer, BasicAuth
+from streamd.broker.admin_api import AdminServer, BasicAuth, error, json_response, require_cluster
 from streamd.broker.allocator import tune_allocator
 from streamd.broker.health import Health
 from streamd.broker.lock import DataDirLock
 from streamd.broker.metered_store import MeteredStore
 from streamd.broker.scheduler import Jobs
+from streamd.broker.transactions import describe_json, transaction_service, transactions_json
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
@@ -49,6 +52,7 @@ from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.txn.service import TransactionService
 
 log = logging.getLogger("streamd")
 DRAIN_TIMEOUT_S = 2.0
@@ -105,6 +109,7 @@ class Broker:
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
         self.replicas: ReadReplicas | None = None
+        self.txn: TransactionService | None = None
         self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
@@ -145,6 +150,14 @@ class Broker:
             offsets_topic.seed(self.groups)
         self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
+        # --- transaction coordinator (streamd/txn) ---
+        producer_ids = ProducerIdAllocator(data_dir)
+        self.txn = transaction_service(
+            data_dir, cfg.values, producer_ids, self.logs, waiters, self.groups
+        )
+        await self.txn.open()
+        self.tasks.append(self.txn.start())
+        # --- end transaction coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
         self.replicas = await self._start_replicas(waiters)
@@ -167,7 +180,8 @@ class Broker:
             replicas=self.replicas,
             authorizer=self.security.authorizer,
             security=self.security,
-            producer_ids=ProducerIdAllocator(data_dir),
+            producer_ids=producer_ids,
+            txn=self.txn,
             file_budget=FileBudget(_sendfile_descriptor_budget()),
         )
         log.info("cluster id %s, node id %d", self.ctx.cluster_id, self.ctx.node_id)
@@ -252,7 +266,33 @@ class Broker:
             self.config, lambda user, mech: security.credentials.get(user, mech) is not None
         )
         console.install(server, sources, self.groups, kafka)
+        self._transaction_routes(server)
         return server
+
+    def _transaction_routes(self, server: AdminServer) -> None:
+        """``/v1/transactions[?state=S,...]`` and ``/v1/transactions/{id}`` (``streamd
+        transaction list|describe``); DESCRIBE on the cluster, as the Kafka listings need."""
+
+        async def listing(request: web.Request) -> web.Response:
+            require_cluster(request)
+            assert self.txn is not None
+            states = [s for s in request.query.get("state", "").split(",") if s]
+            try:
+                return json_response(transactions_json(self.txn, states))
+            except ValueError as exc:
+                return error(400, str(exc))
+
+        async def one(request: web.Request) -> web.Response:
+            require_cluster(request)
+            assert self.txn is not None
+            transactional_id = request.match_info["transactional_id"]
+            d = self.txn.describe(transactional_id)
+            if d is None:
+                return error(404, f"unknown transactional id {transactional_id!r}")
+            return json_response(describe_json(d, int(time.time() * 1000)))
+
+        server.get("/v1/transactions", listing)
+        server.get("/v1/transactions/{transactional_id}", one)
 
     # ---- tiered storage -------------------------------------------------------------------------
 
@@ -507,6 +547,8 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
+        if self.txn is not None:
+            await self.txn.close()
         if self.groups is not None:
             await self.groups.close()
         if self.replicas is not None:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, archive, cluster, group, restore, topic, user
+from streamd.cli import acl, archive, cluster, group, restore, topic, transaction, user
 from streamd.cli import profile as profiles
 from streamd.cli.common import (
     MECHANISMS,
@@ -177,6 +177,7 @@ cli.add_command(acl.acl)
 cli.add_command(user.user)
 cli.add_command(cluster.cluster)
 cli.add_command(profiles.profile)
+cli.add_command(transaction.transaction)
 
 
 def main() -> None:

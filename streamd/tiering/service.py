@@ -60,6 +60,7 @@ from streamd.errors import OffsetOutOfRange, RemoteStorageError
 from streamd.log.manager import LogManager, Topic
 from streamd.log.partition import PartitionLog
 from streamd.log.segment import Segment
+from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.candidates import select_candidates
@@ -430,8 +431,10 @@ class TieringService:
             missing = [
                 key
                 for seg in copy.segments
-                for key, size in ((seg.key, seg.size_bytes), (seg.index_key, None))
-                if key not in listing or (size is not None and listing[key] != size)
+                for key, size in (
+                    (seg.key, seg.size_bytes), (seg.index_key, None), (seg.txn_index_key, None)
+                )
+                if key and (key not in listing or (size is not None and listing[key] != size))
             ]
             if missing:
                 state.note_error(
@@ -539,6 +542,8 @@ class TieringService:
                 for seg in removed:
                     self.cache.invalidate(seg.key)
                     state.pending_deletes += [seg.key, seg.index_key]
+                    if seg.txn_index_key:
+                        state.pending_deletes.append(seg.txn_index_key)
 
             stored = await self._uploader.store_manifest(state, moved, then=doom)
             if stored.outcome is not Outcome.OK:
@@ -707,6 +712,16 @@ class TieringService:
         state = self._states.get((topic, partition))
         if state is not None:
             self._reader.prefetch(state.manifest, offset)
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
+        and whether that settles it (else the local segments' indexes follow)."""
+        state = self._states.get((topic, partition))
+        if state is None:
+            return [], False
+        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int
