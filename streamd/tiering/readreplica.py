@@ -83,6 +83,7 @@ from streamd.errors import (
 )
 from streamd.log.files import atomic_write
 from streamd.log.manager import LogManager, Topic
+from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import METADATA_KIND, unseal
@@ -826,6 +827,28 @@ class ReadReplicas:
                     f"retention; the archive now starts at {part.manifest.remote_start_offset}"
                 ) from None
             return await reader.read(part.manifest, offset, max_bytes, min_one, below=below)
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """read_committed: the aborted transactions of ``[fetch_offset, upper)`` from the
+        origin's archived transaction indexes, and whether they settle it."""
+        replica = self._replicas.get(topic)
+        if replica is None or partition >= len(replica.partitions):
+            return [], False
+        part = replica.partitions[partition]
+        reader = self.origin(replica.origin).reader
+        syncs = replica.syncs
+        try:
+            return await reader.aborted_transactions(part.manifest, fetch_offset, upper)
+        except ObjectNotFound:
+            await self.sync(replica, unless_after=syncs)
+            if fetch_offset < part.manifest.remote_start_offset:
+                raise OffsetOutOfRange(
+                    f"offset {fetch_offset} of {topic}-{partition} was removed by its origin's "
+                    f"retention; the archive now starts at {part.manifest.remote_start_offset}"
+                ) from None
+            return await reader.aborted_transactions(part.manifest, fetch_offset, upper)
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, timestamp: int, below: int

@@ -116,6 +116,10 @@ class BorrowedArchives(Protocol):
 
     async def delete_records(self, topic: str, partition: int, offset: int) -> None: ...
 
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]: ...
+
     def describe(self, name: str, report: dict[str, Any]) -> None: ...
 
 
@@ -718,10 +722,22 @@ class TieringService:
     ) -> tuple[list[AbortedTxn], bool]:
         """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
         and whether that settles it (else the local segments' indexes follow)."""
+        found: list[AbortedTxn] = []
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and fetch_offset <= borrowed.last_uploaded_offset:
+            assert self.borrowed is not None
+            found, complete = await self.borrowed.aborted_transactions(
+                topic, partition, fetch_offset, upper
+            )
+            if complete:
+                return found, True
         state = self._states.get((topic, partition))
         if state is None:
-            return [], False
-        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
+            return found, False
+        more, complete = await self._reader.aborted_transactions(
+            state.manifest, fetch_offset, upper
+        )
+        return found + more, complete
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int

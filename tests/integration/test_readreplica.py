@@ -412,3 +412,84 @@ def test_three_brokers_promotion_after_the_origin_is_killed(
     assert bucket_state(moto_s3, bucket, "origin/") == snapshot
     prefixes = {k.split("/", 1)[0] for k in moto_s3.objects(bucket)}
     assert prefixes <= {"origin", "replica-b", "replica-c"}, prefixes
+
+
+def read_to(bootstrap: str, topic: str, end: int, isolation: str) -> list[bytes]:
+    """Values of partition 0 from offset 0 until the consumer's position reaches ``end``."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rr-txn-reader",
+                  "enable.auto.commit": False, "isolation.level": isolation,
+                  "auto.offset.reset": "error"})
+    tp = TopicPartition(topic, 0, 0)
+    out: list[bytes] = []
+    try:
+        c.assign([tp])
+        deadline = time.monotonic() + 60
+        while c.position([TopicPartition(topic, 0)])[0].offset < end:
+            assert time.monotonic() < deadline, (len(out), end)
+            for msg in c.consume(num_messages=500, timeout=0.5):
+                assert msg.error() is None, msg.error()
+                out.append(bytes(msg.value() or b""))
+    finally:
+        c.close()
+    return out
+
+
+def test_read_committed_on_a_replica_skips_what_the_origin_aborted(
+    moto_s3: MotoS3, broker_factory, topic_name: str  # noqa: ANN001
+) -> None:
+    from tests.support.txn import plain_produce, txn_producer
+
+    bucket = moto_s3.new_bucket()
+    origin = broker_factory(settings(moto_s3, bucket, "origin",
+                                     **{"tiering.segment_max_upload_interval_ms": "1000"}))
+    replica = broker_factory(settings(moto_s3, bucket, "replica-b"))
+    ops.create_topic(origin.bootstrap, topic_name, 1,
+                     {**TIERED, "segment.bytes": "32768", "local.retention.bytes": "32768"})
+    long, short = (txn_producer(origin.bootstrap, f"{topic_name}-{n}") for n in ("l", "s"))
+    committed: list[bytes] = []
+    everything: list[bytes] = []
+    pad = b"." * 900
+
+    def send(p: Any, tag: str, n: int) -> list[bytes]:
+        vs = [f"{tag}-{i}".encode() + pad for i in range(n)]
+        for v in vs:
+            p.produce(topic_name, v, partition=0)
+        assert p.flush(30) == 0
+        everything.extend(vs)
+        return vs
+
+    long.begin_transaction()
+    send(long, "long-aborted", 5)  # open across many segments, aborted at the end
+    for round_ in range(12):
+        short.begin_transaction()
+        vs = send(short, f"short{round_}", 8)
+        if round_ % 3 == 2:
+            short.abort_transaction(30)
+        else:
+            short.commit_transaction(30)
+            committed.extend(vs)
+    long.abort_transaction(30)
+    plain_produce(origin.bootstrap, topic_name, 0, [b"plain-tail"])
+    committed.append(b"plain-tail")
+    everything.append(b"plain-tail")
+    hw = latest(origin, topic_name, 0)
+    wait_until("the origin to archive everything",
+               lambda: storage_report(origin.admin_port, topic_name)["partitions"][0][
+                   "last_uploaded_offset"] >= hw - 1, timeout=60)
+    assert any(k.endswith(".txnindex") for k in moto_s3.objects(bucket))
+
+    ops.create_topic(replica.bootstrap, topic_name, 1,
+                     {"remote.readreplica": f"s3://{bucket}/origin"})
+    assert latest(replica, topic_name, 0) == hw
+    assert read_to(replica.bootstrap, topic_name, hw, "read_committed") == committed
+    assert read_to(origin.bootstrap, topic_name, hw, "read_committed") == committed
+    assert read_to(replica.bootstrap, topic_name, hw, "read_uncommitted") == everything
+
+    # A transaction cannot add a replica's partition (its markers would land in the replica).
+    p = txn_producer(replica.bootstrap, f"{topic_name}-on-replica")
+    p.begin_transaction()
+    p.produce(topic_name, b"x", partition=0)
+    p.flush(10)
+    with pytest.raises(KafkaException):
+        p.commit_transaction(20)
+    assert latest(replica, topic_name, 0) == hw
