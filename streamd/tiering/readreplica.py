@@ -33,6 +33,14 @@ Decisions:
   that finds an object gone (a manifest older than the deletion) re-reads that manifest at
   once: below the new start the fetch answers OFFSET_OUT_OF_RANGE, which a consumer handles
   like any retention (its reset policy), never a storage error in the middle of a read.
+- **Transactions.** read_committed fetches list the aborted transactions from the origin's
+  archived transaction indexes (the same reader path as the origin's own replay), and a
+  transaction may not add a replica's partition (AddPartitionsToTxn answers
+  INVALID_TOPIC_EXCEPTION: its markers would land in the replica's log). The replica's last
+  stable offset is the end of the origin's archive: a transaction still open at the origin
+  whose records were archived before its marker is visible to read_committed readers of the
+  replica until the marker is archived too (the origin archives sealed segments whatever their
+  transactions; archiving only below the origin's LSO, as Redpanda does, would close this).
 - **Read-only.** Produce, DeleteRecords, CreatePartitions and config changes other than
   removing ``remote.readreplica`` are refused by the Kafka handlers (:func:`refusal`) with a
   message saying the topic is a read replica. This broker never writes, deletes or lists
