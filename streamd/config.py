@@ -404,6 +404,14 @@ KEYS: tuple[Key, ...] = (
         "Adjacent small sealed segments are uploaded as one object up to this size (0 = off).",
     ),
     Key(
+        "tiering.readreplica_sync_interval_ms",
+        _positive,
+        10000,
+        "How often a read replica re-reads its origin's manifests (new archived data shows "
+        "within one interval).",
+        dynamic=True,
+    ),
+    Key(
         "tiering.debug.fail_after_segment_upload",
         _bool,
         False,

@@ -58,6 +58,7 @@ from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
+from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
 from streamd.txn.service import TransactionService
 
@@ -116,6 +117,7 @@ class Broker:
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
         self.cleaner: LogCleaner | None = None
+        self.replicas: ReadReplicas | None = None
         self.txn: TransactionService | None = None
         self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
@@ -179,6 +181,7 @@ class Broker:
         # --- end transaction coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
+        self.replicas = await self._start_replicas(waiters)
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
@@ -195,6 +198,7 @@ class Broker:
             metrics=self.metrics,
             groups=self.groups,
             tiering=self.tiering,
+            replicas=self.replicas,
             authorizer=self.security.authorizer,
             security=self.security,
             producer_ids=producer_ids,
@@ -378,6 +382,34 @@ class Broker:
         self.health.register("tiering", service.health)
         return service
 
+    async def _start_replicas(self, waiters: AppendWaiters) -> ReadReplicas:
+        """Read replicas (``remote.readreplica``): served from their origins' stores, opened
+        with this broker's own ``tiering.s3.*`` settings, through the shared chunk cache."""
+        from streamd.broker.restore import s3_options
+        from streamd.tiering.store import open_store
+
+        cfg = self.config
+        tiering = self.tiering
+        assert tiering is not None and self.logs is not None
+        options = s3_options(cfg)
+        replicas = ReadReplicas(
+            self.logs,
+            tiering.cache,
+            state_dir=cfg.data_dir / "tiering" / "readreplicas",
+            own_store=cfg["tiering.store"],
+            open_store=lambda url: open_store(url, s3_options=options),
+            sync_interval_ms=cfg["tiering.readreplica_sync_interval_ms"],
+            read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
+            on_moved=waiters.notify,
+            on_promoted=tiering.on_topic_changed,
+            own_archive_bytes=tiering.archived_bytes,
+        )
+        tiering.borrowed = replicas
+        await replicas.start()
+        self.metrics.add_collector(replicas.metric_families)
+        self.health.register("read_replicas", replicas.health)
+        return replicas
+
     async def log_dirs_report(self) -> dict[str, Any]:
         """``GET /v1/logdirs``: what DescribeLogDirs answers, plus what the archive holds per
         partition (``archive_bytes``, streamd's own field; 0 when nothing is archived)."""
@@ -479,6 +511,8 @@ class Broker:
                 groups.reconfigure(group_config(values))
             if "tiering.upload_interval_ms" in changed:
                 tiering.set_upload_interval(values["tiering.upload_interval_ms"])
+            if "tiering.readreplica_sync_interval_ms" in changed and self.replicas is not None:
+                self.replicas.set_sync_interval(values["tiering.readreplica_sync_interval_ms"])
             if "tiering.cache_max_bytes" in changed:
                 tiering.cache.max_bytes = values["tiering.cache_max_bytes"]
             if "tiering.offsets_archive_interval_ms" in changed and self.archive is not None:
@@ -566,6 +600,8 @@ class Broker:
             await self.txn.close()
         if self.groups is not None:
             await self.groups.close()
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.tiering is not None:
             await self.tiering.close()
         if self.logs is not None:

@@ -72,18 +72,20 @@ class RestoreResult:
         return not (self.plan.gaps or self.failures or self.plan.skipped)
 
 
+def s3_options(cfg: BrokerConfig) -> dict[str, Any]:
+    """The ``tiering.s3.*`` settings as :func:`open_store` takes them."""
+    return {
+        "endpoint_url": cfg["tiering.s3.endpoint_url"],
+        "region": cfg["tiering.s3.region"],
+        "access_key_id": cfg["tiering.s3.access_key_id"],
+        "secret_access_key": cfg["tiering.s3.secret_access_key"],
+        "path_style": cfg["tiering.s3.path_style"],
+    }
+
+
 def open_configured_store(cfg: BrokerConfig) -> ObjectStore:
     """The object store named by ``tiering.store`` with the ``tiering.s3.*`` settings."""
-    return open_store(
-        cfg["tiering.store"],
-        s3_options={
-            "endpoint_url": cfg["tiering.s3.endpoint_url"],
-            "region": cfg["tiering.s3.region"],
-            "access_key_id": cfg["tiering.s3.access_key_id"],
-            "secret_access_key": cfg["tiering.s3.secret_access_key"],
-            "path_style": cfg["tiering.s3.path_style"],
-        },
-    )
+    return open_store(cfg["tiering.store"], s3_options=s3_options(cfg))
 
 
 def describe_contents(data_dir: Path, limit: int = 5) -> str:

@@ -76,13 +76,16 @@ def unseal(data: bytes, kind: str) -> dict[str, Any]:
 
 
 def end_offsets(logs: LogManager) -> dict[str, dict[str, Any]]:
-    """Every local topic's partition end offsets, and whether it is tiered."""
+    """Every local topic's partition end offsets, and whether it is tiered. Read replicas are
+    left out: their offsets live in the origin's archive, not in this broker's, so a restore
+    of this archive has none of them to miss."""
     return {
         topic.name: {
             "tiered": bool(topic.config.remote_storage_enable),
             "ends": [plog.high_watermark for plog in topic.partitions],
         }
         for topic in sorted(logs.topics().values(), key=lambda t: t.name)
+        if not topic.config.remote_readreplica
     }
 
 
