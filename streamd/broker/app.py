@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from streamd.broker import transforms
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.broker.allocator import tune_allocator
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
@@ -36,6 +37,7 @@ from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.transforms.supervisor import Supervisor
 
 log = logging.getLogger("streamd")
 
@@ -68,6 +70,8 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.transforms: Supervisor | None = None
+        self._transforms_side: transforms.TransformsBroker | None = None
         self._startup_log_level = logging.INFO
 
     async def start(self) -> None:
@@ -118,6 +122,14 @@ class Broker:
         await asyncio.to_thread(self.security.open)
         self.ctx.security = self.security
         self.ctx.authorizer = self.security.authorizer
+        # --- data transforms (streamd/transforms); workers start at the end of start() ---
+        self.transforms, self._transforms_side = transforms.supervisor(
+            cfg, self.ctx, self.logs, self.groups
+        )
+        if self.security.authorizer is not None:
+            authorizer = self.security.authorizer
+            authorizer.super_users = authorizer.super_users | {transforms.PRINCIPAL}
+        # --- end data transforms ---
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -135,6 +147,8 @@ class Broker:
         policy = FsyncPolicy.parse(cfg["fsync"])
         if policy.interval_ms:
             self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
+        if self.transforms is not None:
+            await self.transforms.open()
 
     # ---- security and listeners ------------------------------------------------------------------
 
@@ -195,6 +209,8 @@ class Broker:
         admin.route("GET", "/metrics", metrics)
         admin.route("GET", "/v1/cluster", cluster)
         self._tiering_routes(admin)
+        if self.transforms is not None and self._transforms_side is not None:
+            transforms.install_routes(admin, self.transforms, self._transforms_side, self.ctx)
         self.admin = admin
         return admin
 
@@ -319,6 +335,7 @@ class Broker:
             credentials=security.credentials.credentials,
             offsets=offsets,
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
+            transforms=self.transforms.documents if self.transforms is not None else None,
         )
         self.tiering.tick_hooks.append(archive.tick)
         return archive
@@ -385,6 +402,10 @@ class Broker:
                 log.exception("periodic fsync failed; will retry")
 
     async def stop(self) -> None:
+        if self.transforms is not None:
+            # Workers first: each commits its open transaction through the broker.
+            with contextlib.suppress(Exception):
+                await self.transforms.close()
         for server in self.servers:
             server.close()
         for task in self.tasks:

@@ -345,3 +345,21 @@ async def start_kafka_server(
         backlog=1024,
         ssl=ssl,
     )
+
+
+async def serve_socket(ctx: KafkaContext, sock: Any, *, principal: str) -> asyncio.BaseTransport:
+    """Serve an already-connected socket (the broker's end of a socketpair) as a Kafka
+    connection of ``principal``, without a listener: how the broker's own data-transform
+    workers (:mod:`streamd.transforms`) reach it. The principal is set before the peer can
+    send anything (the worker process is started after this returns)."""
+    cfg = ctx.config
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.connect_accepted_socket(
+        lambda: KafkaConnection(
+            ctx, cfg["socket.request.max.bytes"], cfg["kafka.max_inflight_bytes"]
+        ),
+        sock,
+    )
+    if conn.session is not None:
+        conn.session.principal = principal
+    return transport
