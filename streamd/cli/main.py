@@ -17,7 +17,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, cluster, group, restore, topic, user
+from streamd.cli import acl, cluster, group, restore, topic, transform, user
 from streamd.cli.common import (
     MECHANISMS,
     CliError,
@@ -153,6 +153,7 @@ cli.add_command(group.group)
 cli.add_command(acl.acl)
 cli.add_command(user.user)
 cli.add_command(cluster.cluster)
+cli.add_command(transform.transform)
 
 
 def main() -> None:

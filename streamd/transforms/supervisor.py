@@ -149,6 +149,7 @@ class Runner:
         if self.task is not None and not self.task.done():
             return
         self.stopping = False
+        self.caught_up = False
         self.wake.clear()
         self.task = asyncio.create_task(self._supervise(), name=f"transform-{self.name}")
 
