@@ -124,7 +124,7 @@ class Broker:
         self.ctx.authorizer = self.security.authorizer
         # --- data transforms (streamd/transforms); workers start at the end of start() ---
         self.transforms, self._transforms_side = transforms.supervisor(
-            cfg, self.ctx, self.logs, self.groups
+            cfg, self.ctx, self.logs, self.groups, transactional=False
         )
         if self.security.authorizer is not None:
             authorizer = self.security.authorizer

@@ -80,11 +80,18 @@ def settings(cfg: BrokerConfig, *, transactional: bool) -> Settings:
 
 
 def supervisor(
-    cfg: BrokerConfig, ctx: KafkaContext, logs: LogManager, groups: GroupService
+    cfg: BrokerConfig,
+    ctx: KafkaContext,
+    logs: LogManager,
+    groups: GroupService,
+    *,
+    transactional: bool,
 ) -> tuple[Supervisor, TransformsBroker]:
+    """``transactional``: the broker has a transaction coordinator, so workers commit output
+    and positions in one transaction (else: idempotent output, then OffsetCommit)."""
     side = TransformsBroker(ctx, logs, groups)
     sup = Supervisor(
-        Path(cfg.data_dir) / "transforms", settings(cfg, transactional=False), side
+        Path(cfg.data_dir) / "transforms", settings(cfg, transactional=transactional), side
     )
     return sup, side
 

@@ -12,6 +12,7 @@ import base64
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ def admin_call(method: str, path: str, body: Any = None) -> Any:
 
 
 def _path(name: str, suffix: str = "") -> str:
-    return "/v1/transforms/" + urllib.request.quote(name, safe="") + suffix
+    return "/v1/transforms/" + urllib.parse.quote(name, safe="") + suffix
 
 
 @click.group()
