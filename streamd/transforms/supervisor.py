@@ -35,7 +35,8 @@ Decisions:
   later deployment of the same name starts from ``--from`` again; a redeploy (deploy to an
   existing name) keeps them and continues with the new code.
 - ``failed``, ``paused`` and the counters survive restarts (``deployment.json``); counters are
-  saved at every state change and at shutdown, so after a kill -9 they may lag a little.
+  saved at every state change, every ``COUNTERS_SAVE_S`` while a worker runs and at shutdown,
+  so after a kill -9 of the broker they may lag a little (positions and output never do).
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ log = logging.getLogger("streamd.transforms")
 PRINCIPAL = "Internal:transforms"
 HEARTBEAT_GRACE_MS = 10_000
 MONITOR_INTERVAL_S = 1.0
+COUNTERS_SAVE_S = 10.0
 RESTART_BACKOFF_MS = 1000
 COUNTERS = ("records_in", "records_out", "records_skipped", "records_dead_lettered")
 STREAMD_ROOT = str(Path(__file__).resolve().parents[2])
@@ -373,9 +375,13 @@ class Runner:
         settings = self.sup.settings
         hb_limit = (settings.record_timeout_ms + HEARTBEAT_GRACE_MS) / 1000
         page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        saved, last_save = self.counters(), time.monotonic()
         while proc.returncode is None:
             await asyncio.sleep(MONITOR_INTERVAL_S)
             self.rss = _rss(proc.pid, page)
+            if time.monotonic() - last_save >= COUNTERS_SAVE_S and self.counters() != saved:
+                saved, last_save = self.counters(), time.monotonic()
+                await self.sup.save_counters(self, saved)
             if self.stopping:
                 continue
             silent = time.monotonic() - self.last_hb
@@ -612,6 +618,15 @@ class Supervisor:
         if name not in self.runners:
             return None
         return await asyncio.to_thread(self.store.log_tail, name, lines)
+
+    async def save_counters(self, runner: Runner, counters: dict[str, int]) -> None:
+        """Store the running worker's counters so far (a kill -9 of the broker loses at most
+        ``COUNTERS_SAVE_S`` of them); the stored totals themselves change only when a worker
+        ends (:meth:`Runner._fold_counters`)."""
+        stored = runner.stored
+        snapshot = Stored(stored.deployment, stored.paused, stored.failed, dict(counters))
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(self.store.save, snapshot)
 
     async def _mark_failed(self, runner: Runner, outcome: Outcome) -> None:
         failed = {

@@ -24,6 +24,7 @@ from tests.support.transforms import (
     UPPER,
     admin,
     caught_up,
+    committed_total,
     deploy,
     describe,
     read_committed,
@@ -95,8 +96,8 @@ def test_replay_from_the_bucket_then_live_exactly_once_across_kill9(
     remote_reads = metric(metrics_text(broker.admin_port), "streamd_tiering_remote_reads_total")
 
     deploy(broker, "upper", UPPER, src, [dst], start="earliest", env={"DELAY_S": "0.0002"})
-    mid = wait_for(broker, "upper", "commit some output", lambda d: d["records_out"] > 0)
-    assert mid["status"] == "catching-up" and mid["records_out"] < 20_000, mid
+    mid = wait_for(broker, "upper", "commit some output", lambda d: committed_total(d) > 0)
+    assert mid["status"] == "catching-up" and committed_total(mid) < 20_000, mid
     broker.kill9()  # mid-replay: output and positions of the open transaction are lost
     broker.start()
     wait_for(broker, "upper", "catch up with 20,000 records", lambda d: caught_up(d, 20_000))
@@ -105,7 +106,10 @@ def test_replay_from_the_bucket_then_live_exactly_once_across_kill9(
     assert after > 0 and remote_reads == 0  # the replay read the bucket (fresh metrics: restart)
 
     produce_keyless(broker.bootstrap, src, 20_000, 5_000, parts)
-    doc = wait_for(broker, "upper", "start on the live records", lambda d: d["records_out"] > 0)
+    doc = wait_for(
+        broker, "upper", "commit live records", lambda d: committed_total(d) > 20_000
+    )
+    assert committed_total(doc) < 25_000, doc
     os.kill(doc["worker"]["pid"], signal.SIGKILL)  # mid-stream
     doc = wait_for(broker, "upper", "catch up with 25,000 records", lambda d: caught_up(d, 25_000))
     assert doc["worker"]["restarts"] >= 1 and doc["status"] == "running", doc

@@ -112,6 +112,11 @@ def wait_for(
     raise AssertionError(f"timed out waiting for transform {name} to {what}; last: {doc}")
 
 
+def committed_total(doc: dict[str, Any]) -> int:
+    """Input records committed so far (the sum of committed positions)."""
+    return sum(p["committed_offset"] or 0 for p in doc["partitions"])
+
+
 def caught_up(doc: dict[str, Any], total: int) -> bool:
     """Every input record committed (lag 0 with ``total`` input records)."""
     committed = [p["committed_offset"] for p in doc["partitions"]]
