@@ -262,6 +262,7 @@ class Worker:
                 return int(resp.producer_id), int(resp.producer_epoch)
             if resp.error_code not in RETRIABLE_TXN:
                 raise WorkerError(f"InitProducerId: {_err(resp.error_code)}")
+            _retrying("InitProducerId", resp.error_code, attempt)
             time.sleep(min(0.05 * (attempt + 1), 1.0))
         raise WorkerError("InitProducerId: the transaction coordinator stayed busy")
 
@@ -311,6 +312,8 @@ class Worker:
                 for p in t.partitions
             )
             if unstable or resp.error_code in RETRIABLE_TXN:
+                _retrying("OffsetFetch", E_UNSTABLE_OFFSET_COMMIT if unstable else resp.error_code,
+                          attempt)
                 time.sleep(min(0.05 * (attempt + 1), 0.5))
                 continue
             if resp.error_code != E_NONE:
@@ -616,6 +619,7 @@ class Worker:
                 self.txn_partitions.update(partitions)
                 return
             if errors <= RETRIABLE_TXN:
+                _retrying("AddPartitionsToTxn", min(errors), attempt)
                 time.sleep(min(0.02 * (attempt + 1), 0.5))
                 continue
             raise WorkerError(
@@ -706,6 +710,7 @@ class Worker:
                 return
             if resp.error_code not in RETRIABLE_TXN:
                 raise WorkerError(f"{name}: {_err(resp.error_code)}")
+            _retrying(name, resp.error_code, attempt)
             time.sleep(min(0.02 * (attempt + 1), 0.5))
         raise WorkerError(f"{name}: the transaction coordinator stayed busy")
 
@@ -776,6 +781,12 @@ class Worker:
 
 def _keyed(d: dict[int, int]) -> dict[str, int]:
     return {str(k): v for k, v in sorted(d.items())}
+
+
+def _retrying(what: str, code: int, attempt: int) -> None:
+    if attempt % 20 == 0:
+        print(f"{what}: {_err(code)}; retrying (attempt {attempt + 1})", file=sys.stderr,
+              flush=True)
 
 
 def _is_abort_marker(batch: Any) -> bool:
