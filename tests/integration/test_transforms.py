@@ -111,8 +111,13 @@ def test_replay_from_the_bucket_then_live_exactly_once_across_kill9(
     )
     assert committed_total(doc) < 25_000, doc
     os.kill(doc["worker"]["pid"], signal.SIGKILL)  # mid-stream
-    doc = wait_for(broker, "upper", "catch up with 25,000 records", lambda d: caught_up(d, 25_000))
-    assert doc["worker"]["restarts"] >= 1 and doc["status"] == "running", doc
+    doc = wait_for(
+        broker,
+        "upper",
+        "catch up with 25,000 records",
+        lambda d: caught_up(d, 25_000) and d["status"] == "running",
+    )
+    assert doc["worker"]["restarts"] >= 1, doc
     assert values(read_committed(broker.bootstrap, dst, parts)) == expected(25_000, parts)
 
     produce_keyless(broker.bootstrap, src, 25_000, 1_000, parts)
