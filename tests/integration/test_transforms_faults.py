@@ -267,7 +267,7 @@ def test_restore_brings_deployments_back(
     env["PYTHONPATH"] = str(REPO_ROOT)
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env,
                           cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, done.stdout + done.stderr
     assert (data_dir / "transforms" / "up" / "deployment.json").is_file()
 
     restored = BrokerProcess(data_dir, conf, log_path=tmp_path / "restored.log")
