@@ -202,8 +202,9 @@ class Runner:
                     self,
                     replace(
                         outcome,
-                        error=f"{outcome.error} (restarted {settings.max_restarts} times in a "
-                        "row without progress; resume it once fixed)",
+                        error=f"{outcome.error}; failed after {settings.max_restarts} "
+                        "restart(s) without progress (transforms.max_restarts): fix it, then "
+                        "resume",
                     ),
                 )
                 break

@@ -73,6 +73,7 @@ EARLIEST, LATEST = -2, -1
 READ_COMMITTED = 1
 METADATA_REFRESH_S = 30.0
 STATUS_INTERVAL_S = 1.0
+STATUS_AFTER_COMMIT_S = 0.2
 HEARTBEAT_S = 1.0
 
 
@@ -646,6 +647,8 @@ class Worker:
         self.txn_partitions = set()
         self.txn_offsets_added = False
         self.txn_started = 0.0
+        if time.monotonic() - self.last_status >= STATUS_AFTER_COMMIT_S:
+            self.report(force=True)
 
     def _txn_commit(self, positions: dict[int, int]) -> None:
         cfg = self.cfg
