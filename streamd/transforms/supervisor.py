@@ -140,6 +140,7 @@ class Runner:
         self.last_error: dict[str, Any] | None = stored.failed
         self.rss = 0
         self._kill_reason: Outcome | None = None
+        self._term_sent: float | None = None
 
     @property
     def name(self) -> str:
@@ -156,25 +157,23 @@ class Runner:
         self.task = asyncio.create_task(self._supervise(), name=f"transform-{self.name}")
 
     async def stop(self) -> None:
-        """Stop the worker (SIGTERM, then SIGKILL after ``stop_timeout_ms``) and the loop."""
+        """Stop the worker and the loop: SIGTERM (the worker commits its open transaction and
+        exits), SIGKILL after ``stop_timeout_ms`` (see :meth:`_monitor`)."""
         self.stopping = True
         self.wake.set()
-        proc = self.proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), self.sup.settings.stop_timeout_ms / 1000)
-            except TimeoutError:
-                log.warning("transform %s: worker ignored SIGTERM; killing it", self.name)
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        self._terminate()
         if self.task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
         self.task = None
         self.state = "stopped"
+
+    def _terminate(self) -> None:
+        proc = self.proc
+        if proc is not None and proc.returncode is None and self._term_sent is None:
+            self._term_sent = time.monotonic()
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
 
     async def _supervise(self) -> None:
         backoff = RESTART_BACKOFF_MS
@@ -293,6 +292,9 @@ class Runner:
         for fd in child_fds:
             os.close(fd)
         self.proc = proc
+        self._term_sent = None
+        if self.stopping:
+            self._terminate()
         self.started_at_ms = now_ms()
         self.last_hb = time.monotonic()
         self.state = "running"
@@ -384,6 +386,12 @@ class Runner:
                 saved, last_save = self.counters(), time.monotonic()
                 await self.sup.save_counters(self, saved)
             if self.stopping:
+                self._terminate()
+                waited = time.monotonic() - (self._term_sent or time.monotonic())
+                if waited > settings.stop_timeout_ms / 1000:
+                    log.warning("transform %s: worker ignored SIGTERM; killing it", self.name)
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
                 continue
             silent = time.monotonic() - self.last_hb
             if silent > hb_limit:
@@ -457,21 +465,26 @@ class Runner:
 
     # ---- status ---------------------------------------------------------------------------
 
-    def status(self) -> str:
+    def status(self, lag: int | None = None) -> str:
+        """``catching-up`` until the worker has once read to the end of every input partition
+        (or, seen from here, nothing is left to read); ``running`` from then on."""
         if self.stored.failed is not None:
             return "failed"
         if self.stored.paused:
             return "paused"
-        return "running" if self.caught_up else "catching-up"
+        return "running" if self.caught_up or lag == 0 else "catching-up"
 
     def describe(self) -> dict[str, Any]:
         dep = self.stored.deployment
         partitions = []
         total_lag = 0
+        unknown = False
         for p in self.sup.broker.progress(dep.group_id, dep.input_topic):
             lag = None if p.committed is None else max(0, p.end - p.committed)
             if lag is not None:
                 total_lag += lag
+            else:
+                unknown = True
             partitions.append(
                 {"partition": p.partition, "committed_offset": p.committed,
                  "end_offset": p.end, "lag": lag}
@@ -481,7 +494,7 @@ class Runner:
             {
                 "dead_letter_topic": dep.dead_letter_topic,
                 "from": doc.pop("start"),
-                "status": self.status(),
+                "status": self.status(None if unknown else total_lag),
                 "exactly_once": self.sup.settings.transactional,
                 "partitions": partitions,
                 "lag": total_lag,
