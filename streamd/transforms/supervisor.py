@@ -62,7 +62,7 @@ from streamd.transforms.store import LOG_MAX_BYTES, DeploymentStore, Stored
 log = logging.getLogger("streamd.transforms")
 
 PRINCIPAL = "Internal:transforms"
-HEARTBEAT_GRACE_MS = 10_000
+HEARTBEAT_GRACE_MS = 5_000
 MONITOR_INTERVAL_S = 1.0
 COUNTERS_SAVE_S = 10.0
 RESTART_BACKOFF_MS = 1000

@@ -817,6 +817,8 @@ class Watchdog(threading.Thread):
     :class:`~streamd.transforms.runtime.TransformTimeout` in the transform (also interrupting a
     ``sleep`` or a blocking read). Code that never returns to the interpreter holds the GIL,
     so no heartbeat leaves either: the supervisor kills the worker after its heartbeat timeout.
+    A transform that swallows the interrupt and goes on hanging loses its heartbeats too, once
+    the call has lasted twice the limit.
     """
 
     def __init__(self, status: StatusPipe, limit_s: float) -> None:
@@ -845,20 +847,22 @@ class Watchdog(threading.Thread):
         while True:
             time.sleep(tick)
             now = time.monotonic()
-            if now - last_beat >= HEARTBEAT_S:
+            a = self.applier
+            stuck = False
+            if a is not None:
+                calls = a.calls
+                if not a.in_transform or calls != last_calls:
+                    last_calls, since = calls, now
+                elif now - since >= self.limit_s and self.fired_for != calls:
+                    self.fired_for = calls
+                    assert self.main_ident is not None
+                    signal.pthread_kill(self.main_ident, signal.SIGUSR1)
+                # Still in the same call long after the interrupt (the transform caught it):
+                # stop the heartbeats, so the supervisor kills the worker.
+                stuck = self.fired_for == calls and now - since >= 2 * self.limit_s
+            if now - last_beat >= HEARTBEAT_S and not stuck:
                 self.status.send("hb")
                 last_beat = now
-            a = self.applier
-            if a is None:
-                continue
-            calls = a.calls
-            if not a.in_transform or calls != last_calls:
-                last_calls, since = calls, now
-                continue
-            if now - since >= self.limit_s and self.fired_for != calls:
-                self.fired_for = calls
-                assert self.main_ident is not None
-                signal.pthread_kill(self.main_ident, signal.SIGUSR1)
 
 
 class LogStream:

@@ -40,6 +40,19 @@ def transform(record):
     return record
 """
 
+SWALLOWS = """\
+import time
+
+def transform(record):
+    if record.value == b"slow":
+        while True:
+            try:
+                time.sleep(3600)
+            except Exception:
+                pass  # swallows the time limit's interrupt
+    return record
+"""
+
 STUCK = """\
 import itertools
 
@@ -84,13 +97,16 @@ def test_hanging_and_stuck_transforms(broker_factory, topic_name: str) -> None: 
     broker = broker_factory(
         ENABLED | {"transforms.record_timeout_ms": "1000", "transforms.max_restarts": "0"}
     )
-    src, out1, out2, other = (f"{topic_name}-{s}" for s in ("in", "o1", "o2", "other"))
-    for t in (src, out1, out2, other):
+    src, out1, out2, out3, other = (
+        f"{topic_name}-{s}" for s in ("in", "o1", "o2", "o3", "other")
+    )
+    for t in (src, out1, out2, out3, other):
         ops.create_topic(broker.bootstrap, t, 1)
     produce_values(broker.bootstrap, src, [b"a", b"slow", b"b"])
 
     deploy(broker, "sleepy", SLEEPY, src, [out1], on_error="skip")
     deploy(broker, "stuck", STUCK, src, [out2], on_error="skip")
+    deploy(broker, "swallows", SWALLOWS, src, [out3], on_error="skip")
 
     doc = wait_for(broker, "sleepy", "skip the slow record", lambda d: caught_up(d, 3))
     assert doc["records_skipped"] == 1 and doc["status"] == "running", doc
@@ -102,6 +118,8 @@ def test_hanging_and_stuck_transforms(broker_factory, topic_name: str) -> None: 
     doc = wait_for(broker, "stuck", "be killed and failed", lambda d: d["status"] == "failed")
     assert "no heartbeat" in doc["last_error"]["message"], doc
     assert doc["worker"]["pid"] is None
+    doc = wait_for(broker, "swallows", "be killed and failed", lambda d: d["status"] == "failed")
+    assert "no heartbeat" in doc["last_error"]["message"], doc
     roundtrip(broker, other, b"after")
 
 
