@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import procstat  # noqa: E402
 from brokers import MotoServer, StreamdBroker  # noqa: E402
 
 MiB = 1 << 20
@@ -102,6 +103,25 @@ def wait_archived(broker: StreamdBroker, topics: list[str], want: float, timeout
             return fraction
         time.sleep(0.5)
     raise SystemExit(f"the inputs did not leave local disk in {timeout:.0f}s ({fraction:.0%})")
+
+
+def cpu(broker: StreamdBroker, moto: MotoServer) -> dict[str, float]:
+    """CPU seconds so far: the broker process, its transform workers, moto, this process
+    (the loop and its librdkafka threads)."""
+    import resource
+
+    broker_own = procstat._stat_ticks(broker.pid) / procstat.CLK_TCK
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "broker": broker_own,
+        "workers": procstat.cpu_seconds(broker.pid) - broker_own,
+        "moto": procstat.cpu_seconds(moto.pid),
+        "client": usage.ru_utime + usage.ru_stime,
+    }
+
+
+def cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    return {k: round(after[k] - before[k], 2) for k in before}
 
 
 def run_transform(broker: StreamdBroker, src: str, dst: str, total: int) -> dict[str, Any]:
@@ -311,12 +331,16 @@ def main() -> None:
             time.sleep(args.idle_seconds)
         phase_file.write_text("transform")
         print("transform replay ...", file=sys.stderr)
+        c0 = cpu(broker, moto)
         results["transform"] = run_transform(broker, "in-transform", "out-transform", records)
+        results["transform"]["cpu_s"] = cpu_delta(c0, cpu(broker, moto))
         phase_file.write_text("idle2")
         time.sleep(1.0)
         phase_file.write_text("loop")
         print("confluent-kafka transactional loop replay ...", file=sys.stderr)
+        c0 = cpu(broker, moto)
         results["loop"] = run_loop(broker.bootstrap, "in-loop", "out-loop", records, n)
+        results["loop"]["cpu_s"] = cpu_delta(c0, cpu(broker, moto))
         phase_file.write_text("STOP")
         if probe is not None:
             probe.wait(60)
@@ -357,6 +381,9 @@ def main() -> None:
     print(f"  confluent-kafka transactional loop:  {lp['records_per_s']:,.0f} records/s  "
           f"({lp['seconds']:.1f} s)")
     print(f"  ratio transform / loop: {results['ratio']:.2f}x")
+    for name in ("transform", "loop"):
+        c = results[name]["cpu_s"]
+        print(f"  CPU s during {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()))
     for name, lat in (results.get("latency_ms") or {}).items():
         ratio = f"  ({lat['p99_vs_idle']:.2f}x idle)" if lat["p99_vs_idle"] else ""
         p = f"{lat['p99']:.1f} ms" if lat["p99"] is not None else "-"
