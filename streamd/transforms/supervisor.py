@@ -133,6 +133,8 @@ class Runner:
         self.restarts = 0
         self.consecutive = 0
         self.started_at_ms: int | None = None
+        self.running_at_ms: int | None = None
+        """When the current worker finished starting (connected, fenced, positions read)."""
         self.last_hb = 0.0
         self.live: dict[str, Any] = {}
         """The running worker's last status line."""
@@ -248,6 +250,7 @@ class Runner:
         sup, dep = self.sup, self.stored.deployment
         self.state = "starting"
         self.caught_up = False
+        self.running_at_ms = None
         self._kill_reason = None
         socks: list[socket.socket] = []
         child_fds: list[int] = []
@@ -351,6 +354,7 @@ class Runner:
             self.caught_up = bool(msg.get("caught_up"))
         elif event == "started":
             started.update(msg.get("positions") or {})
+            self.running_at_ms = now_ms()
             self.sup.event(
                 self.name,
                 f"worker running as producer {msg.get('producer_id')} epoch "
@@ -504,6 +508,7 @@ class Runner:
                     "pid": self.proc.pid if self.proc is not None else None,
                     "restarts": self.restarts,
                     "started_at_ms": self.started_at_ms,
+                    "running_at_ms": self.running_at_ms,
                     "rss_bytes": self.rss if self.proc is not None else None,
                 },
             }
