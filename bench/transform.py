@@ -149,6 +149,7 @@ def run_transform(broker: StreamdBroker, src: str, dst: str, total: int) -> dict
         "records_per_s": total / seconds,
         "with_start_s": time.monotonic() - t_deploy,
         "exactly_once": doc["exactly_once"],
+        "worker_seconds": doc["worker"]["seconds"],
     }
 
 
@@ -381,6 +382,7 @@ def main() -> None:
     print(f"  confluent-kafka transactional loop:  {lp['records_per_s']:,.0f} records/s  "
           f"({lp['seconds']:.1f} s)")
     print(f"  ratio transform / loop: {results['ratio']:.2f}x")
+    print(f"  worker time: {t.get('worker_seconds')}")
     for name in ("transform", "loop"):
         c = results[name]["cpu_s"]
         print(f"  CPU s during {name}: " + ", ".join(f"{k} {v:.1f}" for k, v in c.items()))

@@ -510,6 +510,7 @@ class Runner:
                     "started_at_ms": self.started_at_ms,
                     "running_at_ms": self.running_at_ms,
                     "rss_bytes": self.rss if self.proc is not None else None,
+                    "seconds": self.live.get("seconds"),
                 },
             }
         )

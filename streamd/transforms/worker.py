@@ -209,6 +209,9 @@ class Worker:
         self.last_meta = time.monotonic()
         self.last_status = 0.0
         self.fetch_pending = False
+        self.busy = {"fetch_wait": 0.0, "transform": 0.0, "commit": 0.0}
+        """Seconds spent waiting for Fetch answers, transforming (decode, transform(), encode,
+        sending Produce) and committing: where a slow transform's time goes."""
 
     # ---- requests ------------------------------------------------------------------------
 
@@ -367,8 +370,12 @@ class Worker:
             transactional=self.cfg.transactional,
         )
         self.send_fetch()
+        clock = time.monotonic
+        busy = self.busy
         while True:
+            t0 = clock()
             resp = self.fconn.receive()
+            t1 = clock()
             self.fetch_pending = False
             batches = self.parse_fetch(resp)
             if not self.stopping:
@@ -376,11 +383,16 @@ class Worker:
             self.transform(batches)
             if self.outputs.parts:
                 self.produce(self.outputs.take(sealed_only=True))
+            t2 = clock()
             if self.stopping:
                 self.commit()
                 break
             if self.commit_due():
                 self.commit()
+            t3 = clock()
+            busy["fetch_wait"] += t1 - t0
+            busy["transform"] += t2 - t1
+            busy["commit"] += t3 - t2
             self.housekeeping()
         self.report(force=True)
 
@@ -779,6 +791,7 @@ class Worker:
             skipped=a.skipped,
             dead_lettered=a.dead_lettered,
             caught_up=self.caught_up,
+            seconds={k: round(v, 3) for k, v in self.busy.items()},
         )
 
 
