@@ -39,6 +39,8 @@ BATCH_BYTES = 1_000_000
 """Target size of one output batch (below Kafka's default max.message.bytes of 1 MiB)."""
 
 Emitted = tuple[int, bytes | None, bytes | None, list[tuple[str, bytes | None]]]
+NO_HEADERS: list[tuple[str, bytes | None]] = []
+"""Shared by every record without headers (the batch builder only reads it)."""
 
 
 class TransformTimeout(Exception):
@@ -249,7 +251,17 @@ class Applier:
                     out = fn(inp)
                     if out is None:
                         continue
-                    if out.__class__ is list:
+                    cls = out.__class__
+                    if cls is InputRecord or (cls is Record and out.topic is None):
+                        # The common case, inline: one record for the first output topic.
+                        key, value, headers = out.key, out.value, out.headers
+                        if not (key is None or key.__class__ is bytes):
+                            key = _as_bytes(key, "key")
+                        if not (value is None or value.__class__ is bytes):
+                            value = _as_bytes(value, "value")
+                        headers = _headers(headers) if headers else NO_HEADERS
+                        append(0, partition, key, value, headers, inp.timestamp)
+                    elif cls is list:
                         emitted = [self._emitted(o) for o in out]
                         for ti, key, value, headers in emitted:
                             append(ti, partition, key, value, headers, inp.timestamp)
@@ -289,7 +301,7 @@ class Applier:
             key = _as_bytes(key, "key")
         if not (value is None or value.__class__ is bytes):
             value = _as_bytes(value, "value")
-        headers = _headers(headers) if headers else []
+        headers = _headers(headers) if headers else NO_HEADERS
         return ti, key, value, headers
 
     def _failed(self, inp: InputRecord, exc: BaseException) -> None:
