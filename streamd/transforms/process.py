@@ -18,6 +18,9 @@ from typing import Any
 from streamd.transforms.runtime import TransformTimeout
 
 HEARTBEAT_S = 1.0
+ADDRESS_SPACE_SLACK = 256 << 20
+"""Address space beyond twice the memory limit: thread stacks and malloc arenas reserve
+address space they never touch (a worker idles at about 200 MiB of it, 35 MiB resident)."""
 EXIT_CRASH = 1
 
 
@@ -167,7 +170,8 @@ def confine(extra: dict[str, Any]) -> None:
         import resource
 
         with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_AS, (2 * limit, 2 * limit))
+            space = 2 * limit + ADDRESS_SPACE_SLACK
+            resource.setrlimit(resource.RLIMIT_AS, (space, space))
     if extra.get("log_path"):
         stream = LogStream(str(extra["log_path"]), int(extra.get("log_max_bytes", 1 << 20)))
         sys.stdout = sys.stderr = stream  # type: ignore[assignment]

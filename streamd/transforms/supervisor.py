@@ -13,8 +13,9 @@ A worker is watched for three things besides its exit code:
 - heartbeats (sent by its watchdog thread every second): none for
   ``record_timeout_ms + HEARTBEAT_GRACE_MS`` means code stuck where no signal reaches it;
 - resident memory (``/proc/PID/statm``, every second) above ``memory_limit_bytes``; the worker
-  also runs under an address-space limit (``RLIMIT_AS``, twice that) so a runaway allocation
-  fails fast with MemoryError instead of growing until the next check;
+  also runs under an address-space limit (``RLIMIT_AS``: twice that, plus 256 MiB for thread
+  stacks and malloc arenas) so a runaway allocation fails fast with MemoryError instead of
+  growing until the next check;
 - its exit: 0 after a requested stop; ``EXIT_FAILED`` (``--on-error stop``) and
   ``EXIT_FATAL`` (the code does not load) mark the transform failed; anything else is a crash.
 
@@ -463,6 +464,7 @@ class Runner:
             "LANG": "C.UTF-8",
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
+            "MALLOC_ARENA_MAX": "2",
         }
         env.update(self.stored.deployment.env)
         return env
