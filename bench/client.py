@@ -353,6 +353,7 @@ def latency_consume(spec: dict) -> dict:
     first_err = None
     seen = set()
     dup = 0
+    samples: list[tuple[float, float]] | None = [] if spec.get("samples") else None
     idle_timeout = float(spec.get("idle_timeout_s", 15))
     wait_go(spec)
     cpu0 = _cpu()
@@ -374,6 +375,8 @@ def latency_consume(spec: dict) -> dict:
             return
         seen.add(seq)
         lat.append(now - sent)
+        if samples is not None:
+            samples.append((sent, now - sent))
         nbytes += len(v)
         if t_first is None:
             t_first = now
@@ -418,6 +421,7 @@ def latency_consume(spec: dict) -> dict:
         **pct,
         "max_ms": xs[-1] * ms if xs else None,
         "mean_ms": sum(xs) / len(xs) * ms if xs else None,
+        **({"samples": samples} if samples is not None else {}),
         "min_ms": xs[0] * ms if xs else None,
         "client_cpu_s": cpu1 - cpu0,
     }

@@ -319,6 +319,24 @@ KEYS: tuple[Key, ...] = (
     Key("tiering.cache_memory_bytes", _int, 67108864, "Recently used chunks kept in memory."),
     Key("tiering.read_ahead_chunks", _int, 2, "Chunks prefetched ahead of a remote reader."),
     Key(
+        "tiering.segment_max_upload_interval_ms",
+        _int,
+        3600000,
+        "Roll and archive active-segment data older than this (bounds loss on restore; -1 off).",
+    ),
+    Key(
+        "tiering.shutdown_upload_timeout_ms",
+        _int,
+        30000,
+        "On SIGTERM, archive every tiered partition's tail for at most this long.",
+    ),
+    Key(
+        "tiering.merge_target_bytes",
+        _int,
+        16777216,
+        "Adjacent small sealed segments are uploaded as one object up to this size (0 = off).",
+    ),
+    Key(
         "tiering.debug.fail_after_segment_upload",
         _bool,
         False,

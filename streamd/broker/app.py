@@ -23,11 +23,13 @@ from typing import Any
 from streamd.broker import transforms
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.broker.allocator import tune_allocator
+from streamd.broker.health import Health
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
+from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import start_kafka_server
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.log.topic_config import TopicConfig
@@ -35,7 +37,7 @@ from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
-from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
+from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 from streamd.transforms.supervisor import Supervisor
 
@@ -72,6 +74,7 @@ class Broker:
         self.archive: ClusterArchive | None = None
         self.transforms: Supervisor | None = None
         self._transforms_side: transforms.TransformsBroker | None = None
+        self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
     async def start(self) -> None:
@@ -108,10 +111,15 @@ class Broker:
             metrics=self.metrics,
         )
         # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
+        gconfig = group_config(cfg.values)
+        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
+        if await asyncio.to_thread(offsets_topic.open):
+            offsets_topic.seed(self.groups)
+        self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
@@ -186,10 +194,8 @@ class Broker:
         admin = AdminServer()
 
         async def health(query: Any) -> Any:
-            doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
-            if self.tiering is not None:
-                doc["tiering"] = self.tiering.health()
-            return json_reply(doc)
+            status, doc = self.health.report()
+            return json_reply(doc, status)
 
         async def metrics(query: Any) -> Any:
             return text_reply(self.metrics.render(), content_type="text/plain; version=0.0.4")
@@ -218,22 +224,13 @@ class Broker:
 
     async def _start_tiering(self) -> TieringService:
         """Open the object store and start the uploader. An unreachable or misconfigured bucket
-        is logged and retried by every upload tick; it never stops the broker (invariant 4 keeps
-        local data until archived)."""
+        is logged, reported by ``/v1/health`` and retried by every upload tick; it never stops
+        the broker (invariant 4 keeps local data until archived)."""
         from streamd.broker.restore import open_configured_store
 
         cfg = self.config
         assert self.logs is not None
         store = open_configured_store(cfg)
-        try:
-            await asyncio.wait_for(store.check(), 10)
-            log.info("tiered storage: object store %s", store.description)
-        except (StreamdError, TimeoutError) as exc:
-            log.error(
-                "tiered storage: object store %s is not usable (%s); archiving will retry every "
-                "%d ms and local data is kept until it succeeds",
-                store.description, exc or "timed out", cfg["tiering.upload_interval_ms"],
-            )
         cache = ChunkCache(
             cfg["tiering.cache_dir"],
             max_bytes=cfg["tiering.cache_max_bytes"],
@@ -250,11 +247,17 @@ class Broker:
                 upload_concurrency=cfg["tiering.upload_concurrency"],
                 read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
                 delete_on_topic_delete=cfg["tiering.delete_on_topic_delete"],
+                merge_target_bytes=cfg["tiering.merge_target_bytes"],
+                segment_max_upload_interval_ms=cfg["tiering.segment_max_upload_interval_ms"],
+                shutdown_upload_timeout_ms=cfg["tiering.shutdown_upload_timeout_ms"],
                 fail_after_segment_upload=cfg["tiering.debug.fail_after_segment_upload"],
             ),
         )
-        await service.start()
+        await service.start()  # probes the bucket: an unusable one shows in /v1/health at once
+        if service.store_error is None:
+            log.info("tiered storage: object store %s", store.description)
         self.metrics.add_collector(service.metric_families)
+        self.health.register("tiering", service.health)
         return service
 
     def _tiering_routes(self, admin: AdminServer) -> None:
@@ -330,15 +333,30 @@ class Broker:
         archive = ClusterArchive(
             self.tiering.store,
             cluster_id=self.ctx.cluster_id,
-            topics=lambda: topic_entries(logs),
+            # __consumer_offsets is derived from the offsets archived here: a restored broker
+            # re-creates and seeds it when it starts (streamd.kafka.offsets_topic).
+            topics=lambda: [e for e in topic_entries(logs) if not is_internal(e["name"])],
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,
+            ends=lambda: end_offsets(logs),
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
             transforms=self.transforms.documents if self.transforms is not None else None,
         )
         self.tiering.tick_hooks.append(archive.tick)
+        self.health.register("cluster_archive", archive.health)
         return archive
+
+    async def _archive_tail(self) -> None:
+        """Shutdown step (tiering): once nothing appends any more and before the logs close,
+        archive every tiered partition's tail within ``tiering.shutdown_upload_timeout_ms``, so
+        a planned stop followed by a wipe and restore loses nothing."""
+        if self.tiering is None:
+            return
+        try:
+            await self.tiering.archive_tail()
+        except Exception:
+            log.exception("archiving the tail at shutdown failed; local data is kept")
 
     # ---- dynamic broker configs ----------------------------------------------------------------
 
@@ -416,6 +434,7 @@ class Broker:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        await self._archive_tail()
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)

@@ -116,6 +116,7 @@ async def run_restore(
     topics: Iterable[str] = (),
     dry_run: bool = False,
     force: bool = False,
+    allow_missing_manifest: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
     """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket."""
@@ -129,7 +130,9 @@ async def run_restore(
     wanted = list(topics) or None
     store = open_configured_store(cfg)
     try:
-        plan = await read_plan(store, wanted, progress)
+        plan = await read_plan(
+            store, wanted, progress, allow_missing_manifest=allow_missing_manifest
+        )
     finally:
         await store.close()
     notes = []

@@ -73,6 +73,10 @@ class CommitOffset:
     offset: int
     leader_epoch: int = -1
     metadata: str | None = ""
+    commit_ts: int = -1
+    """OffsetCommit v1's per-partition commit timestamp; -1 = now (every later version)."""
+    retention_ms: int = -1
+    """OffsetCommit v2-v4's retention time; -1 = the broker's offsets.retention.minutes."""
 
 
 Output = tuple[Any, JoinResult | SyncResult]
@@ -89,6 +93,8 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self.offsets: dict[str, dict[TopicPartition, OffsetInfo]] = {}
         self._outputs: list[Output] = []
+        self._group_changes: dict[str, Group | None] = {}
+        """Groups whose stored metadata changed (None: deleted) since the last take."""
         for group_id, committed in (offsets or {}).items():
             if committed:
                 self.offsets[group_id] = dict(committed)
@@ -98,6 +104,12 @@ class GroupCoordinator:
 
     def take_outputs(self) -> list[Output]:
         out, self._outputs = self._outputs, []
+        return out
+
+    def take_group_changes(self) -> dict[str, Group | None]:
+        """Groups to publish as Kafka's GroupMetadata records: those whose generation completed
+        with an assignment (leader SyncGroup) or with no members (Empty), and deleted ones."""
+        out, self._group_changes = self._group_changes, {}
         return out
 
     def _answer(self, waiter: Any, result: JoinResult | SyncResult) -> None:
@@ -312,6 +324,7 @@ class GroupCoordinator:
         if not group.members:
             group.protocol_name = group.leader_id = None
             group.transition(S.EMPTY, now_ms)
+            self._group_changes[group.group_id] = group
             return
         first = next(iter(group.members.values()))
         group.protocol_type = first.protocol_type
@@ -401,6 +414,7 @@ class GroupCoordinator:
             for m in group.members.values():
                 m.assignment = assignments.get(m.member_id, b"")
             group.transition(S.STABLE, now_ms)
+            self._group_changes[group.group_id] = group
             for m in group.members.values():
                 m.last_heartbeat_ms = now_ms
                 result = SyncResult(E.NONE, group.protocol_type, group.protocol_name, m.assignment)
@@ -559,7 +573,9 @@ class GroupCoordinator:
             if len(metadata.encode()) > self.config.offset_metadata_max_bytes:
                 codes.append(OFFSET_METADATA_TOO_LARGE)
                 continue
-            info = OffsetInfo(o.offset, o.leader_epoch, metadata, now_ms)
+            commit_ts = o.commit_ts if o.commit_ts >= 0 else now_ms
+            expire_ts = commit_ts + o.retention_ms if o.retention_ms >= 0 else -1
+            info = OffsetInfo(o.offset, o.leader_epoch, metadata, commit_ts, expire_ts)
             committed[(o.topic, o.partition)] = info
             records.append(OffsetRecord(group_id, o.topic, o.partition, info))
             codes.append(E.NONE)
@@ -649,6 +665,7 @@ class GroupCoordinator:
             else:
                 group.state = S.DEAD
                 del self.groups[group_id]
+                self._group_changes[group_id] = None
                 records += self._drop_offsets(group_id)
                 codes.append(E.NONE)
         return codes, records
@@ -658,7 +675,10 @@ class GroupCoordinator:
         return [OffsetRecord(group_id, t, p, None) for (t, p) in committed]
 
     def expire_offsets(self, now_ms: int) -> list[OffsetRecord]:
-        """Drop the offsets (and the group) of groups Empty and idle for the retention time."""
+        """Drop the offsets (and the group) of groups Empty and idle for the retention time.
+
+        An offset committed with an explicit retention (OffsetCommit v2-v4) expires at its own
+        expire timestamp once its group is Empty, as in Kafka."""
         retention = self.config.offsets_retention_ms
         records: list[OffsetRecord] = []
         for group_id, group in list(self.groups.items()):
@@ -666,9 +686,20 @@ class GroupCoordinator:
                 continue
             committed = self.offsets.get(group_id, {})
             last_commit = max((i.commit_ts for i in committed.values()), default=0)
-            if max(group.state_since_ms, last_commit) + retention <= now_ms:
-                records += self._drop_offsets(group_id)
-                del self.groups[group_id]
+            idle = max(group.state_since_ms, last_commit) + retention <= now_ms
+            expired = [
+                tp
+                for tp, i in committed.items()
+                if (i.expire_ts <= now_ms if i.expire_ts >= 0 else idle)
+            ]
+            for tp in expired:
+                del committed[tp]
+                records.append(OffsetRecord(group_id, tp[0], tp[1], None))
+            if not committed:
+                self.offsets.pop(group_id, None)
+                if idle or expired:
+                    del self.groups[group_id]
+                    self._group_changes[group_id] = None
         return records
 
     def on_topic_deleted(self, topic: str) -> list[OffsetRecord]:

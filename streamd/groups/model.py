@@ -33,6 +33,9 @@ class OffsetInfo:
     leader_epoch: int = -1
     metadata: str = ""
     commit_ts: int = 0
+    expire_ts: int = -1
+    """Set by OffsetCommit v2-v4's retention time (commit time + retention); -1 = the broker's
+    ``offsets.retention.minutes`` applies."""
 
 
 TopicPartition = tuple[str, int]

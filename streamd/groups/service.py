@@ -12,6 +12,10 @@ acknowledged after it. A commit is applied in memory when it is validated, so an
 racing it may see the offset a moment before it is durable (never an offset that was refused).
 The file is rewritten compactly at startup and when it holds more than twice as many records as
 there are live offsets.
+
+An optional :class:`GroupObserver` hears every durable offset change and every group metadata
+change, in order; the Kafka front uses it to derive ``__consumer_offsets``. It is told after
+the change is durable here, and its failures never fail a commit (the file is the truth).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.groups.coordinator import CommitOffset, GroupConfig, GroupCoordinator
 from streamd.groups.model import (
+    Group,
     GroupDescription,
     JoinRequest,
     JoinResult,
@@ -40,6 +45,12 @@ from streamd.groups.offset_log import OffsetLog
 log = logging.getLogger("streamd.groups")
 
 EXPIRY_INTERVAL_MS = 60_000
+
+
+class GroupObserver(Protocol):
+    def offsets_changed(self, records: list[OffsetRecord]) -> None: ...
+
+    def groups_changed(self, changes: dict[str, Group | None]) -> None: ...
 
 
 def group_config(values: Mapping[str, Any]) -> GroupConfig:
@@ -67,8 +78,15 @@ def wall_ms() -> int:
 
 
 class GroupService:
-    def __init__(self, data_dir: Path, config: GroupConfig | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        config: GroupConfig | None = None,
+        *,
+        observer: GroupObserver | None = None,
+    ) -> None:
         self.config = config or GroupConfig()
+        self.observer = observer
         self.log = OffsetLog(Path(data_dir) / "groups")
         self.coordinator = GroupCoordinator(self.config)
         self._wake = asyncio.Event()
@@ -128,6 +146,7 @@ class GroupService:
                 if now >= next_expiry:
                     next_expiry = now + EXPIRY_INTERVAL_MS
                     self._persist_later(self.coordinator.expire_offsets(now))
+                    self._publish_groups()
             except Exception:
                 log.exception("group coordinator tick failed")
 
@@ -141,6 +160,15 @@ class GroupService:
         for waiter, result in self.coordinator.take_outputs():
             if isinstance(waiter, asyncio.Future) and not waiter.done():
                 waiter.set_result(result)
+        self._publish_groups()
+
+    def _publish_groups(self) -> None:
+        changes = self.coordinator.take_group_changes()
+        if changes and self.observer is not None:
+            try:
+                self.observer.groups_changed(changes)
+            except Exception:
+                log.exception("group observer failed")
 
     async def join(self, req: JoinRequest) -> JoinResult:
         waiter: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
@@ -273,6 +301,11 @@ class GroupService:
             except OSError as exc:
                 log.error("cannot write committed offsets to %s: %s", self.log.path, exc)
                 error = StreamdError(str(exc), code=ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            if error is None and self.observer is not None:
+                try:
+                    self.observer.offsets_changed(records)
+                except Exception:
+                    log.exception("group observer failed")
             for waiter in waiters:
                 if waiter.done():
                     continue

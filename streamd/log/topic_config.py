@@ -22,9 +22,9 @@ What a key does on one streamd broker (``ConfigKey.enforced``):
   compaction tuning (``delete.retention.ms``, ``min/max.compaction.lag.ms``,
   ``min.cleanable.dirty.ratio``), per-topic flushing (``flush.*``; streamd's ``fsync`` broker
   policy governs durability), file handling (``file.delete.delay.ms``, ``preallocate``,
-  ``segment.index.bytes``, ``segment.jitter.ms``), message formats (``message.format.version``,
-  ``message.downconversion.enable``: streamd stores and serves v2 batches only), and
-  ``remote.log.copy.disable`` / ``remote.log.delete.on.disable`` (streamd keeps an archive
+  ``segment.index.bytes``, ``segment.jitter.ms``), the message format (``message.format.version``:
+  streamd stores v2 batches only; ``message.downconversion.enable`` does apply, to Fetch v0-v3),
+  and ``remote.log.copy.disable`` / ``remote.log.delete.on.disable`` (streamd keeps an archive
   readable after ``remote.storage.enable`` is turned off, so it does not apply Kafka's rule that
   turning it off requires ``remote.log.delete.on.disable``).
 

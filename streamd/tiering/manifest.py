@@ -1,15 +1,21 @@
 """Partition and topic manifests: what is archived, and the pure functions that change it.
 
-A partition manifest lists every archived segment of one partition, in offset order, with no gaps:
-each segment starts right after the previous one ends. Its JSON form (``format_version`` 1)::
+A partition manifest lists every archived object of one partition, in offset order, with no
+gaps: each starts right after the previous one ends. One entry ("segment") is one object: a local
+segment, or several adjacent ones merged on upload. Its JSON form (``format_version`` 2)::
 
-    {"format_version": 1, "kind": "partition", "topic": "t", "topic_id": "...", "partition": 0,
-     "remote_start_offset": 0, "last_uploaded_offset": 99,
+    {"format_version": 2, "kind": "partition", "topic": "t", "topic_id": "...", "partition": 0,
+     "incarnation": "3f09a1c2", "remote_start_offset": 0, "last_uploaded_offset": 99,
      "segments": [{"base_offset": 0, "last_offset": 99, "size_bytes": 4096,
                    "first_timestamp": ..., "max_timestamp": ..., "record_count": 100,
                    "checksum": "1a2b3c4d", "key": "...log", "index_key": "...index",
                    "index_checksum": "...", "uploaded_at_ms": ...}],
      "checksum": "<crc32c hex of the canonical body>"}
+
+``incarnation`` names the history new uploads belong to (it is part of their object keys, see
+:mod:`streamd.tiering.keys`); entries keep whatever keys they were written under. Version 1
+manifests (no incarnation) are read; a partition continuing one gets a fresh incarnation, and the
+next manifest it stores is version 2.
 
 ``checksum`` is the CRC32C of the canonical JSON (sorted keys, no whitespace) of every other
 field; it is verified on read (invariant 6). A manifest with another ``format_version`` is
@@ -25,6 +31,7 @@ returns as removed (invariant 5).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,7 +41,11 @@ from streamd.errors import RemoteStorageError, StreamdError
 from streamd.tiering import keys
 from streamd.tiering.checksum import crc32c_hex, is_checksum
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Partition manifests are written in this version; versions 1 and 2 are read."""
+PARTITION_VERSIONS = (1, 2)
+DOCUMENT_VERSION = 1
+"""Topic manifests (and the cluster documents sharing :func:`seal_document`) are version 1."""
 
 
 class ManifestError(RemoteStorageError):
@@ -98,12 +109,15 @@ class PartitionManifest:
     remote_start_offset: int = 0
     last_uploaded_offset: int = -1
     segments: tuple[SegmentMeta, ...] = ()
+    incarnation: str = ""
+    """The history new uploads belong to (``""`` only in a version 1 manifest just read)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
         keys.topic_id_text(self.topic_id)
-        check_version(self.format_version, "partition manifest")
+        keys.validate_incarnation(self.incarnation)
+        check_version(self.format_version, "partition manifest", PARTITION_VERSIONS)
         if self.partition < 0:
             raise ValueError(f"invalid partition {self.partition}")
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -142,7 +156,7 @@ class TopicManifest:
     topic_id: str
     partition_count: int
     configs: dict[str, str] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = DOCUMENT_VERSION
 
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
@@ -155,8 +169,38 @@ class TopicManifest:
         object.__setattr__(self, "configs", dict(self.configs))
 
 
-def empty_manifest(topic: str, topic_id: str, partition: int) -> PartitionManifest:
-    return PartitionManifest(topic=topic, topic_id=topic_id, partition=partition)
+def empty_manifest(
+    topic: str, topic_id: str, partition: int, *, remote_start_offset: int = 0
+) -> PartitionManifest:
+    """A new history: nothing archived, a fresh incarnation."""
+    return PartitionManifest(
+        topic=topic,
+        topic_id=topic_id,
+        partition=partition,
+        remote_start_offset=remote_start_offset,
+        incarnation=keys.new_incarnation(),
+    )
+
+
+def with_incarnation(manifest: PartitionManifest) -> PartitionManifest:
+    """``manifest`` ready to be continued: a version 1 manifest gets an incarnation (and is
+    stored as version 2 from then on)."""
+    if manifest.incarnation and manifest.format_version == FORMAT_VERSION:
+        return manifest
+    return replace(
+        manifest,
+        incarnation=manifest.incarnation or keys.new_incarnation(),
+        format_version=FORMAT_VERSION,
+    )
+
+
+def new_incarnation(manifest: PartitionManifest) -> PartitionManifest:
+    """The same archive continued by a new history (restore): later uploads use keys the
+    previous history never used. Derived from the manifest rather than drawn at random, so
+    restoring the same archive twice yields the same data_dir."""
+    seed = f"{manifest.incarnation}/{manifest.last_uploaded_offset}/{manifest.remote_start_offset}"
+    derived = hashlib.sha256(f"restored:{seed}".encode()).hexdigest()[:8]
+    return replace(manifest, incarnation=derived, format_version=FORMAT_VERSION)
 
 
 def add_segment(manifest: PartitionManifest, meta: SegmentMeta) -> PartitionManifest:
@@ -265,12 +309,17 @@ def dump_partition_manifest(manifest: PartitionManifest) -> bytes:
         "last_uploaded_offset": manifest.last_uploaded_offset,
         "segments": [asdict(s) for s in manifest.segments],
     }
+    if manifest.format_version >= 2:
+        body["incarnation"] = manifest.incarnation
     return _seal(body)
 
 
 def load_partition_manifest(data: bytes) -> PartitionManifest:
-    body = _open(data, "partition")
-    _expect_fields(body, {f.name for f in fields(PartitionManifest)}, "partition manifest")
+    body = open_document(data, "partition", "partition manifest", PARTITION_VERSIONS)
+    names = {f.name for f in fields(PartitionManifest)}
+    if body["format_version"] < 2:
+        names.discard("incarnation")
+    _expect_fields(body, names, "partition manifest")
     try:
         raw_segments = body.pop("segments")
         if not isinstance(raw_segments, list):
@@ -284,6 +333,7 @@ def load_partition_manifest(data: bytes) -> PartitionManifest:
                 "partition": int,
                 "remote_start_offset": int,
                 "last_uploaded_offset": int,
+                **({"incarnation": str} if "incarnation" in body else {}),
             },
             "partition manifest",
         )
@@ -326,11 +376,14 @@ def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def check_version(version: object, what: str) -> None:
-    if version != FORMAT_VERSION or isinstance(version, bool):
+def check_version(
+    version: object, what: str, supported: tuple[int, ...] = (DOCUMENT_VERSION,)
+) -> None:
+    if isinstance(version, bool) or version not in supported:
+        readable = " and ".join(str(v) for v in supported)
         raise UnsupportedManifestVersion(
             f"{what} format_version {version!r} is not supported "
-            f"(this streamd reads version {FORMAT_VERSION})"
+            f"(this streamd reads version {readable})"
         )
 
 
@@ -341,7 +394,9 @@ def seal_document(body: Mapping[str, Any]) -> bytes:
     return json.dumps(sealed, sort_keys=True, indent=1).encode() + b"\n"
 
 
-def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
+def open_document(
+    data: bytes, kind: str, what: str, versions: tuple[int, ...] = (DOCUMENT_VERSION,)
+) -> dict[str, Any]:
     """Parse a sealed document: version first (a future format may change everything else),
     then checksum, then ``kind``; returns the body without checksum and kind."""
     try:
@@ -350,7 +405,7 @@ def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ManifestError(f"{what} is not a JSON object")
-    check_version(body.get("format_version"), what)
+    check_version(body.get("format_version"), what, versions)
     expected = body.pop("checksum", None)
     if not is_checksum(expected):
         raise ManifestError(f"{what} has no valid checksum field")

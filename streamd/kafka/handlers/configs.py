@@ -24,6 +24,9 @@ read-only or unknown key fails the resource with INVALID_CONFIG and a message na
 Accepted broker values are persisted before they are acknowledged.
 Authorization: describing needs DESCRIBE_CONFIGS, altering ALTER_CONFIGS, on the topic
 (TOPIC_AUTHORIZATION_FAILED) or on the cluster for broker configs (CLUSTER_AUTHORIZATION_FAILED).
+DescribeConfigs v0 has no config source, only ``is_default`` (true for DEFAULT_CONFIG values:
+Kafka 3.9 always answers false there, but its clients read true as DEFAULT_CONFIG). Internal
+topics' configs (``__consumer_offsets``) are the broker's: altering them is INVALID_REQUEST.
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from streamd.kafka.apis import api
 from streamd.kafka.authz import ALTER_CONFIGS, DESCRIBE_CONFIGS, authorize, authorize_cluster
 from streamd.kafka.authz import TOPIC as TOPIC_RESOURCE
 from streamd.kafka.context import Request
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.files import atomic_write
 from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig, format_value
 
@@ -191,7 +195,7 @@ def _broker_scope(ctx: Any, name: str) -> Scope | None:
     return None
 
 
-@api(32, "DescribeConfigs", 1, 4)
+@api(32, "DescribeConfigs", 0, 4)
 async def describe_configs(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     synonyms = bool(getattr(req.body, "include_synonyms", False))
@@ -298,6 +302,8 @@ async def _alter_topic(req: Request, res: Any, compute: Compute) -> None:
         raise StreamdError(
             f"unknown topic {res.resource_name!r}", code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
         )
+    if is_internal(topic.name):
+        raise StreamdError("internal topic", code=ErrorCode.INVALID_REQUEST)
     overrides = compute(dict(topic.overrides), res.configs, _list_default_of_topic_key)
     TopicConfig.from_overrides(dict(ctx.config.topic_defaults), overrides)
     if req.body.validate_only:

@@ -52,7 +52,7 @@ def log_dir_sizes(
     return out
 
 
-@api(35, "DescribeLogDirs", 1, 4)
+@api(35, "DescribeLogDirs", 0, 4)
 async def describe_log_dirs(req: Request) -> dict[str, Any]:
     if not authorize_cluster(req, DESCRIBE):
         return {"error_code": ErrorCode.CLUSTER_AUTHORIZATION_FAILED, "results": []}

@@ -25,6 +25,7 @@ from streamd.kafka.authz import (
     may_create_topic,
 )
 from streamd.kafka.context import Request
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
 from streamd.security.acl import CLUSTER_NAME
 
@@ -64,7 +65,7 @@ def topic_metadata(ctx: Any, topic: Any, operations: int = NOT_REQUESTED) -> dic
         "error_code": ErrorCode.NONE,
         "name": topic.name,
         "topic_id": topic.topic_id,
-        "is_internal": False,
+        "is_internal": is_internal(topic.name),
         "partitions": [
             {
                 "error_code": ErrorCode.NONE,
@@ -130,7 +131,7 @@ async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[st
     if topic is None:
         try:
             validate_topic_name(name)
-            if not (allow_create and ctx.config["auto_create_topics"]):
+            if is_internal(name) or not (allow_create and ctx.config["auto_create_topics"]):
                 return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
             if not may_create_topic(req, name):
                 return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}

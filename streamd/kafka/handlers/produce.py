@@ -9,6 +9,9 @@ A topic whose ``min.insync.replicas`` exceeds 1 refuses acks=all with NOT_ENOUGH
 Kafka does when its in-sync replica set is too small: every partition has one replica here.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
+Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
+(:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
+Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
 """
 
 from __future__ import annotations
@@ -21,9 +24,13 @@ from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
 from streamd.kafka.authz import TOPIC, WRITE, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.legacy.records import up_convert
+from streamd.kafka.offsets_topic import is_internal
 
 
-def _stage(topic: Any, index: int, records: Any, acks: int) -> tuple[dict[str, Any], Any, Any]:
+def _stage(
+    topic: Any, index: int, records: Any, acks: int, old_format: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
     returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
@@ -43,6 +50,8 @@ def _stage(topic: Any, index: int, records: Any, acks: int) -> tuple[dict[str, A
         return entry, None, None
     plog = topic.partitions[index]
     try:
+        if old_format:
+            records = up_convert(records)
         result = plog.stage_append(records, now_ms=int(time.time() * 1000))
     except StreamdError as exc:
         entry["error_code"] = exc.code
@@ -68,7 +77,7 @@ async def _durable(ctx: Any, name: str, entry: dict[str, Any], plog: Any, result
     ctx.waiters.notify(name, entry["index"])
 
 
-@api(0, "Produce", 3, 9)
+@api(0, "Produce", 0, 9)
 async def produce(req: Request) -> dict[str, Any] | None:
     ctx = req.ctx
     body = req.body
@@ -76,6 +85,8 @@ async def produce(req: Request) -> dict[str, Any] | None:
     responses = []
     waits = []
     produced = 0
+    old_format = req.version < 3
+    transactional_id = getattr(body, "transactional_id", None)
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -85,10 +96,12 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif body.transactional_id is not None:
+            elif transactional_id is not None:
                 entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            elif is_internal(t.name):
+                entries.append(_failed(p.index, ErrorCode.INVALID_TOPIC_EXCEPTION))
             else:
-                entry, plog, result = _stage(topic, p.index, p.records, acks)
+                entry, plog, result = _stage(topic, p.index, p.records, acks, old_format)
                 entries.append(entry)
                 if plog is not None:
                     produced += len(p.records)
