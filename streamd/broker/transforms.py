@@ -10,6 +10,7 @@ transform's group.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from pathlib import Path
@@ -34,8 +35,8 @@ class TransformsBroker:
         self.logs = logs
         self.groups = groups
 
-    async def connect(self, sock: socket.socket) -> None:
-        await serve_socket(self.ctx, sock, principal=PRINCIPAL)
+    async def connect(self, sock: socket.socket) -> asyncio.BaseTransport:
+        return await serve_socket(self.ctx, sock, principal=PRINCIPAL)
 
     def progress(self, group_id: str, topic: str) -> list[PartitionProgress]:
         t = self.logs.get(topic)

@@ -92,11 +92,16 @@ class PartitionProgress:
     """The partition's last stable offset (what the worker can read up to)."""
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 class BrokerSide(Protocol):
     """What the supervisor needs from the broker (passed in by ``streamd.broker``)."""
 
-    async def connect(self, sock: socket.socket) -> None:
-        """Serve ``sock`` as a Kafka connection of :data:`PRINCIPAL`."""
+    async def connect(self, sock: socket.socket) -> Closable:
+        """Serve ``sock`` (which it then owns) as a Kafka connection of :data:`PRINCIPAL`;
+        returns what closes that connection."""
         ...
 
     def progress(self, group_id: str, topic: str) -> list[PartitionProgress]: ...
@@ -253,17 +258,20 @@ class Runner:
         self.caught_up = False
         self.running_at_ms = None
         self._kill_reason = None
-        socks: list[socket.socket] = []
+        served: list[Closable] = []
         child_fds: list[int] = []
         status_r = -1
         try:
             ends = []
             for _ in range(2):
                 ours, theirs = socket.socketpair()
-                socks.append(ours)
                 child_fds.append(theirs.detach())
-                await sup.broker.connect(ours)
                 ends.append(child_fds[-1])
+                try:
+                    served.append(await sup.broker.connect(ours))
+                except BaseException:
+                    ours.close()
+                    raise
             status_r, status_w = os.pipe()
             child_fds.append(status_w)
             config_path = await asyncio.to_thread(
@@ -290,8 +298,8 @@ class Runner:
             for fd in [*child_fds, status_r]:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            for s in socks:
-                s.close()
+            for connection in served:
+                connection.close()
             raise
         for fd in child_fds:
             os.close(fd)
@@ -329,8 +337,8 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
             transport.close()
-            for s in socks:
-                s.close()
+            for connection in served:
+                connection.close()  # normally closed already, by the worker's exit
         progressed = self._progressed(started)
         if self._kill_reason is not None:
             return replace(self._kill_reason, progressed=progressed)
