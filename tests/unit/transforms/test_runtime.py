@@ -154,3 +154,13 @@ def test_large_output_spills_into_several_batches() -> None:
     [(topic, partition, batches)] = taken
     assert (topic, partition) == ("out", 0)
     assert len(batches) >= 3 and sum(c for _, c in batches) == 7
+
+
+@pytest.mark.parametrize("codec", [1, 2, 3, 4], ids=["gzip", "snappy", "lz4", "zstd"])
+def test_compressed_input_batches(codec: int) -> None:
+    b = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, -1, 1 << 20)
+    for i in range(50):
+        b.append(i, 1_700_000_000_000, None, b"value-%d" % i, [])
+    a = applier(lambda r: r)
+    a.apply(0, DefaultRecordBatch(bytes(b.build())))
+    assert [r.value for r in output(a.outputs)[("out", 0)]] == [b"value-%d" % i for i in range(50)]
