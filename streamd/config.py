@@ -162,12 +162,10 @@ def _iterations(v: Any) -> int:
 
 
 def _principals(v: Any) -> str:
-    items = _csv(v)
-    for p in items:
-        kind, sep, name = p.partition(":")
-        if not (sep and kind and name):
-            raise ValueError(f"{p!r}: expected Type:name, e.g. User:admin")
-    return ",".join(items)
+    from streamd.security.service import parse_principals
+
+    items = parse_principals(";".join(v) if isinstance(v, list) else str(v))
+    return ";".join(items)
 
 
 def _bootstrap_users(v: Any) -> str:
@@ -363,6 +361,41 @@ KEYS: tuple[Key, ...] = (
     Key("security.bootstrap_users", _bootstrap_users, "", "user:password:MECHANISM created once."),
     Key("security.scram_iterations", _iterations, 4096, "Iterations of bootstrap credentials."),
     Key("allow.everyone.if.no.acl.found", _bool, False, "Allow when no ACL matches a resource."),
+    Key(
+        "kafka.connections_max_idle_ms",
+        _positive,
+        600000,
+        "Close a connection that sent no request and had no answer pending this long.",
+    ),
+    Key(
+        "kafka.max_connections",
+        _non_negative,
+        0,
+        "Open Kafka connections; 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "kafka.max_connections_per_ip",
+        _non_negative,
+        0,
+        "Connections per address; 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "kafka.connections_max_reauth_ms",
+        _non_negative,
+        0,
+        "KIP-368: SASL sessions last this long, then must re-authenticate; 0 = forever.",
+    ),
+    Key("sasl.max_receive_bytes", _positive, 16384, "Largest request frame before authentication."),
+    Key(
+        "sasl.authentication_timeout_ms",
+        _non_negative,
+        30000,
+        "Close a SASL connection not authenticated within this time; 0 = no limit.",
+    ),
+    Key("sasl.auth_threads", _positive, 1, "Threads that verify passwords (PBKDF2), apart."),
+    Key("fetch.max.bytes", _positive, 57671680, "Largest Fetch response (Kafka's 55 MiB default)."),
     # --- end security ---
     # --- data transforms (streamd/transforms) ---
     Key("transforms.enabled", _bool, False, "Run data transforms (user Python code) here."),

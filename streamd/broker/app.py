@@ -27,11 +27,13 @@ from streamd.broker.health import Health
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
-from streamd.kafka.context import KafkaContext
+from streamd.kafka.context import AppendWaiters, KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
-from streamd.kafka.server import start_kafka_server
+from streamd.kafka.server import ConnectionRegistry, start_kafka_server
+from streamd.kafka.zerocopy import FileBudget
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.log.topic_config import TopicConfig
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
@@ -42,6 +44,8 @@ from streamd.tiering.service import TieringService, TieringSettings
 from streamd.transforms.supervisor import Supervisor
 
 log = logging.getLogger("streamd")
+DRAIN_TIMEOUT_S = 2.0
+"""Shutdown: how long connections may take to answer what they already read."""
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -74,6 +78,7 @@ class Broker:
         self.archive: ClusterArchive | None = None
         self.transforms: Supervisor | None = None
         self._transforms_side: transforms.TransformsBroker | None = None
+        self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
@@ -83,6 +88,7 @@ class Broker:
         data_dir.mkdir(parents=True, exist_ok=True)
         for warning in cfg.load_dynamic():
             log.warning("%s", warning)
+        self.connections.configure(cfg)
         self._startup_log_level = logging.getLogger().level
         self._apply_log_level()
         started = time.monotonic()
@@ -100,22 +106,12 @@ class Broker:
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
-        host, port = cfg.advertised
-        self.ctx = KafkaContext(
-            logs=self.logs,
-            config=cfg,
-            node_id=cfg["node_id"],
-            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
-            advertised_host=host,
-            advertised_port=port,
-            metrics=self.metrics,
-        )
+        waiters = AppendWaiters()
         # --- group coordinator (streamd/groups) ---
         gconfig = group_config(cfg.values)
-        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        offsets_topic = OffsetsTopic(self.logs, waiters, gconfig.offsets_retention_ms)
         self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
-        self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
         if await asyncio.to_thread(offsets_topic.open):
             offsets_topic.seed(self.groups)
@@ -123,13 +119,27 @@ class Broker:
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
-        self.ctx.tiering = self.tiering
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
         await asyncio.to_thread(self.security.open)
-        self.ctx.security = self.security
-        self.ctx.authorizer = self.security.authorizer
+        first = cfg.listeners[0]
+        self.ctx = KafkaContext(
+            logs=self.logs,
+            config=cfg,
+            node_id=cfg["node_id"],
+            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
+            advertised_host=first.advertised_host,
+            advertised_port=first.advertised_port,
+            waiters=waiters,
+            metrics=self.metrics,
+            groups=self.groups,
+            tiering=self.tiering,
+            authorizer=self.security.authorizer,
+            security=self.security,
+            producer_ids=ProducerIdAllocator(data_dir),
+            file_budget=FileBudget(_sendfile_descriptor_budget()),
+        )
         # --- data transforms (streamd/transforms); workers start at the end of start() ---
         self.transforms, self._transforms_side = transforms.supervisor(
             cfg, self.ctx, self.logs, self.groups, transactional=False
@@ -165,11 +175,6 @@ class Broker:
         assert self.ctx is not None
         cfg = self.config
         listeners = cfg.listeners
-        first = listeners[0]
-        self.ctx.advertised_host, self.ctx.advertised_port = (
-            first.advertised_host,
-            first.advertised_port,
-        )
         tls = None
         if any(spec.protocol in ("SSL", "SASL_SSL") for spec in listeners):
             tls = server_context(
@@ -181,7 +186,7 @@ class Broker:
         for spec in listeners:
             ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
             server = await start_kafka_server(
-                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl, registry=self.connections
             )
             self.servers.append(server)
             log.info(
@@ -392,6 +397,7 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            self.connections.configure(cfg)
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)
@@ -426,6 +432,14 @@ class Broker:
                 await self.transforms.close()
         for server in self.servers:
             server.close()
+        self.connections.stop_reading()
+        busy = await self.connections.drain(DRAIN_TIMEOUT_S)
+        if busy:
+            log.warning(
+                "%d connections still had requests in flight after %.0f s; closing them "
+                "unanswered", busy, DRAIN_TIMEOUT_S,
+            )
+        self.connections.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -444,6 +458,8 @@ class Broker:
             await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
+        if self.security is not None:
+            self.security.close()
         log.info("streamd stopped")
 
 
@@ -459,6 +475,20 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not raise the open file limit: %s", exc)
+
+
+def _sendfile_descriptor_budget() -> int:
+    """A quarter of the open-file limit for descriptors held by unsent fetch responses (see
+    streamd.kafka.zerocopy): a client that stops reading cannot exhaust the rest."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(256, soft // 4)
 
 
 GC_THRESHOLD = (20_000, 20, 20)

@@ -20,7 +20,7 @@ from streamd.broker.admin_api import AdminServer, json_reply
 from streamd.config import BrokerConfig
 from streamd.groups.service import GroupService
 from streamd.kafka.context import KafkaContext
-from streamd.kafka.server import serve_socket
+from streamd.kafka.server import ConnectionRegistry, serve_socket
 from streamd.log.manager import LogManager
 from streamd.security.acl import CLUSTER_NAME, Operation, ResourceType
 from streamd.transforms.api import Caller, TransformsApi
@@ -34,9 +34,13 @@ class TransformsBroker:
         self.ctx = ctx
         self.logs = logs
         self.groups = groups
+        self.connections = ConnectionRegistry()
+        """The workers' own: no client connection limit applies to them."""
 
     async def connect(self, sock: socket.socket) -> asyncio.BaseTransport:
-        return await serve_socket(self.ctx, sock, principal=PRINCIPAL)
+        return await serve_socket(
+            self.ctx, sock, principal=PRINCIPAL, registry=self.connections
+        )
 
     def progress(self, group_id: str, topic: str) -> list[PartitionProgress]:
         t = self.logs.get(topic)

@@ -343,13 +343,13 @@ async def list_groups(req: Request) -> dict[str, Any]:
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
     states = getattr(req.body, "states_filter", ()) or ()
-    all_groups = authorize_cluster(req, DESCRIBE)
+    all_groups = authorize_cluster(req, DESCRIBE, audit=False)
     return {
         "error_code": E.NONE,
         "groups": [
             {"group_id": gid, "protocol_type": ptype, "group_state": state}
             for gid, ptype, state in req.ctx.groups.list_groups(states)
-            if all_groups or authorize(req, DESCRIBE, GROUP, gid)
+            if all_groups or authorize(req, DESCRIBE, GROUP, gid, audit=False)
         ],
     }
 
@@ -408,21 +408,29 @@ async def delete_groups(req: Request) -> dict[str, Any]:
 
 @api(47, "OffsetDelete", 0, 0)
 async def offset_delete(req: Request) -> dict[str, Any]:
+    """Kafka's rule: DELETE on the group, and READ on each topic named (the partitions of a
+    topic without it answer TOPIC_AUTHORIZATION_FAILED and keep their offsets)."""
     ctx, body = req.ctx, req.body
     if ctx.groups is None:
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
     if not authorize(req, DELETE, GROUP, body.group_id):
         return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
+    readable = {t.name for t in body.topics if authorize(req, READ, TOPIC, t.name)}
     known = [
         (t.name, p.partition_index)
         for t in body.topics
+        if t.name in readable
         for p in t.partitions
         if _topic_known(ctx, t.name, p.partition_index)
     ]
     error, codes = await ctx.groups.delete_offsets(body.group_id, known)
     if error != E.NONE:
         return {"error_code": error}
-    by_tp = dict(zip(known, codes, strict=True))
+    by_tp: dict[tuple[str, int], int] = dict(zip(known, codes, strict=True))
+    for t in body.topics:
+        if t.name not in readable:
+            for p in t.partitions:
+                by_tp[(t.name, p.partition_index)] = E.TOPIC_AUTHORIZATION_FAILED
     return {
         "error_code": E.NONE,
         "topics": [

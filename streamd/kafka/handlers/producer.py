@@ -11,20 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamd.errors import ErrorCode
+from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
 from streamd.kafka.authz import IDEMPOTENT_WRITE, TOPIC, WRITE, authorize, authorize_cluster
-from streamd.kafka.context import Request
-from streamd.log.producer_ids import ProducerIdAllocator
+from streamd.kafka.context import KafkaContext, Request
+from streamd.kafka.services import ProducerIds
 
 MAX_EPOCH = 32767
 
 
-def _allocator(ctx: Any) -> ProducerIdAllocator:
-    alloc = ctx.extras.get("producer_ids")
-    if alloc is None:
-        alloc = ctx.extras["producer_ids"] = ProducerIdAllocator(ctx.config.data_dir)
-    return alloc  # type: ignore[no-any-return]
+def _allocator(ctx: KafkaContext) -> ProducerIds:
+    if ctx.producer_ids is None:
+        raise StreamdError("no producer id allocator", code=ErrorCode.UNKNOWN_SERVER_ERROR)
+    return ctx.producer_ids
 
 
 @api(22, "InitProducerId", 0, 4)
@@ -35,7 +34,7 @@ async def init_producer_id(req: Request) -> dict[str, Any]:
                 "producer_id": -1, "producer_epoch": -1}
     if not (
         authorize_cluster(req, IDEMPOTENT_WRITE)
-        or any(authorize(req, WRITE, TOPIC, name) for name in req.ctx.logs.topics())
+        or any(authorize(req, WRITE, TOPIC, name, audit=False) for name in req.ctx.logs.topics())
     ):
         return {"error_code": ErrorCode.CLUSTER_AUTHORIZATION_FAILED,
                 "producer_id": -1, "producer_epoch": -1}
