@@ -16,7 +16,9 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from streamd.broker.admin_api import AdminServer, json_reply
+from aiohttp import web
+
+from streamd.broker.admin_api import AdminServer, access, error, json_response
 from streamd.config import BrokerConfig
 from streamd.groups.service import GroupService
 from streamd.kafka.context import KafkaContext
@@ -66,12 +68,11 @@ class TransformsBroker:
 
 
 def _stable(plog: Any) -> int:
-    """What a read_committed reader can reach: the last stable offset where the log keeps one,
-    else the high watermark."""
-    return int(plog.high_watermark)
+    """What a read_committed reader (the worker) can reach: the last stable offset."""
+    return int(plog.last_stable_offset)
 
 
-def settings(cfg: BrokerConfig, *, transactional: bool) -> Settings:
+def settings(cfg: BrokerConfig) -> Settings:
     return Settings(
         enabled=cfg["transforms.enabled"],
         memory_limit_bytes=cfg["transforms.memory_limit_bytes"],
@@ -80,7 +81,6 @@ def settings(cfg: BrokerConfig, *, transactional: bool) -> Settings:
         max_restarts=cfg["transforms.max_restarts"],
         restart_backoff_max_ms=cfg["transforms.restart_backoff_max_ms"],
         nice=cfg["transforms.worker_nice"],
-        transactional=transactional,
     )
 
 
@@ -89,24 +89,18 @@ def supervisor(
     ctx: KafkaContext,
     logs: LogManager,
     groups: GroupService,
-    *,
-    transactional: bool,
 ) -> tuple[Supervisor, TransformsBroker]:
-    """``transactional``: the broker has a transaction coordinator, so workers commit output
-    and positions in one transaction (else: idempotent output, then OffsetCommit)."""
     side = TransformsBroker(ctx, logs, groups)
-    sup = Supervisor(
-        Path(cfg.data_dir) / "transforms", settings(cfg, transactional=transactional), side
-    )
+    sup = Supervisor(Path(cfg.data_dir) / "transforms", settings(cfg), side)
     return sup, side
 
 
-def install_routes(admin: AdminServer, sup: Supervisor, side: TransformsBroker, ctx: Any) -> None:
-    """``/v1/transforms`` on the admin server; callers are ``User:ANONYMOUS`` from their
-    address (this admin server does not authenticate)."""
+def install_routes(server: AdminServer, sup: Supervisor, side: TransformsBroker) -> None:
+    """``/v1/transforms`` on the admin server (see :mod:`streamd.transforms.api`); the caller
+    is the admin API's authenticated principal."""
+    authorizer = server.authorizer
 
     def may(caller: Caller, need: str) -> bool:
-        authorizer = ctx.authorizer
         if authorizer is None:
             return True
         operation = Operation.ALTER if need == "alter" else Operation.DESCRIBE
@@ -118,42 +112,44 @@ def install_routes(admin: AdminServer, sup: Supervisor, side: TransformsBroker, 
 
     api = TransformsApi(sup, may=may, partitions_of=side.partitions_of)
 
-    def caller(peer: str) -> Caller:
-        return Caller("User:ANONYMOUS", peer)
+    def caller(request: web.Request) -> Caller:
+        who = access(request)
+        return Caller(who.principal, who.host)
 
-    def reply(result: tuple[int, Any]) -> Any:
+    def reply(result: tuple[int, Any]) -> web.Response:
         status, doc = result
-        return json_reply(doc, status)
+        return json_response(doc, status)
 
-    async def listing(query: Any, body: bytes, peer: str) -> Any:
-        return reply(await api.list(caller(peer)))
+    async def listing(request: web.Request) -> web.Response:
+        return reply(await api.list(caller(request)))
 
-    async def deploy(query: Any, body: bytes, peer: str) -> Any:
+    async def deploy(request: web.Request) -> web.Response:
         try:
-            doc = json.loads(body or b"null")
+            doc = json.loads(await request.read() or b"null")
         except ValueError:
-            return json_reply({"error": "the request body is not JSON"}, 400)
-        return reply(await api.deploy(caller(peer), doc))
+            return error(400, "the request body is not JSON")
+        return reply(await api.deploy(caller(request), doc))
 
-    async def describe(query: Any, body: bytes, peer: str, name: str) -> Any:
-        return reply(await api.describe(caller(peer), name))
+    async def describe(request: web.Request) -> web.Response:
+        return reply(await api.describe(caller(request), request.match_info["name"]))
 
-    async def delete(query: Any, body: bytes, peer: str, name: str) -> Any:
-        return reply(await api.delete(caller(peer), name))
+    async def delete(request: web.Request) -> web.Response:
+        return reply(await api.delete(caller(request), request.match_info["name"]))
 
-    async def pause(query: Any, body: bytes, peer: str, name: str) -> Any:
-        return reply(await api.pause(caller(peer), name))
+    async def pause(request: web.Request) -> web.Response:
+        return reply(await api.pause(caller(request), request.match_info["name"]))
 
-    async def resume(query: Any, body: bytes, peer: str, name: str) -> Any:
-        return reply(await api.resume(caller(peer), name))
+    async def resume(request: web.Request) -> web.Response:
+        return reply(await api.resume(caller(request), request.match_info["name"]))
 
-    async def logs(query: Any, body: bytes, peer: str, name: str) -> Any:
-        return reply(await api.logs(caller(peer), name, query.get("lines")))
+    async def logs(request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        return reply(await api.logs(caller(request), name, request.query.get("lines")))
 
-    admin.route("GET", "/v1/transforms", listing, with_body=True)
-    admin.route("POST", "/v1/transforms", deploy, with_body=True)
-    admin.route("GET", "/v1/transforms/{name}", describe, with_body=True)
-    admin.route("DELETE", "/v1/transforms/{name}", delete, with_body=True)
-    admin.route("POST", "/v1/transforms/{name}/pause", pause, with_body=True)
-    admin.route("POST", "/v1/transforms/{name}/resume", resume, with_body=True)
-    admin.route("GET", "/v1/transforms/{name}/logs", logs, with_body=True)
+    server.get("/v1/transforms", listing)
+    server.post("/v1/transforms", deploy)
+    server.get("/v1/transforms/{name}", describe)
+    server.app.router.add_delete("/v1/transforms/{name}", delete)
+    server.post("/v1/transforms/{name}/pause", pause)
+    server.post("/v1/transforms/{name}/resume", resume)
+    server.get("/v1/transforms/{name}/logs", logs)

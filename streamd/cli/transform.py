@@ -243,7 +243,6 @@ def describe(name: str, fmt: str) -> None:
             ("on-error", doc["on_error"]),
             ("env", [f"{k}={v}" for k, v in sorted(doc["env"].items())]),
             ("file", f"{doc['file_name']} (sha256 {doc['code_sha256'][:12]})"),
-            ("exactly-once", doc["exactly_once"]),
             ("records-in", doc["records_in"]),
             ("records-out", doc["records_out"]),
             ("records-skipped", doc["records_skipped"]),

@@ -25,6 +25,7 @@ from streamd.kafka.services import (
     ProducerIds,
     Security,
     Tiering,
+    Transactions,
 )
 from streamd.kafka.zerocopy import FileBudget
 from streamd.security.sasl import SaslSession
@@ -78,6 +79,9 @@ class KafkaContext:
     authorizer: Authorizer | None = None
     security: Security | None = None
     producer_ids: ProducerIds | None = None
+    txn: Transactions | None = None
+    """The transaction coordinator; None answers transactional requests with
+    COORDINATOR_NOT_AVAILABLE."""
     file_budget: FileBudget = field(default_factory=lambda: FileBudget(1024))
     """Descriptors all unsent fetch responses together may hold (see zerocopy)."""
     read_pool: Executor = field(

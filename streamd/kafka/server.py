@@ -340,6 +340,7 @@ class KafkaConnection(asyncio.Protocol):
 
     async def _run(self, handler: Any, request: Request, slot: Slot) -> None:
         header = request.header
+        started = time.perf_counter()
         try:
             result = await handler(request)
             data: list[Any] | None
@@ -369,7 +370,7 @@ class KafkaConnection(asyncio.Protocol):
                 self.abort("internal error")
                 return
         if self.ctx.metrics is not None:
-            self.ctx.metrics.count_request(header.api_key)
+            self.ctx.metrics.count_request(header.api_key, time.perf_counter() - started)
         if self.closed or self.state is None:
             close_files(data)
             return

@@ -24,9 +24,11 @@ from streamd.groups.model import (
 )
 from streamd.log.manager import Topic
 from streamd.log.partition import PartitionLog
+from streamd.log.txn_index import AbortedTxn
 from streamd.security.acl import Operation, ResourceType
 from streamd.security.sasl import SaslSession
 from streamd.security.store import AclStore, CredentialStore
+from streamd.txn.model import PendingOffset, TxnDescription
 
 T = TypeVar("T")
 
@@ -120,6 +122,10 @@ class Tiering(Protocol):
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int
     ) -> tuple[int, int] | None: ...
 
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]: ...
+
     async def delete_records(self, topic: str, partition: int, offset: int) -> None: ...
 
     async def on_topic_changed(self, topic: Topic | None) -> None: ...
@@ -161,10 +167,69 @@ class Metrics(Protocol):
     fetched_bytes: int
     sendfile_bytes: int
 
-    def count_request(self, api_key: int) -> None: ...
+    def count_request(self, api_key: int, seconds: float = 0.0) -> None:
+        """One handled request and its latency (decoded request to encoded response)."""
+
+    def produced(self, topic: str, nbytes: int, records: int) -> None:
+        """Batch bytes and records appended to ``topic``."""
+
+    def fetched(self, topic: str, nbytes: int) -> None:
+        """Batch bytes of ``topic`` served to consumers."""
 
 
 class ProducerIds(Protocol):
     """Producer ids for InitProducerId (:class:`streamd.log.producer_ids.ProducerIdAllocator`)."""
 
     def allocate(self) -> int: ...
+
+
+class Transactions(Protocol):
+    """The transaction coordinator (:class:`streamd.txn.service.TransactionService`)."""
+
+    async def init_producer_id(
+        self, transactional_id: str, timeout_ms: int, expected: tuple[int, int] | None
+    ) -> tuple[ErrorCode, int, int]: ...
+
+    async def add_partitions(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        partitions: Iterable[tuple[str, int]],
+    ) -> ErrorCode: ...
+
+    async def add_group(
+        self, transactional_id: str, producer_id: int, epoch: int, group_id: str
+    ) -> ErrorCode: ...
+
+    async def end_txn(
+        self, transactional_id: str, producer_id: int, epoch: int, commit: bool
+    ) -> ErrorCode: ...
+
+    async def txn_offset_commit(
+        self,
+        transactional_id: str,
+        producer_id: int,
+        epoch: int,
+        group_id: str,
+        member: tuple[int, str, str | None],
+        offsets: list[PendingOffset],
+    ) -> ErrorCode: ...
+
+    async def durable(self) -> None: ...
+
+    def verify_produce(
+        self, transactional_id: str, producer_id: int, epoch: int, topic: str, partition: int
+    ) -> ErrorCode: ...
+
+    def has_pending_offset(self, group_id: str, topic: str, partition: int) -> bool: ...
+
+    def describe(self, transactional_id: str) -> TxnDescription | None: ...
+
+    def list_transactions(
+        self,
+        states: Iterable[str] = (),
+        producer_ids: Iterable[int] = (),
+        min_duration_ms: int = -1,
+        pattern: str | None = None,
+    ) -> tuple[list[TxnDescription], list[str]]: ...

@@ -92,11 +92,8 @@ class _Partition:
 class Outputs:
     """Output batches of the transaction being built, per (topic, partition)."""
 
-    def __init__(
-        self, topics: list[str], partition_counts: dict[str, int], *, transactional: bool = True
-    ) -> None:
+    def __init__(self, topics: list[str], partition_counts: dict[str, int]) -> None:
         self.topics = topics
-        self.transactional = transactional
         self.counts = [partition_counts[t] for t in topics]
         self.parts: dict[tuple[int, int], _Partition] = {}
         self.keys = KeyPartitioner()
@@ -123,11 +120,11 @@ class Outputs:
             part = self.parts[(topic_index, partition)] = _Partition()
         builder = part.builder
         if builder is None:
-            builder = part.builder = _new_builder(self.transactional)
+            builder = part.builder = _new_builder()
         if builder.append(part.count, timestamp, key, value, headers) is None:
             part.sealed.append((builder, part.count))
             part.sealed_records += part.count
-            builder = part.builder = _new_builder(self.transactional)
+            builder = part.builder = _new_builder()
             part.count = 0
             if builder.append(0, timestamp, key, value, headers) is None:
                 raise ValueError("record does not fit an empty batch")  # pragma: no cover
@@ -160,11 +157,11 @@ class Outputs:
         return out
 
 
-def _new_builder(transactional: bool) -> Any:
+def _new_builder() -> Any:
     return DefaultRecordBatchBuilder(
         magic=2,
         compression_type=0,
-        is_transactional=int(transactional),
+        is_transactional=1,
         producer_id=-1,
         producer_epoch=-1,
         base_sequence=-1,

@@ -11,9 +11,6 @@ answer checked), AddOffsetsToTxn + TxnOffsetCommit of the input positions (consu
 ``streamd-transform-NAME``), EndTxn(commit). The committer runs them on its own thread, so the
 main thread transforms the next records while a transaction commits (its round trips wait on
 fsyncs); at most one more transaction waits behind the running one.
-
-Without a transaction coordinator (``transactional`` false) the same job is: Produce with the
-idempotent producer id, then OffsetCommit: at least once.
 """
 
 from __future__ import annotations
@@ -81,7 +78,7 @@ class Session:
         conn: wire.Connection,
         *,
         group_id: str,
-        transactional_id: str | None,
+        transactional_id: str,
         input_topic: str,
         transaction_timeout_ms: int,
     ) -> None:
@@ -235,26 +232,22 @@ class Session:
         """Write ``job`` and commit it (see the module docstring). ``previous``: the positions
         last committed (unchanged positions need no offset commit)."""
         with self.lock:
-            transactional = self.transactional_id is not None
-            if transactional and job.batches:
+            if job.batches:
                 self._add_partitions(sorted({(t, p) for t, p, _ in job.batches}))
             self._produce(job.batches)
             while self.conn.pending:
                 self._check_produce(self.conn.receive())
-            if transactional:
-                if job.positions != previous:
-                    self._txn_offsets(job.positions)
-                self._retry(
-                    "EndTxn",
-                    self.schema("EndTxn").EndTxnRequest(
-                        transactional_id=self.transactional_id,
-                        producer_id=self.producer_id,
-                        producer_epoch=self.producer_epoch,
-                        committed=True,
-                    ),
-                )
-            elif job.positions != previous:
-                self._offset_commit(job.positions)
+            if job.positions != previous:
+                self._txn_offsets(job.positions)
+            self._retry(
+                "EndTxn",
+                self.schema("EndTxn").EndTxnRequest(
+                    transactional_id=self.transactional_id,
+                    producer_id=self.producer_id,
+                    producer_epoch=self.producer_epoch,
+                    committed=True,
+                ),
+            )
 
     def _add_partitions(self, partitions: list[tuple[str, int]]) -> None:
         m = self.schema("AddPartitionsToTxn")
@@ -370,36 +363,6 @@ class Session:
             for p in t.partitions:
                 if p.error_code != E_NONE:
                     raise WorkerError(f"TxnOffsetCommit: {error_name(p.error_code)}")
-
-    def _offset_commit(self, positions: dict[int, int]) -> None:
-        c = self.schema("OffsetCommit")
-        resp = self.request(
-            "OffsetCommit",
-            c.OffsetCommitRequest(
-                group_id=self.group_id,
-                generation_id_or_member_epoch=-1,
-                member_id="",
-                group_instance_id=None,
-                topics=(
-                    c.OffsetCommitRequestTopic(
-                        name=self.input_topic,
-                        partitions=tuple(
-                            c.OffsetCommitRequestPartition(
-                                partition_index=p,
-                                committed_offset=off,
-                                committed_leader_epoch=-1,
-                                committed_metadata="",
-                            )
-                            for p, off in sorted(positions.items())
-                        ),
-                    ),
-                ),
-            ),
-        )
-        for t in resp.topics:
-            for p in t.partitions:
-                if p.error_code != E_NONE:
-                    raise WorkerError(f"OffsetCommit: {error_name(p.error_code)}")
 
     def _retry(self, name: str, req: Any) -> None:
         for attempt in range(RETRIES):

@@ -24,7 +24,8 @@ from typing import Any
 NAME_RE = re.compile(r"^[a-zA-Z0-9._-]{1,128}$")
 TOPIC_RE = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
 ENV_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-MAX_CODE_BYTES = 1 << 20
+MAX_CODE_BYTES = 256 << 10
+"""A transform's source, at most (the admin API takes request bodies up to 1 MiB)."""
 PREFIX = "streamd-transform-"
 
 

@@ -81,7 +81,6 @@ class Settings:
     restart_backoff_max_ms: int = 60_000
     stop_timeout_ms: int = 10_000
     nice: int = 10
-    transactional: bool = True
 
 
 @dataclass(frozen=True)
@@ -447,7 +446,6 @@ class Runner:
             code_path=str(sup.store.code_path(self.stored)),
             group_id=dep.group_id,
             transactional_id=dep.transactional_id,
-            transactional=settings.transactional,
             commit_interval_ms=settings.commit_interval_ms,
             record_timeout_ms=settings.record_timeout_ms,
             fetch_fd=fetch_fd,
@@ -509,7 +507,6 @@ class Runner:
                 "dead_letter_topic": dep.dead_letter_topic,
                 "from": doc.pop("start"),
                 "status": self.status(None if unknown else total_lag),
-                "exactly_once": self.sup.settings.transactional,
                 "partitions": partitions,
                 "lag": total_lag,
                 "last_error": self.last_error,

@@ -75,7 +75,6 @@ class WorkerConfig:
     code_path: str
     group_id: str
     transactional_id: str
-    transactional: bool = True
     commit_interval_ms: int = 100
     commit_bytes: int = 8 << 20
     fetch_max_bytes: int = 16 << 20
@@ -122,7 +121,7 @@ class Worker:
         self.session = Session(
             wire.Connection(socket.socket(fileno=cfg.produce_fd), client_id),
             group_id=cfg.group_id,
-            transactional_id=cfg.transactional_id if cfg.transactional else None,
+            transactional_id=cfg.transactional_id,
             input_topic=cfg.input_topic,
             transaction_timeout_ms=cfg.transaction_timeout_ms,
         )
@@ -132,11 +131,7 @@ class Worker:
             self.out_topics.append(cfg.dead_letter)
         counts = self.session.metadata([cfg.input_topic, *self.out_topics])
         self.input_partitions = counts[cfg.input_topic]
-        self.outputs = Outputs(
-            self.out_topics,
-            {t: counts[t] for t in self.out_topics},
-            transactional=cfg.transactional,
-        )
+        self.outputs = Outputs(self.out_topics, {t: counts[t] for t in self.out_topics})
         self.applier = Applier(
             fn,
             cfg.input_topic,
@@ -220,7 +215,6 @@ class Worker:
             producer_id=self.session.producer_id,
             producer_epoch=self.session.producer_epoch,
             positions=_keyed(self.positions),
-            transactional=self.cfg.transactional,
         )
         self.send_fetch()
         clock = time.monotonic

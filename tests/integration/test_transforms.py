@@ -124,7 +124,6 @@ def test_replay_from_the_bucket_then_live_exactly_once_across_kill9(
     wait_for(broker, "upper", "catch up with 26,000 records", lambda d: caught_up(d, 26_000))
     got = read_committed(broker.bootstrap, dst, parts)
     assert values(got) == expected(26_000, parts)
-    assert describe(broker, "upper")["exactly_once"] is True
 
 
 def test_on_error_stop_skip_and_dead_letter(broker_factory, topic_name: str) -> None:  # noqa: ANN001

@@ -161,11 +161,21 @@ def test_cli(broker_factory, topic_name: str, tmp_path: Path) -> None:  # noqa: 
                          "def transform(record):")
     path = write_code(tmp_path, "upper", code)
 
+    # A consumer of the (still empty) output started first sees what the transform writes.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STREAMD_")}
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    tail = subprocess.Popen(
+        [sys.executable, "-m", "streamd", "--brokers", broker.bootstrap, "topic", "consume", dst,
+         "-n", "2", "-f", "%v\n"],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )
     done = cli(broker, "deploy", str(path), "--name", "up", "-i", src, "-o", dst,
                "--from", "earliest", "--env", "WHO=cli")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("deployed transform up")
     wait_for(broker, "up", "catch up", lambda d: caught_up(d, 2) and d["records_out"] == 2)
+    out, _ = tail.communicate(timeout=60)
+    assert sorted(out.split()) == ["X", "Y"]
 
     listing = json.loads(cli(broker, "list", "--format", "json").stdout)
     [entry] = listing

@@ -9,6 +9,8 @@ Fetch sessions (KIP-227) are not kept: every response is a full one with session
 clients treat as "sessions unsupported".
 Authorization: Fetch needs READ on each topic, ListOffsets and OffsetForLeaderEpoch DESCRIBE;
 a refused topic's partitions answer TOPIC_AUTHORIZATION_FAILED.
+Isolation (KIP-98): read_committed fetches stop at the last stable offset and carry the aborted
+transactions (:mod:`streamd.kafka.isolation`); ListOffsets latest answers the LSO for them.
 
 Bounds, as Kafka's: a partition named several times in one request is answered once, at its
 first position, with the offset and size of its last mention (Kafka builds a map); a response
@@ -36,6 +38,7 @@ from streamd.kafka import codec
 from streamd.kafka.apis import api
 from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.isolation import aborted_transactions, cut_at, local_read_end
 from streamd.kafka.legacy.records import down_convert
 from streamd.kafka.zerocopy import FileBudget, FileRecords
 from streamd.log.segment import FileSlice
@@ -44,6 +47,7 @@ READ_ON_LOOP_MAX = codec.SCATTER_MIN
 """Record sets adding up to less than this are read on the event loop (a thread hop costs more)."""
 
 LATEST, EARLIEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -3, -4, -5
+READ_COMMITTED = 1
 
 
 def _partition_of(ctx: Any, name: str, index: int) -> Any:
@@ -54,7 +58,14 @@ def _partition_of(ctx: Any, name: str, index: int) -> Any:
 
 
 async def _read_partition(
-    ctx: Any, name: str, index: int, plog: Any, offset: int, max_bytes: int, min_one: bool
+    ctx: Any,
+    name: str,
+    index: int,
+    plog: Any,
+    offset: int,
+    max_bytes: int,
+    min_one: bool,
+    committed: bool = False,
 ) -> tuple[dict[str, Any], int]:
     entry: dict[str, Any] = {"partition_index": index}
     if plog is None:
@@ -62,25 +73,37 @@ async def _read_partition(
         return entry, 0
     tiering = ctx.tiering
     hw = plog.high_watermark
+    lso = plog.last_stable_offset
     start = plog.log_start_offset
     if tiering is not None:
         start = tiering.earliest_offset(name, index, plog)
-    entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=start)
+    entry.update(high_watermark=hw, last_stable_offset=lso, log_start_offset=start)
     if offset < start or offset > hw:
         entry["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
         return entry, 0
     entry["error_code"] = ErrorCode.NONE
-    if offset == hw:
+    limit = lso if committed else hw
+    if offset >= limit:
         return entry, 0
     try:
         if offset < plog.log_start_offset:
             data = await tiering.read(name, index, offset, max_bytes, min_one)
+            if committed:
+                data, end = cut_at(data, limit)
+                entry["aborted_transactions"] = await aborted_transactions(
+                    tiering, name, index, plog, offset, end
+                )
         else:
             # A local record set stays a file range until the response is final (see
             # _materialize): a long poll may read a partition several times.
-            piece = plog.read(offset, max_bytes, min_one=min_one)
+            piece = plog.read(offset, max_bytes, min_one=min_one, upto=limit)
             if piece is not None:
                 entry["records"] = piece
+                if committed:
+                    end = local_read_end(plog, offset, limit)
+                    entry["aborted_transactions"] = await aborted_transactions(
+                        tiering, name, index, plog, offset, end
+                    )
                 return entry, piece.length
             data = b""
     except StreamdError as exc:
@@ -143,6 +166,7 @@ async def fetch(req: Request) -> dict[str, Any]:
     min_bytes = body.min_bytes
     asked_max = body.max_bytes if req.version >= 3 else 2**31 - 1
     response_max = min(asked_max, ctx.config["fetch.max.bytes"])
+    committed = getattr(body, "isolation_level", 0) == READ_COMMITTED
     denied = {t.topic for t in body.topics if not authorize(req, READ, TOPIC, t.topic)}
     asked: dict[tuple[str, int], tuple[int, int]] = {}
     for t in body.topics:
@@ -174,13 +198,16 @@ async def fetch(req: Request) -> dict[str, Any]:
                 entries.append((name, _denied(index)))
                 continue
             limit = min(pmax, remaining)
-            stamp = (-1 if plog is None else plog.high_watermark, limit, total == 0)
+            watermark = -1
+            if plog is not None:
+                watermark = plog.last_stable_offset if committed else plog.high_watermark
+            stamp = (watermark, limit, total == 0)
             cached = previous.get(i)
             if cached is not None and cached[0] == stamp:
                 entry, size = cached[1], cached[2]
             else:
                 entry, size = await _read_partition(
-                    ctx, name, index, plog, offset, limit, min_one=(total == 0)
+                    ctx, name, index, plog, offset, limit, (total == 0), committed
                 )
                 previous[i] = (stamp, entry, size)
             entries.append((name, entry))
@@ -191,8 +218,10 @@ async def fetch(req: Request) -> dict[str, Any]:
         if total >= min_bytes or left <= 0 or errors:
             break
         await ctx.waiters.wait([(w[0], w[1]) for w in wanted if w[4] is not None], left)
-    if ctx.metrics is not None:
-        ctx.metrics.fetched_bytes += total
+    if ctx.metrics is not None and total:
+        for i, cached in previous.items():
+            if cached[2]:
+                ctx.metrics.fetched(wanted[i][0], cached[2])
     old_magic = -1 if req.version >= 4 else (0 if req.version < 2 else 1)
     await _materialize(entries, req.files if old_magic < 0 else None, ctx.read_pool)
     responses: list[dict[str, Any]] = []
@@ -238,6 +267,7 @@ def _denied(index: int) -> dict[str, Any]:
 @api(2, "ListOffsets", 0, 9)
 async def list_offsets(req: Request) -> dict[str, Any]:
     ctx = req.ctx
+    isolation = getattr(req.body, "isolation_level", 0)
     legacy = req.version == 0
     topics = []
     for t in req.body.topics:
@@ -264,6 +294,8 @@ async def list_offsets(req: Request) -> dict[str, Any]:
                 continue
             try:
                 offset, ts = await _list_offset(ctx, t.name, p.partition_index, plog, p.timestamp)
+                if p.timestamp == LATEST and isolation == READ_COMMITTED:
+                    offset = plog.last_stable_offset
             except StreamdError as exc:
                 entry["error_code"] = exc.code
                 continue
