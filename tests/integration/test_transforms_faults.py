@@ -169,13 +169,17 @@ def test_cli(broker_factory, topic_name: str, tmp_path: Path) -> None:  # noqa: 
          "-n", "2", "-f", "%v\n"],
         stdout=subprocess.PIPE, text=True, env=env,
     )
-    done = cli(broker, "deploy", str(path), "--name", "up", "-i", src, "-o", dst,
-               "--from", "earliest", "--env", "WHO=cli")
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("deployed transform up")
-    wait_for(broker, "up", "catch up", lambda d: caught_up(d, 2) and d["records_out"] == 2)
-    out, _ = tail.communicate(timeout=60)
-    assert sorted(out.split()) == ["X", "Y"]
+    try:
+        done = cli(broker, "deploy", str(path), "--name", "up", "-i", src, "-o", dst,
+                   "--from", "earliest", "--env", "WHO=cli")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith("deployed transform up")
+        wait_for(broker, "up", "catch up", lambda d: caught_up(d, 2) and d["records_out"] == 2)
+        out, _ = tail.communicate(timeout=60)
+        assert sorted(out.split()) == ["X", "Y"]
+    finally:
+        tail.kill()
+        tail.wait()
 
     listing = json.loads(cli(broker, "list", "--format", "json").stdout)
     [entry] = listing
