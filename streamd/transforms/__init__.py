@@ -16,7 +16,9 @@ Modules, broker side first:
 
 and inside the worker process:
 
-- :mod:`~streamd.transforms.worker`: the process: Kafka requests, transactions, watchdog;
+- :mod:`~streamd.transforms.worker`: the process: the fetch loop, positions, reporting;
+- :mod:`~streamd.transforms.session`: its produce connection, transactions, commit thread;
+- :mod:`~streamd.transforms.process`: its status pipe, watchdog, log and limits;
 - :mod:`~streamd.transforms.runtime`: records in, ``transform()``, output batches out;
 - :mod:`~streamd.transforms.partitioner`: Kafka's murmur2 partitioner;
 - :mod:`~streamd.transforms.wire`: a blocking Kafka connection (kio).
