@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamd.broker import admin_routes, console
+from streamd.broker import admin_routes, console, transforms
 from streamd.broker.admin_api import (
     AdminServer,
     BasicAuth,
@@ -60,6 +60,7 @@ from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.transforms.supervisor import Supervisor
 from streamd.txn.service import TransactionService
 
 log = logging.getLogger("streamd")
@@ -118,6 +119,8 @@ class Broker:
         self.archive: ClusterArchive | None = None
         self.cleaner: LogCleaner | None = None
         self.replicas: ReadReplicas | None = None
+        self.transforms: Supervisor | None = None
+        self._transforms_side: transforms.TransformsBroker | None = None
         self.txn: TransactionService | None = None
         self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
@@ -206,6 +209,14 @@ class Broker:
             file_budget=FileBudget(_sendfile_descriptor_budget()),
         )
         log.info("cluster id %s, node id %d", self.ctx.cluster_id, self.ctx.node_id)
+        # --- data transforms (streamd/transforms); workers start at the end of start() ---
+        self.transforms, self._transforms_side = transforms.supervisor(
+            cfg, self.ctx, self.logs, self.groups
+        )
+        if self.security.authorizer is not None:
+            authorizer = self.security.authorizer
+            authorizer.super_users = authorizer.super_users | {transforms.PRINCIPAL}
+        # --- end data transforms ---
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -227,6 +238,8 @@ class Broker:
         self.cleaner.start()
         self.metrics.add_collector(self.cleaner.metric_families)
         # --- end log compaction ---
+        if self.transforms is not None:
+            await self.transforms.open()
         self.ready = True
 
     # ---- security and listeners ------------------------------------------------------------------
@@ -293,6 +306,8 @@ class Broker:
         console.install(server, sources, self.groups, kafka)
         self._transaction_routes(server)
         self._compaction_routes(server)
+        if self.transforms is not None and self._transforms_side is not None:
+            transforms.install_routes(server, self.transforms, self._transforms_side)
         return server
 
     def _compaction_routes(self, server: AdminServer) -> None:
@@ -470,6 +485,7 @@ class Broker:
             offsets=offsets,
             ends=lambda: end_offsets(logs),
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
+            transforms=self.transforms.documents if self.transforms is not None else None,
         )
         self.tiering.tick_hooks.append(archive.tick)
         self.health.register("cluster_archive", archive.health)
@@ -572,6 +588,10 @@ class Broker:
     async def stop(self) -> None:
         if self.jobs is not None:
             self.jobs.shutdown()
+        if self.transforms is not None:
+            # Workers first: each commits its open transaction through the broker.
+            with contextlib.suppress(Exception):
+                await self.transforms.close()
         for server in self.servers:
             server.close()
         self.connections.stop_reading()

@@ -526,7 +526,9 @@ class _Session:
             p for p in partitions
             if starts[p] >= marks[p][1] or starts[p] >= self.stops.get(p, starts[p] + 1)
         }
-        live = [p for p in partitions if p not in self.at_end]
+        # A partition already at its end is read too unless the command exits there: records
+        # may still arrive (consume -n N on a topic that is empty now).
+        live = [p for p in partitions if p not in self.at_end] if self.exit_at_end else partitions
         c.assign([TopicPartition(self.topic, p, starts[p]) for p in live])
         if not live:
             self.assigned = set(partitions)

@@ -5,7 +5,8 @@ JSON, CRC32C ``checksum`` verified on read, strict ``format_version``; invariant
 
     cluster/metadata.json  {"format_version": 1, "kind": "cluster-metadata", "cluster_id": "...",
                             "archived_at_ms": ..., "topics": [{"name", "topic_id",
-                            "partitions", "overrides"}], "acls": {...}, "credentials": {...}}
+                            "partitions", "overrides"}], "acls": {...}, "credentials": {...},
+                            "transforms": [{deployment, code included}]}
     cluster/offsets.json   {"format_version": 1, "kind": "cluster-offsets", "cluster_id": "...",
                             "archived_at_ms": ..., "groups": {group: [{"topic", "partition",
                             "offset", "leader_epoch", "metadata", "commit_ts"}]},
@@ -130,10 +131,13 @@ class ClusterArchive:
         offsets: Provider,
         ends: Provider | None = None,
         offsets_interval_ms: int = 10_000,
+        transforms: Provider | None = None,
     ) -> None:
         self.store = store
         self.cluster_id = cluster_id
         self._providers = {"topics": topics, "acls": acls, "credentials": credentials}
+        if transforms is not None:
+            self._providers["transforms"] = transforms
         self._offsets = offsets
         self._ends = ends
         self.offsets_interval_ms = offsets_interval_ms
