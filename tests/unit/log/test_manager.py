@@ -115,21 +115,49 @@ async def test_alter_config_and_defaults(tmp_path: Path) -> None:
     await m.close()
 
 
-async def test_housekeeping_retention_and_tiering_veto(tmp_path: Path) -> None:
-    m = manager(tmp_path)
+async def _plain_and_tiered(m: LogManager) -> None:
     m.create_topic("plain", 1, {"retention.bytes": "2500"})
     m.create_topic("tiered", 1, {"remote.storage.enable": "true", "local.retention.bytes": "2500"})
     for name in ("plain", "tiered"):
         for _ in range(20):
             await m.partition(name, 0).append(simple_batch(3, value_size=100), now_ms=1)
-    m.get("tiered").may_delete = lambda seg: False  # type: ignore[union-attr]
+
+
+async def test_housekeeping_retention_and_tiering_veto(tmp_path: Path) -> None:
+    archived: set[int] = set()
+    asked: list[tuple[str, int]] = []
+
+    def veto(topic: str, partition: int, segment) -> bool:  # noqa: ANN001
+        asked.append((topic, partition))
+        return segment.base_offset in archived
+
+    m = LogManager(
+        tmp_path, defaults=DEFAULTS, fsync=FsyncPolicy.parse("never"), tiering_veto=veto
+    )
+    m.load()
+    await _plain_and_tiered(m)
     removed = await m.run_housekeeping(now=2)
     assert "plain-0" in removed and "tiered-0" not in removed
     assert m.partition("plain", 0).size_bytes < 5000
-    m.get("tiered").may_delete = lambda seg: True  # type: ignore[union-attr]
+    assert set(asked) == {("tiered", 0)}
+    archived.update(s.base_offset for s in m.partition("tiered", 0).segments)
     removed = await m.run_housekeeping(now=3)
     assert "tiered-0" in removed
     assert m.partition("tiered", 0).log_start_offset > 0
+    await m.close()
+
+
+async def test_without_a_tiering_veto_no_tiered_segment_is_deleted(tmp_path: Path) -> None:
+    """Fail closed (invariant 4 must not depend on start-up order): a tiered topic's segments
+    stay until something can say they are archived; plain topics are not affected."""
+    m = manager(tmp_path)
+    await _plain_and_tiered(m)
+    tiered = m.partition("tiered", 0)
+    segments = len(tiered.segments)
+    assert segments > 2
+    removed = await m.run_housekeeping(now=2)
+    assert "plain-0" in removed and "tiered-0" not in removed
+    assert len(tiered.segments) == segments and tiered.log_start_offset == 0
     await m.close()
 
 

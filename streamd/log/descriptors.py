@@ -1,0 +1,131 @@
+"""A bounded set of open segment-file descriptors, least recently used closed first.
+
+Kafka keeps every segment of every partition open, so its descriptor count grows with the
+partition count and an operator must raise ``ulimit -n`` to match. Here a segment file is
+opened when it is first used and closed again when more than ``limit`` are open: the count is
+bounded by the limit plus the files in use at that moment, whatever the number of partitions
+(Redpanda bounds its open segment readers the same way). One process has one budget, like the
+descriptor limit itself, so there is one cache per process (:data:`DESCRIPTORS`).
+
+Use and eviction: a file in use is *pinned*; eviction never closes a pinned file, so a
+descriptor handed to a worker thread (a flush round, a fetch response being sent) stays valid
+until it is unpinned. Every method is safe to call from any thread.
+
+Decision: the default limit is a quarter of the soft ``RLIMIT_NOFILE`` at first use, between
+64 and 4096; the broker sets it from ``log.max_open_segment_files`` when that is not 0.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Protocol
+
+MIN_LIMIT = 64
+MAX_DEFAULT_LIMIT = 4096
+
+
+class CachedFile(Protocol):
+    pins: int
+    retired: bool
+
+    def open_descriptor(self) -> int: ...
+
+    def close_descriptor(self) -> None: ...
+
+
+def default_limit() -> int:
+    try:
+        import resource
+
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return MAX_DEFAULT_LIMIT
+    return max(MIN_LIMIT, min(MAX_DEFAULT_LIMIT, soft // 4))
+
+
+class DescriptorCache:
+    def __init__(self, limit: int | None = None) -> None:
+        self._limit = limit
+        self._open: OrderedDict[CachedFile, None] = OrderedDict()
+        self._lock = threading.RLock()
+        self.opened = 0
+        """Opens so far (a file evicted and used again counts twice)."""
+
+    @property
+    def limit(self) -> int:
+        if self._limit is None:
+            self._limit = default_limit()
+        return self._limit
+
+    @limit.setter
+    def limit(self, value: int) -> None:
+        if value < 1:
+            raise ValueError("the descriptor limit must be at least 1")
+        with self._lock:
+            self._limit = value
+            self._evict()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def pin(self, file: CachedFile, fd: int) -> int:
+        """Open ``file`` if it is closed (``fd`` < 0), mark it used, and pin it."""
+        with self._lock:
+            if fd < 0:
+                fd = file.open_descriptor()
+                self.opened += 1
+                self._open[file] = None
+                file.pins += 1
+                self._evict()
+                return fd
+            self._open.move_to_end(file)
+            file.pins += 1
+            return fd
+
+    def touch(self, file: CachedFile, fd: int) -> int:
+        """Open ``file`` if needed and mark it used, without pinning it: the descriptor is
+        valid until something else is opened (use it at once, on the thread that asked)."""
+        fd = self.pin(file, fd)
+        with self._lock:
+            file.pins -= 1
+        return fd
+
+    def unpin(self, file: CachedFile) -> None:
+        with self._lock:
+            file.pins -= 1
+            if file.pins:
+                return
+            if file.retired:
+                self._open.pop(file, None)
+                file.close_descriptor()
+            elif len(self._open) > self.limit:
+                self._evict()
+
+    def retire(self, file: CachedFile) -> None:
+        """Close ``file`` for good: now, or when its last user unpins it."""
+        with self._lock:
+            file.retired = True
+            if file.pins == 0:
+                self._open.pop(file, None)
+                file.close_descriptor()
+
+    def _evict(self) -> None:
+        excess = len(self._open) - self.limit
+        if excess <= 0:
+            return
+        idle = []
+        for file in self._open:
+            if file.pins == 0:
+                idle.append(file)
+                if len(idle) == excess:
+                    break
+        for file in idle:
+            del self._open[file]
+            file.close_descriptor()
+
+
+DESCRIPTORS = DescriptorCache()
+"""The process-wide cache every :class:`streamd.log.segment.SegmentFile` uses."""
