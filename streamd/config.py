@@ -177,6 +177,18 @@ KEYS: tuple[Key, ...] = (
         "Group commit ends with one syncfs(2) of the data filesystem, not fsync per file.",
     ),
     Key("log.housekeeping_interval_ms", _int, 5000, "Segment roll and retention check period."),
+    Key(
+        "log.max_partitions",
+        _int,
+        10000,
+        "Partitions one broker holds at most (CreateTopics beyond: POLICY_VIOLATION).",
+    ),
+    Key(
+        "log.max_open_segment_files",
+        _int,
+        0,
+        "Segment files kept open at once (LRU); 0 = a quarter of the open-file limit.",
+    ),
     Key("group.initial.rebalance.delay.ms", _int, 3000, "Wait for more members of a new group."),
     Key("group.min.session.timeout.ms", _int, 6000, "Smallest session timeout a member may ask."),
     Key("group.max.session.timeout.ms", _int, 1800000, "Largest session timeout a member may ask."),

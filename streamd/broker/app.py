@@ -1,8 +1,21 @@
 """Broker wiring and lifecycle: config -> log manager -> Kafka server, admin API, housekeeping.
 
-Startup order: open (and recover) every partition log, then listen. Shutdown on SIGINT/SIGTERM:
-stop accepting, let in-flight requests finish briefly, then close the logs (final fsync and the
-clean-shutdown marker). The cluster id is generated once and kept in ``data_dir/cluster.json``.
+Startup order: open (and recover) every partition log, then listen. Startup needs no free
+space for existing data: on a full disk the broker starts read-only and appends resume once
+space frees (see ``streamd.log.disk``).
+
+Shutdown on SIGINT/SIGTERM, in this order (invariant 11: nothing acknowledged that is not in
+the file, including during shutdown):
+
+1. stop accepting connections and stop reading requests on every open connection;
+2. let the requests already read finish and write their answers (at most
+   ``SHUTDOWN_DRAIN_S``; what is still running then is cancelled unanswered);
+3. close the connections, stop the background tasks, groups and tiering;
+4. close the logs: each partition refuses new appends, flushes what was staged (its waiters
+   are answered or failed), is marked closed, and only then closes its files.
+
+Errors in one step are logged and do not keep the others from running: a stop exits 0 even on
+a full disk. The cluster id is generated once and kept in ``data_dir/cluster.json``.
 """
 
 from __future__ import annotations
@@ -25,7 +38,8 @@ from streamd.config import BrokerConfig, split_hostport
 from streamd.errors import StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
-from streamd.kafka.server import start_kafka_server
+from streamd.kafka.server import ConnectionRegistry, start_kafka_server
+from streamd.log.descriptors import DESCRIPTORS
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
@@ -35,6 +49,8 @@ from streamd.tiering.cluster_archive import ClusterArchive, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
 
 log = logging.getLogger("streamd")
+
+SHUTDOWN_DRAIN_S = 5.0
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -58,6 +74,7 @@ class Broker:
         self.metrics = Metrics()
         self.stopping = asyncio.Event()
         self.servers: list[asyncio.Server] = []
+        self.connections = ConnectionRegistry()
         self.tasks: list[asyncio.Task[None]] = []
         self.logs: LogManager | None = None
         self.ctx: KafkaContext | None = None
@@ -71,12 +88,16 @@ class Broker:
         data_dir = cfg.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
         started = time.monotonic()
+        if cfg["log.max_open_segment_files"]:
+            DESCRIPTORS.limit = cfg["log.max_open_segment_files"]
         self.logs = LogManager(
             data_dir,
             defaults=dict(cfg.topic_defaults),
             fsync=FsyncPolicy.parse(cfg["fsync"]),
             page_cache_window=cfg["log.page_cache_window_bytes"],
             syncfs=cfg["log.syncfs"],
+            tiering_veto=self._may_delete_local,
+            max_partitions=cfg["log.max_partitions"],
         )
         await asyncio.to_thread(self.logs.load)
         log.info(
@@ -150,7 +171,7 @@ class Broker:
         for spec in listeners:
             ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
             server = await start_kafka_server(
-                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl, registry=self.connections
             )
             self.servers.append(server)
             log.info(
@@ -166,6 +187,10 @@ class Broker:
             doc: dict[str, Any] = {"status": "ok", "node_id": self.config["node_id"]}
             if self.tiering is not None:
                 doc["tiering"] = self.tiering.health()
+            if self.logs is not None:
+                doc["disk"] = self.logs.disk.health()
+                if doc["disk"]["status"] != "ok":
+                    doc["status"] = "degraded"
             return json_reply(doc)
 
         async def metrics(query: Any) -> Any:
@@ -190,6 +215,12 @@ class Broker:
         return admin
 
     # ---- tiered storage -------------------------------------------------------------------------
+
+    def _may_delete_local(self, topic: str, partition: int, segment: Any) -> bool:
+        """The log manager's tiering veto, given at construction: until tiering runs (or if it
+        never starts) nothing tiered leaves local disk (invariant 4 fails closed)."""
+        tiering = self.tiering
+        return tiering is not None and tiering.may_delete_local(topic, partition, segment)
 
     async def _start_tiering(self) -> TieringService:
         """Open the object store and start the uploader. An unreachable or misconfigured bucket
@@ -301,8 +332,17 @@ class Broker:
                 log.exception("periodic fsync failed; will retry")
 
     async def stop(self) -> None:
+        """Stop in the order of the module docstring."""
         for server in self.servers:
             server.close()
+        self.connections.stop_reading()
+        busy = await self.connections.drain(SHUTDOWN_DRAIN_S)
+        if busy:
+            log.warning(
+                "%d connections still had requests in flight after %.0f s; closing them "
+                "unanswered", busy, SHUTDOWN_DRAIN_S,
+            )
+        self.connections.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -314,18 +354,20 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
-        if self.groups is not None:
-            await self.groups.close()
-        if self.tiering is not None:
-            await self.tiering.close()
+        for name, closing in (("groups", self.groups), ("tiering", self.tiering)):
+            if closing is not None:
+                try:
+                    await closing.close()
+                except Exception:
+                    log.exception("closing %s failed", name)
         if self.logs is not None:
             await self.logs.close()
         log.info("streamd stopped")
 
 
 def _raise_open_file_limit() -> None:
-    """Every segment keeps a descriptor open: lift the soft limit to the hard one, as Kafka
-    deployments do, so a thousand partitions do not exhaust a default limit of 1024."""
+    """Lift the soft descriptor limit to the hard one: connections need descriptors too, and
+    the segment-file cache (``streamd.log.descriptors``) sizes itself from it."""
     try:
         import resource
 

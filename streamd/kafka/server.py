@@ -12,11 +12,16 @@ SaslHandshake (v1 flow; the v0 raw-token framing is not offered) and SaslAuthent
 served, frames are bounded by ``MAX_PRE_AUTH_FRAME`` (Kafka's ``sasl.server.max.receive.size``),
 and any other request closes the connection. A failed login is answered, then the connection is
 closed. Requests carry the connection's principal and listener to the handlers.
+
+Shutdown (:class:`ConnectionRegistry`, driven by ``Broker.stop``): every connection of every
+listener stops reading requests, the requests already read are handled and answered, and only
+then are the connections closed. A request is either answered or never read.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections import deque
@@ -49,11 +54,71 @@ class _Slot:
         self.size = size
 
 
+class ConnectionRegistry:
+    """The open connections of every listener, so that the broker can stop them in order:
+    :meth:`stop_reading`, then :meth:`drain` (in-flight requests answered), then
+    :meth:`close`."""
+
+    def __init__(self) -> None:
+        self._connections: set[KafkaConnection] = set()
+        self._changed = asyncio.Event()
+        self.stopping = False
+
+    def __len__(self) -> int:
+        return len(self._connections)
+
+    def add(self, conn: KafkaConnection) -> None:
+        self._connections.add(conn)
+        if self.stopping:
+            conn.stop_reading()
+
+    def discard(self, conn: KafkaConnection) -> None:
+        self._connections.discard(conn)
+        self._changed.set()
+
+    def idle_changed(self) -> None:
+        self._changed.set()
+
+    def stop_reading(self) -> None:
+        """No connection reads another request (new ones included)."""
+        self.stopping = True
+        for conn in list(self._connections):
+            conn.stop_reading()
+
+    async def drain(self, timeout_s: float) -> int:
+        """Wait until every request read so far is answered (at most ``timeout_s``); returns
+        how many connections still have requests in flight."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            busy = sum(1 for c in self._connections if c.busy)
+            left = deadline - loop.time()
+            if not busy or left <= 0:
+                return busy
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+
+    def close(self) -> None:
+        """Close every connection: what was answered is still written out first; requests
+        still in flight are cancelled unanswered."""
+        for conn in list(self._connections):
+            conn.close()
+
+
 class KafkaConnection(asyncio.Protocol):
     def __init__(
-        self, ctx: KafkaContext, max_frame: int, max_inflight: int, listener: Any = None
+        self,
+        ctx: KafkaContext,
+        max_frame: int,
+        max_inflight: int,
+        listener: Any = None,
+        registry: ConnectionRegistry | None = None,
     ) -> None:
         self.ctx = ctx
+        self.registry = registry
+        self.draining = False
+        """Stopped reading for shutdown: no new request, in-flight ones are answered."""
         self.listener = listener
         self.session: Any = None
         self.max_frame = max_frame
@@ -95,8 +160,28 @@ class KafkaConnection(asyncio.Protocol):
             self._abort("SASL listener without security services")
         if self.ctx.metrics is not None:
             self.ctx.metrics.connections += 1
+        if self.registry is not None:
+            self.registry.add(self)
+
+    @property
+    def busy(self) -> bool:
+        """Requests read and not yet answered (or an answer still being sent)."""
+        return bool(self.pending) or self.sending
+
+    def stop_reading(self) -> None:
+        self.draining = True
+        if self.transport is not None and not self.closed and not self.reading_paused:
+            self.transport.pause_reading()
+            self.reading_paused = True
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.registry is not None:
+            self.registry.discard(self)
         self.closed = True
         for task in self.tasks:
             task.cancel()
@@ -117,6 +202,8 @@ class KafkaConnection(asyncio.Protocol):
         self._update_reading()
 
     def data_received(self, data: bytes) -> None:
+        if self.draining:
+            return
         try:
             frames = self.decoder.feed(data)
         except InvalidRequest as exc:
@@ -244,6 +331,8 @@ class KafkaConnection(asyncio.Protocol):
             if session.authenticated and self.decoder.max_bytes != self.max_frame:
                 self.decoder.max_bytes = self.max_frame
         self._update_reading()
+        if self.draining and not self.busy and self.registry is not None:
+            self.registry.idle_changed()
 
     async def _send_with_files(self, data: list[Any]) -> None:
         """Write one response whose record sets are file ranges (see streamd.kafka.zerocopy)."""
@@ -290,7 +379,7 @@ class KafkaConnection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(delay, self._abort, "SASL authentication failed")
 
     def _update_reading(self) -> None:
-        if self.transport is None or self.closed or self.close_scheduled:
+        if self.transport is None or self.closed or self.close_scheduled or self.draining:
             return
         should_pause = self.writing_paused or self.inflight > self.max_inflight
         if should_pause and not self.reading_paused:
@@ -332,13 +421,14 @@ async def start_kafka_server(
     *,
     listener: Any = None,
     ssl: Any = None,
+    registry: ConnectionRegistry | None = None,
 ) -> asyncio.Server:
     cfg = ctx.config
     max_frame = cfg["socket.request.max.bytes"]
     max_inflight = cfg["kafka.max_inflight_bytes"]
     loop = asyncio.get_running_loop()
     return await loop.create_server(
-        lambda: KafkaConnection(ctx, max_frame, max_inflight, listener),
+        lambda: KafkaConnection(ctx, max_frame, max_inflight, listener, registry),
         host,
         port,
         reuse_address=True,

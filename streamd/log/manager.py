@@ -320,7 +320,8 @@ class LogManager:
         os.rename(topic.directory, trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
 
-    def _check_growth(self, name: str, new_total: int) -> Topic:
+    def check_growth(self, name: str, new_total: int) -> Topic:
+        """Every check ``add_partitions`` makes before it writes anything."""
         topic = self._require(name)
         if name in self._reserved:
             raise InvalidPartitions(f"topic {name!r} is already being changed; retry")
@@ -336,13 +337,13 @@ class LogManager:
         return topic
 
     def add_partitions(self, name: str, new_total: int) -> Topic:
-        topic = self._check_growth(name, new_total)
+        topic = self.check_growth(name, new_total)
         topic.partitions.extend(self._grow(topic, len(topic.partitions), new_total))
         return topic
 
     async def add_partitions_async(self, name: str, new_total: int) -> Topic:
         """:meth:`add_partitions` with the disk work in a worker thread."""
-        topic = self._check_growth(name, new_total)
+        topic = self.check_growth(name, new_total)
         current = len(topic.partitions)
         self._reserved[name] = new_total - current
         try:
