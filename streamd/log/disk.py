@@ -6,7 +6,9 @@ marks the filesystem *full*. While it is full, appends are refused at once with
 KAFKA_STORAGE_ERROR (a retriable error: producers retry) instead of each one failing a flush
 round. Reads, retention and deletion go on: none of them needs free space. The monitor looks
 at the free space again at most every ``CHECK_INTERVAL_S`` while appends keep asking (and when
-the health route asks), and writes resume by themselves once ``RESUME_FREE_BYTES`` are free.
+the health route asks), and writes resume by themselves once space was freed: at least
+``RESUME_FREE_BYTES`` more than right after the failure (measured once the failed writes were
+cut off again), so that retries do not fill the same few bytes and fail over and over.
 
 Any other I/O error (EIO, a failed fsync) is a real failure: the partition refuses writes
 until restart, because the page cache may have dropped acknowledged bytes.
@@ -49,6 +51,8 @@ class DiskMonitor:
         self.error: str | None = None
         self.failures = 0
         self._checked = 0.0
+        self._baseline: int | None = None
+        """Free bytes once the failed writes were dropped (taken at the first check)."""
 
     def note(self, exc: BaseException) -> bool:
         """Record a failed write; returns whether it was for lack of space."""
@@ -59,7 +63,8 @@ class DiskMonitor:
             self.full = True
             self.since_ms = time.time_ns() // 1_000_000
             self.error = _reason(exc)
-            self._checked = time.monotonic()
+            self._baseline = None
+            self._checked = 0.0
             log.error(
                 "data directory %s is full (%s): appends are refused until %d bytes are free",
                 self.directory, self.error, RESUME_FREE_BYTES,
@@ -89,7 +94,12 @@ class DiskMonitor:
         if not self.full:
             return True
         free = self.free_bytes()
-        if free is not None and free >= RESUME_FREE_BYTES:
+        if free is None:
+            return False
+        if self._baseline is None:
+            self._baseline = free
+            return False
+        if free >= self._baseline + RESUME_FREE_BYTES:
             log.warning("data directory %s has %d bytes free again: appends resume",
                         self.directory, free)
             self.full = False
