@@ -81,7 +81,8 @@ class DescriptorCache:
                 file.pins += 1
                 self._evict()
                 return fd
-            self._open.move_to_end(file)
+            if file in self._open:
+                self._open.move_to_end(file)
             file.pins += 1
             return fd
 
@@ -99,10 +100,17 @@ class DescriptorCache:
             if file.pins:
                 return
             if file.retired:
-                self._open.pop(file, None)
-                file.close_descriptor()
+                if self._open.pop(file, None) is not None:
+                    file.close_descriptor()
             elif len(self._open) > self.limit:
                 self._evict()
+
+    def forget(self, file: CachedFile) -> None:
+        """Stop caching ``file`` without closing it: it may not be reopened (``retired``);
+        its owner closes the descriptor."""
+        with self._lock:
+            file.retired = True
+            self._open.pop(file, None)
 
     def retire(self, file: CachedFile) -> None:
         """Close ``file`` for good: now, or when its last user unpins it."""

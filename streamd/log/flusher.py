@@ -7,7 +7,9 @@ the pending work of every partition that asked since the previous job started, w
 fsyncs each file, and then releases every waiter. A partition that asks while a job runs is
 served by the next one, so nothing waits longer than one job plus its own. This is the only
 path by which deferred writes reach the disk (a partition opened on its own gets a flusher of
-its own).
+its own). A round pins at most half of the descriptor cache's limit: partitions beyond that
+wait for the next round, so a produce to thousands of partitions never needs thousands of
+descriptors at once.
 
 Invariant 11: a write that cannot happen fails its waiters. Every file a job writes or syncs is
 pinned open (see :mod:`streamd.log.descriptors`) from the moment the job is taken until the
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from streamd.log.descriptors import DESCRIPTORS
 from streamd.log.files import fsync_dir
 
 if TYPE_CHECKING:
@@ -77,17 +80,21 @@ class SharedFlusher:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
-                batch, self._queue = list(self._queue.values()), {}
+                budget = max(1, DESCRIPTORS.limit // 2)
                 jobs: list[FlushJob] = []
                 taken: list[tuple[FlushClient, asyncio.Future[None]]] = []
-                for plog, fut in batch:
+                pinned = 0
+                while self._queue and pinned < budget:
+                    plog, fut = self._queue.pop(next(iter(self._queue)))
                     try:
-                        jobs.append(plog.take_flush_job())
+                        job = plog.take_flush_job()
                     except Exception as exc:  # the partition cannot start a job: tell its waiters
                         if not fut.done():
                             fut.set_exception(exc)
                         continue
+                    jobs.append(job)
                     taken.append((plog, fut))
+                    pinned += len(job.pinned)
                 errors: list[BaseException | None]
                 try:
                     errors = await loop.run_in_executor(None, run_flush_jobs, jobs, self.fs_sync)

@@ -2,8 +2,9 @@
 
 Invariants:
 - The file is append-only while active and immutable once sealed; bytes at a position never
-  change, so a :class:`FileSlice` handed to a reader stays valid even after the segment is
-  deleted (the descriptor lives as long as any slice refers to it).
+  change once readable (``readable_size``; an unacknowledged tail that never became readable
+  may be cut again, see :meth:`Segment.truncate_to`), so a :class:`FileSlice` handed to a
+  reader stays valid, even after the segment is deleted while its descriptor is open.
 - Offsets are dense: batches follow each other with ``base_offset == previous last + 1`` and the
   first batch starts at the segment's ``base_offset``; ``next_offset`` is last offset + 1.
 - ``size`` is the logical end of the file: every byte below it belongs to a validated batch.
@@ -169,6 +170,12 @@ class SegmentFile:
         """Retire the file: no reopening; the descriptor closes now or at the last unpin."""
         DESCRIPTORS.retire(self)
 
+    def unlinked(self) -> None:
+        """The file was deleted: never reopen it, but keep an open descriptor until the last
+        reference to this object (a fetch's slice) is gone, so that what was read stays
+        readable. It no longer counts against the cache."""
+        DESCRIPTORS.forget(self)
+
     def __del__(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
@@ -177,23 +184,18 @@ class SegmentFile:
 class FileSlice:
     """Whole batches ``[position, position + length)`` of one segment file.
 
-    A slice pins its file while it lives: the bytes stay readable even after the segment is
-    deleted or its descriptor would otherwise be evicted (a fetch response in flight)."""
+    A slice does not pin its file (a fetch of a thousand partitions would hold a thousand
+    descriptors): reading it opens the file again if the cache closed it meanwhile. A deleted
+    segment's descriptor stays open while slices refer to it; if it was closed before the
+    deletion, reading fails with StorageError (the fetch answers an error, the client asks
+    again and gets what is there now)."""
 
-    __slots__ = ("file", "position", "length", "_pinned")
+    __slots__ = ("file", "position", "length")
 
     def __init__(self, file: SegmentFile, position: int, length: int) -> None:
-        self._pinned = False
-        file.pin()
-        self._pinned = True
         self.file = file
         self.position = position
         self.length = length
-
-    def __del__(self) -> None:
-        if self._pinned:
-            self._pinned = False
-            self.file.unpin()
 
     def __repr__(self) -> str:
         return f"FileSlice({self.file.path.name}, {self.position}, {self.length})"
@@ -204,7 +206,8 @@ class FileSlice:
 
     @property
     def fd(self) -> int:
-        return self.file.pinned_fd
+        """An open descriptor for immediate use (``os.dup`` it to keep it)."""
+        return self.file.fd
 
     def read_bytes(self) -> bytes:
         data = self.file.pread(self.length, self.position)
@@ -400,7 +403,7 @@ class Segment:
         self.offset_index.delete()
         self.time_index.delete()
         self.path.unlink(missing_ok=True)
-        self.file.close()
+        self.file.unlinked()
 
     def truncate_to(self, size: int) -> None:
         """Forget everything at and after byte ``size`` (a batch boundary at or below

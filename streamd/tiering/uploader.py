@@ -151,7 +151,7 @@ class Uploader:
         async with self._sem:
             try:
                 # A private descriptor: the segment may be closed (topic deleted) meanwhile.
-                fd = os.dup(segment.file.fd)
+                fd = segment.file.dup()
             except OSError as exc:
                 self._stats.upload_errors += 1
                 return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")

@@ -207,10 +207,11 @@ class LoadProducer(threading.Thread):
             raise AssertionError("the producer did not finish flushing")
 
 
-def read_partition(
-    bootstrap: str, topic: str, partition: int, *, timeout: float = 120.0
-) -> list[tuple[int, bytes | None]]:
-    """Every record from the earliest offset to the high watermark: (offset, value)."""
+def read_partitions(
+    bootstrap: str, topic: str, partitions: list[int], *, timeout: float = 120.0
+) -> dict[int, list[tuple[int, bytes | None]]]:
+    """Every record of each partition from its earliest offset to its high watermark (as of
+    the call), with one consumer: {partition: [(offset, value), ...]}."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -220,28 +221,42 @@ def read_partition(
             "auto.offset.reset": "error",
             "fetch.max.bytes": 16 << 20,
             "max.partition.fetch.bytes": 8 << 20,
+            "logger": RDKAFKA_LOG,
         }
     )
-    out: list[tuple[int, bytes | None]] = []
+    out: dict[int, list[tuple[int, bytes | None]]] = {p: [] for p in partitions}
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
-        if high <= low:
-            return out
-        consumer.assign([TopicPartition(topic, partition, low)])
+        marks = {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=30)
+            for p in partitions
+        }
+        due = {p: high for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, marks[p][0]) for p in due])
         deadline = time.monotonic() + timeout
-        while (not out or out[-1][0] < high - 1) and time.monotonic() < deadline:
+        while due and time.monotonic() < deadline:
             for msg in consumer.consume(num_messages=5000, timeout=1.0):
                 if msg.error() is not None:
                     raise KafkaException(msg.error())
-                out.append((msg.offset(), msg.value()))
-        if not out or out[-1][0] < high - 1:
+                p = msg.partition()
+                out[p].append((msg.offset(), msg.value()))
+                if p in due and msg.offset() >= due[p] - 1:
+                    del due[p]
+        if due:
+            p = next(iter(due))
             raise AssertionError(
-                f"{topic}-{partition}: read {len(out)} records up to "
-                f"{out[-1][0] if out else None}, high watermark {high}"
+                f"{topic}: {len(due)} partitions not read up to their high watermark, e.g. "
+                f"p{p}: read {len(out[p])} records, high watermark {due[p]}"
             )
     finally:
         consumer.close()
     return out
+
+
+def read_partition(
+    bootstrap: str, topic: str, partition: int, *, timeout: float = 120.0
+) -> list[tuple[int, bytes | None]]:
+    """Every record from the earliest offset to the high watermark: (offset, value)."""
+    return read_partitions(bootstrap, topic, [partition], timeout=timeout)[partition]
 
 
 def check_records(
@@ -279,8 +294,7 @@ def check_records(
 def check_topic(
     bootstrap: str, topic: str, partitions: int, acked: list[Acked]
 ) -> Report:
-    stored = {p: read_partition(bootstrap, topic, p) for p in range(partitions)}
-    return check_records(acked, stored)
+    return check_records(acked, read_partitions(bootstrap, topic, list(range(partitions))))
 
 
 def _example(report: Report, text: str) -> None:
