@@ -100,7 +100,8 @@ class DescriptorCache:
             if file.pins:
                 return
             if file.retired:
-                if self._open.pop(file, None) is not None:
+                if file in self._open:
+                    del self._open[file]
                     file.close_descriptor()
             elif len(self._open) > self.limit:
                 self._evict()

@@ -66,8 +66,9 @@ class DiskMonitor:
             self._baseline = None
             self._checked = 0.0
             log.error(
-                "data directory %s is full (%s): appends are refused until %d bytes are free",
-                self.directory, self.error, RESUME_FREE_BYTES,
+                "data directory %s is full (%s): appends are refused until space is freed "
+                "(DeleteRecords, retention, deleting a topic, or outside the broker)",
+                self.directory, self.error,
             )
         return True
 
