@@ -169,3 +169,45 @@ def test_fsync_policy_parse() -> None:
     for bad in ("sometimes", "0", "-5", ""):
         with pytest.raises(ConfigError):
             FsyncPolicy.parse(bad)
+
+
+def test_a_failed_creation_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import streamd.log.manager as manager_mod
+    from streamd.errors import StorageError
+
+    m = manager(tmp_path)
+    real = manager_mod.PartitionLog.open
+    opened: list[int] = []
+
+    def failing(directory: Path, *args: object, **kwargs: object) -> object:
+        opened.append(1)
+        if len(opened) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return real(directory, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager_mod.PartitionLog, "open", failing)
+    with pytest.raises(StorageError) as info:
+        m.create_topic("orders", 5)
+    assert str(tmp_path) not in str(info.value) and "No space left" in str(info.value)
+    assert m.get("orders") is None and not (tmp_path / "topics" / "orders").exists()
+    monkeypatch.undo()
+    assert len(m.create_topic("orders", 5).partitions) == 5
+
+
+def test_loading_removes_unfinished_creations_of_earlier_versions_only(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("kept.tmp", 1)
+    m.create_topic("a", 1)
+    leftover = tmp_path / "topics" / "b.0123456789abcdef0123456789abcdef.tmp"
+    leftover.mkdir()
+    (leftover / "topic.json").write_text(
+        json.dumps({"format": 1, "topic_id": "00" * 16, "name": "b", "partitions": 1,
+                    "overrides": {}})
+    )
+    m2 = manager(tmp_path)
+    assert set(m2.topics()) == {"kept.tmp", "a"}
+    assert not leftover.exists()
