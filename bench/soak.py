@@ -41,7 +41,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from tests.support.broker import BrokerProcess  # noqa: E402
-from tests.support.checker import LoadProducer, Report, check_topic, read_partition  # noqa: E402
+from tests.support.checker import (  # noqa: E402
+    RDKAFKA_LOG,
+    LoadProducer,
+    Report,
+    check_topic,
+)
 from tests.support.moto import check_bucket_consistent, start_moto, wait_until  # noqa: E402
 from tests.support.ops import create_topic  # noqa: E402
 from tests.support.proxy import BucketFaults  # noqa: E402
@@ -54,6 +59,8 @@ UPLOAD_STEPS = [
     (r"/manifest\.json(\?|$)", False),
     (r"/manifest\.json(\?|$)", True),
 ]
+READ_WINDOW = 20_000
+"""Records read back through the faulty bucket per round, from a random archived offset."""
 TIERED = {
     "remote.storage.enable": "true",
     "segment.bytes": "524288",
@@ -232,12 +239,13 @@ class Soak:
             failed_reads = 0
             while not self.deadline_reached(outcome.rounds, started):
                 self.pause()
+                acked = {a.offset: a.value for load in loads for a in list(load.acked)}
+                start = self.rng.randrange(max(1, max(acked, default=0) - READ_WINDOW))
                 try:
-                    got = read_partition(broker.bootstrap, topic, 0, timeout=60)
+                    got = read_range(broker.bootstrap, topic, start, READ_WINDOW)
                 except Exception:  # noqa: BLE001  (a read may fail; it may not return garbage)
                     failed_reads += 1
                     continue
-                acked = {a.offset: a.value for load in loads for a in list(load.acked)}
                 wrong = [o for o, v in got if o in acked and acked[o] != v]
                 outcome.report.moved += len(wrong)
                 outcome.rounds += 1
@@ -275,8 +283,55 @@ class Soak:
             self.moto_proc.wait(10)
 
 
+def read_range(bootstrap: str, topic: str, start: int, count: int) -> list[tuple[int, Any]]:
+    """``count`` records of partition 0 from ``start`` (archived data: read through the
+    bucket); raises on an error or when they do not arrive within a minute."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": "streamd-soak",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "error",
+            "logger": RDKAFKA_LOG,
+        }
+    )
+    out: list[tuple[int, Any]] = []
+    try:
+        consumer.assign([TopicPartition(topic, 0, start)])
+        deadline = time.monotonic() + 60
+        while len(out) < count and time.monotonic() < deadline:
+            for msg in consumer.consume(num_messages=count - len(out), timeout=1.0):
+                if msg.error() is not None:
+                    raise KafkaException(msg.error())
+                out.append((msg.offset(), msg.value()))
+        if len(out) < count:
+            raise TimeoutError(f"read {len(out)} of {count} records from {start}")
+    finally:
+        consumer.close()
+    return out
+
+
 def progress(outcome: Outcome) -> None:
     print(f"  {outcome.fault}: round {outcome.rounds}", flush=True)
+
+
+HEADER = (
+    f"{'fault':12} {'rounds':>6} {'seconds':>8} {'acknowledged':>13} {'lost':>5} "
+    f"{'duplicated':>10} {'moved':>6}  notes"
+)
+
+
+def row(o: Outcome) -> str:
+    notes = "; ".join([*([f"exit codes {o.bad_exits}"] if o.bad_exits else []), *o.fatal, *o.notes])
+    text = (
+        f"{o.fault:12} {o.rounds:6d} {o.seconds:8.0f} {o.report.acknowledged:13d} "
+        f"{o.report.lost:5d} {o.report.duplicated:10d} {o.report.moved:6d}  {notes}"
+    )
+    if not o.report.ok:
+        text += f"\n    {o.report.summary()}"
+    return text
 
 
 def main() -> int:
@@ -297,29 +352,20 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="streamd-soak-"))
     print(f"soak in {workdir}", flush=True)
     soak = Soak(args, workdir)
-    outcomes = []
+    outcomes: list[Outcome] = []
     try:
         for fault in args.faults.split(","):
             print(f"{fault}:", flush=True)
             outcomes.append(soak.run(fault.strip()))
+            print(HEADER + "\n" + row(outcomes[-1]), flush=True)
+            if args.json:
+                args.json.write_text(json.dumps([o.as_dict() for o in outcomes], indent=2) + "\n")
     finally:
         soak.close()
     print()
-    header = f"{'fault':12} {'rounds':>6} {'seconds':>8} {'acknowledged':>13} {'lost':>5} "
-    header += f"{'duplicated':>10} {'moved':>6}  notes"
-    print(header)
+    print(HEADER)
     for o in outcomes:
-        notes = "; ".join(
-            [*(f"exit codes {o.bad_exits}" for _ in [0] if o.bad_exits), *o.fatal, *o.notes]
-        )
-        print(
-            f"{o.fault:12} {o.rounds:6d} {o.seconds:8.0f} {o.report.acknowledged:13d} "
-            f"{o.report.lost:5d} {o.report.duplicated:10d} {o.report.moved:6d}  {notes}"
-        )
-        if not o.report.ok:
-            print(f"    {o.report.summary()}")
-    if args.json:
-        args.json.write_text(json.dumps([o.as_dict() for o in outcomes], indent=2) + "\n")
+        print(row(o))
     if not args.keep:
         import shutil
 

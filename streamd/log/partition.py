@@ -652,14 +652,14 @@ class PartitionLog:
         if self._closing or self._closed:
             return
         self._closing = True
-        if self.fsync_policy.mode == "never":
-            self._unsynced = [s.file for s in self._segments]
+        touched = [*self._sealed_this_session, self.active]
+        if self.fsync_policy.mode == "never":  # what this session wrote; older files were synced
+            self._unsynced = [s.file for s in touched if s in self._segments]
         try:
             await self.flush()
         except StorageError as exc:
             log.warning("%s: final flush failed: %s", self.name, exc)
         self._closed = True
-        touched = [*self._sealed_this_session, self.active]
         clean = self._failed is None
         await asyncio.get_running_loop().run_in_executor(None, self._finish_close, touched, clean)
 

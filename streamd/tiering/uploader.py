@@ -152,7 +152,7 @@ class Uploader:
             try:
                 # A private descriptor: the segment may be closed (topic deleted) meanwhile.
                 fd = segment.file.dup()
-            except OSError as exc:
+            except (OSError, StreamdError) as exc:
                 self._stats.upload_errors += 1
                 return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")
             try:
