@@ -8,24 +8,54 @@ so a typo stops startup instead of being silently ignored.
 Broker-wide topic defaults use Kafka's topic config names under ``defaults.`` (e.g.
 ``defaults.segment.bytes``); they are validated by the log layer's topic-config table.
 Relative paths (``data_dir``, ``file://`` stores) are resolved against the working directory.
+
+Keys marked ``dynamic`` (and every ``defaults.*``) can also be changed while the broker runs,
+through Kafka's AlterConfigs / IncrementalAlterConfigs on the BROKER resource (``streamd cluster
+config set``); those values are persisted and take precedence over the file (see
+:class:`Dynamic`). The others are read-only at runtime: they are read once at start-up.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
-from streamd.errors import ConfigError
+from streamd.errors import ConfigError, StreamdError
 
 
 def _int(v: Any) -> int:
     if isinstance(v, bool):
         raise ValueError("expected an integer")
     return int(v)
+
+
+def _positive(v: Any) -> int:
+    n = _int(v)
+    if n <= 0:
+        raise ValueError("expected a positive integer")
+    return n
+
+
+def _non_negative(v: Any) -> int:
+    n = _int(v)
+    if n < 0:
+        raise ValueError("expected an integer >= 0")
+    return n
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+def _log_level(v: Any) -> str:
+    s = str(v).strip().upper()
+    if s and s not in LOG_LEVELS:
+        raise ValueError(f"expected one of {', '.join(LOG_LEVELS)} (or empty: --log-level)")
+    return s
 
 
 def _bool(v: Any) -> bool:
@@ -149,6 +179,17 @@ class Key:
     parse: Callable[[Any], Any]
     default: Any
     doc: str
+    dynamic: bool = False
+    """Can be changed at runtime (AlterConfigs on the BROKER resource); see :class:`Dynamic`."""
+
+    @property
+    def kafka_type(self) -> str:
+        """The ConfigType DescribeConfigs reports: boolean, int, long or string."""
+        if isinstance(self.default, bool):
+            return "boolean"
+        if isinstance(self.default, int):
+            return "int" if -(2**31) <= self.default < 2**31 else "long"
+        return "string"
 
 
 KEYS: tuple[Key, ...] = (
@@ -159,8 +200,20 @@ KEYS: tuple[Key, ...] = (
     Key("kafka.advertised", _opt_hostport, "", "Address given to clients; default: listen."),
     Key("admin.listen", _opt_hostport, "127.0.0.1:9644", "Admin HTTP API + /metrics; '' = off."),
     Key("fsync", _fsync, "always", "always (group commit before ack), never, or interval ms."),
-    Key("auto_create_topics", _bool, False, "Create unknown topics on Metadata/Produce."),
-    Key("default_partitions", _int, 1, "Partitions for auto-created / unspecified topics."),
+    Key(
+        "auto_create_topics",
+        _bool,
+        False,
+        "Create unknown topics on Metadata/Produce.",
+        dynamic=True,
+    ),
+    Key(
+        "default_partitions",
+        _positive,
+        1,
+        "Partitions for auto-created / unspecified topics.",
+        dynamic=True,
+    ),
     Key("socket.request.max.bytes", _int, 104857600, "Largest request frame accepted."),
     Key("kafka.sendfile", _bool, True, "Send large fetched record sets with sendfile (no TLS)."),
     Key("kafka.max_inflight_bytes", _int, 67108864, "Request bytes in flight per connection."),
@@ -176,40 +229,96 @@ KEYS: tuple[Key, ...] = (
         True,
         "Group commit ends with one syncfs(2) of the data filesystem, not fsync per file.",
     ),
-    Key("log.housekeeping_interval_ms", _int, 5000, "Segment roll and retention check period."),
+    Key(
+        "log.housekeeping_interval_ms",
+        _positive,
+        5000,
+        "Segment roll and retention check period.",
+        dynamic=True,
+    ),
     Key(
         "log.max_partitions",
-        _int,
+        _positive,
         10000,
         "Partitions one broker holds at most (CreateTopics beyond: POLICY_VIOLATION).",
     ),
     Key(
         "log.max_open_segment_files",
-        _int,
+        _non_negative,
         0,
         "Segment files kept open at once (LRU); 0 = a quarter of the open-file limit.",
     ),
-    Key("group.initial.rebalance.delay.ms", _int, 3000, "Wait for more members of a new group."),
-    Key("group.min.session.timeout.ms", _int, 6000, "Smallest session timeout a member may ask."),
-    Key("group.max.session.timeout.ms", _int, 1800000, "Largest session timeout a member may ask."),
-    Key("offsets.retention.minutes", _int, 10080, "Keep offsets of an empty group this long."),
-    Key("offset.metadata.max.bytes", _int, 4096, "Largest metadata string of a commit."),
+    Key(
+        "log.level",
+        _log_level,
+        "",
+        "Level of streamd's log (DEBUG, INFO, WARNING, ERROR); '' = serve --log-level.",
+        dynamic=True,
+    ),
+    Key(
+        "group.initial.rebalance.delay.ms",
+        _non_negative,
+        3000,
+        "Wait for more members of a new group.",
+        dynamic=True,
+    ),
+    Key(
+        "group.min.session.timeout.ms",
+        _positive,
+        6000,
+        "Smallest session timeout a member may ask.",
+        dynamic=True,
+    ),
+    Key(
+        "group.max.session.timeout.ms",
+        _positive,
+        1800000,
+        "Largest session timeout a member may ask.",
+        dynamic=True,
+    ),
+    Key(
+        "offsets.retention.minutes",
+        _positive,
+        10080,
+        "Keep offsets of an empty group this long.",
+        dynamic=True,
+    ),
+    Key(
+        "offset.metadata.max.bytes",
+        _non_negative,
+        4096,
+        "Largest metadata string of a commit.",
+        dynamic=True,
+    ),
     Key("tiering.store", _store, "file://./data/bucket", "Object store URL."),
     Key("tiering.s3.endpoint_url", _str, "", "S3 endpoint (MinIO, moto); '' = AWS."),
     Key("tiering.s3.region", _str, "us-east-1", "S3 region."),
     Key("tiering.s3.access_key_id", _str, "", "S3 access key; '' = AWS_* environment."),
     Key("tiering.s3.secret_access_key", _str, "", "S3 secret; '' = AWS_* environment."),
     Key("tiering.s3.path_style", _bool, True, "Path-style addressing (MinIO, moto)."),
-    Key("tiering.upload_interval_ms", _int, 10000, "How often sealed segments are uploaded."),
+    Key(
+        "tiering.upload_interval_ms",
+        _positive,
+        10000,
+        "How often sealed segments are uploaded.",
+        dynamic=True,
+    ),
     Key(
         "tiering.offsets_archive_interval_ms",
-        _int,
+        _positive,
         10000,
         "How often changed committed group offsets are archived (restore).",
+        dynamic=True,
     ),
     Key("tiering.upload_concurrency", _int, 4, "Parallel segment uploads."),
     Key("tiering.cache_dir", _str, "", "Remote read cache directory; '' = data_dir/cache."),
-    Key("tiering.cache_max_bytes", _int, 1073741824, "Bound of the remote read cache."),
+    Key(
+        "tiering.cache_max_bytes",
+        _non_negative,
+        1073741824,
+        "Bound of the remote read cache (a smaller bound applies from the next chunk cached).",
+        dynamic=True,
+    ),
     Key("tiering.delete_on_topic_delete", _bool, True, "DeleteTopics removes bucket objects."),
     Key("tiering.cache_chunk_bytes", _int, 16777216, "Size of one ranged GET / cached chunk."),
     Key("tiering.cache_memory_bytes", _int, 67108864, "Recently used chunks kept in memory."),
@@ -229,7 +338,13 @@ KEYS: tuple[Key, ...] = (
     Key("tls.ca_file", _str, "", "PEM CA bundle that verifies client certificates."),
     Key("tls.client_auth", _client_auth, "none", "Client certificates: none|requested|required."),
     Key("sasl.mechanisms", _mechanisms, "SCRAM-SHA-256,SCRAM-SHA-512", "Enabled mechanisms."),
-    Key("sasl.failed_authentication_delay_ms", _int, 100, "Delay before a failed-login answer."),
+    Key(
+        "sasl.failed_authentication_delay_ms",
+        _non_negative,
+        100,
+        "Delay before a failed-login answer.",
+        dynamic=True,
+    ),
     Key("security.authorization", _bool, False, "Enforce ACLs (off: everything allowed)."),
     Key("security.super_users", _principals, "", "Principals allowed everything, e.g. User:admin."),
     Key("security.bootstrap_users", _bootstrap_users, "", "user:password:MECHANISM created once."),
@@ -242,13 +357,209 @@ KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}
 DEFAULTS_PREFIX = "defaults."
 
 
+Scope = Literal["broker", "cluster"]
+BROKER_SCOPE: Final[Scope] = "broker"
+CLUSTER_SCOPE: Final[Scope] = "cluster"
+DYNAMIC_FILE = "broker-configs.json"
+Check = Callable[[Mapping[str, Any], Mapping[str, str]], None]
+Apply = Callable[[frozenset[str]], None]
+
+
+@dataclass(eq=False)
+class Dynamic:
+    """Kafka's dynamic broker configs: values set at runtime through AlterConfigs /
+    IncrementalAlterConfigs on a BROKER resource, for this broker (resource name = node id) or
+    as the cluster-wide default (resource name ""), persisted in ``data_dir/broker-configs.json``.
+
+    Precedence, highest first: this broker's dynamic value, the cluster default, the static value
+    (file, environment, ``--set``), the built-in default; so, as in Kafka, a dynamic value
+    outlives a restart with a different config file until it is deleted. Only keys marked
+    ``dynamic`` (they take effect without a restart) and the topic defaults (``defaults.*``) can
+    be set. ``checks`` run before a change is accepted (they raise to refuse it);
+    ``appliers`` run after it, with the names of the keys whose effective value changed.
+    """
+
+    static_values: dict[str, Any] = field(default_factory=dict)
+    static_topic_defaults: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, dict[str, str]] = field(
+        default_factory=lambda: {BROKER_SCOPE: {}, CLUSTER_SCOPE: {}}
+    )
+    checks: list[Check] = field(default_factory=list)
+    appliers: list[Apply] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class BrokerConfig:
-    values: Mapping[str, Any]
-    topic_defaults: Mapping[str, str] = field(default_factory=dict)
+    values: dict[str, Any]
+    """Effective values; dynamic changes update this dict in place."""
+    topic_defaults: dict[str, str] = field(default_factory=dict)
+    """Effective broker-wide topic defaults (``defaults.*`` without the prefix), in place too."""
+    explicit: frozenset[str] = frozenset()
+    """Keys the file, the environment or ``--set`` gave a value (STATIC_BROKER_CONFIG)."""
+    dynamic: Dynamic = field(default_factory=Dynamic)
+
+    def __post_init__(self) -> None:
+        if not self.dynamic.static_values:
+            self.dynamic.static_values.update(self.values)
+            self.dynamic.static_topic_defaults.update(self.topic_defaults)
 
     def __getitem__(self, key: str) -> Any:
         return self.values[key]
+
+    # ---- dynamic configs -------------------------------------------------------------------
+
+    @property
+    def dynamic_path(self) -> Path:
+        return self.data_dir / DYNAMIC_FILE
+
+    def is_dynamic(self, name: str) -> bool:
+        if name.startswith(DEFAULTS_PREFIX):
+            from streamd.log.topic_config import TOPIC_CONFIG_KEYS
+
+            return name[len(DEFAULTS_PREFIX) :] in TOPIC_CONFIG_KEYS
+        key = KEYS_BY_NAME.get(name)
+        return key is not None and key.dynamic
+
+    def check_dynamic(self, name: str, raw: str | None) -> None:
+        """Refuse a key that cannot be set at runtime, or a value it does not accept; the
+        message names the key (ConfigError, answered INVALID_CONFIG)."""
+        if name.startswith(DEFAULTS_PREFIX):
+            from streamd.log.topic_config import TOPIC_CONFIG_KEYS
+
+            topic_key = TOPIC_CONFIG_KEYS.get(name[len(DEFAULTS_PREFIX) :])
+            if topic_key is None:
+                raise ConfigError(f"{name}: unknown broker config (not a topic config)")
+            if raw is not None:
+                try:
+                    topic_key.parse(name, raw)
+                except StreamdError as exc:
+                    raise ConfigError(str(exc)) from None
+            return
+        key = KEYS_BY_NAME.get(name)
+        if key is None:
+            hint = _kafka_hint(name)
+            raise ConfigError(f"{name}: unknown broker config{hint}")
+        if not key.dynamic:
+            raise ConfigError(
+                f"{name}: read-only, it cannot be changed at runtime (set it in the config "
+                "file and restart)"
+            )
+        if raw is not None:
+            try:
+                key.parse(raw)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"invalid value {raw!r} for {name!r}: {exc}") from None
+
+    def layer(self, scope: Scope) -> dict[str, str]:
+        return dict(self.dynamic.layers[scope])
+
+    def origins(self, name: str) -> list[tuple[str, Any]]:
+        """Where ``name``'s value comes from, highest precedence first: (``broker`` |
+        ``cluster`` | ``static`` | ``default``, value) for every layer that has one."""
+        out: list[tuple[str, Any]] = []
+        for scope in (BROKER_SCOPE, CLUSTER_SCOPE):
+            if name in self.dynamic.layers[scope]:
+                out.append((scope, self.dynamic.layers[scope][name]))
+        if name.startswith(DEFAULTS_PREFIX):
+            from streamd.log.topic_config import TOPIC_CONFIG_KEYS
+
+            topic_name = name[len(DEFAULTS_PREFIX) :]
+            if topic_name in self.dynamic.static_topic_defaults:
+                out.append(("static", self.dynamic.static_topic_defaults[topic_name]))
+            out.append(("default", TOPIC_CONFIG_KEYS[topic_name].default))
+            return out
+        if name in self.explicit:
+            out.append(("static", self.dynamic.static_values[name]))
+        out.append(("default", KEYS_BY_NAME[name].default))
+        return out
+
+    def replace_layer(self, scope: Scope, layer: Mapping[str, str]) -> frozenset[str]:
+        """Make ``layer`` the dynamic values of ``scope`` (after every key passed
+        :meth:`check_dynamic`): run the checks on the result, then apply it in place. Returns
+        the keys whose effective value changed. Does not persist (see :meth:`save_dynamic`)."""
+        layers, values, topic_defaults = self.check_layer(scope, layer)
+        changed = {k for k, v in values.items() if self.values.get(k) != v}
+        changed |= {
+            DEFAULTS_PREFIX + k
+            for k in set(topic_defaults) | set(self.topic_defaults)
+            if topic_defaults.get(k) != self.topic_defaults.get(k)
+        }
+        self.dynamic.layers[scope] = layers[scope]
+        self.values.clear()
+        self.values.update(values)
+        self.topic_defaults.clear()
+        self.topic_defaults.update(topic_defaults)
+        frozen = frozenset(changed)
+        if frozen:
+            for apply in self.dynamic.appliers:
+                apply(frozen)
+        return frozen
+
+    def check_layer(
+        self, scope: Scope, layer: Mapping[str, str]
+    ) -> tuple[dict[str, dict[str, str]], dict[str, Any], dict[str, str]]:
+        """What :meth:`replace_layer` would make of the config, checked but not applied:
+        (the dynamic layers, effective values, effective topic defaults)."""
+        layers = {scope_: dict(values) for scope_, values in self.dynamic.layers.items()}
+        layers[scope] = {str(k): str(v) for k, v in layer.items()}
+        values, topic_defaults = self._effective(layers)
+        for check in self.dynamic.checks:
+            check(values, topic_defaults)
+        return layers, values, topic_defaults
+
+    def _effective(
+        self, layers: Mapping[str, Mapping[str, str]]
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        from streamd.log.topic_config import TopicConfig
+
+        values = dict(self.dynamic.static_values)
+        topic_defaults = dict(self.dynamic.static_topic_defaults)
+        for scope in (CLUSTER_SCOPE, BROKER_SCOPE):
+            for name, raw in layers[scope].items():
+                if name.startswith(DEFAULTS_PREFIX):
+                    topic_defaults[name[len(DEFAULTS_PREFIX) :]] = raw
+                else:
+                    values[name] = KEYS_BY_NAME[name].parse(raw)
+        try:
+            TopicConfig.from_overrides(topic_defaults, {})
+        except StreamdError as exc:
+            raise ConfigError(f"invalid topic default: {exc}") from None
+        for low, high in (("group.min.session.timeout.ms", "group.max.session.timeout.ms"),):
+            if values[low] > values[high]:
+                raise ConfigError(f"{low}={values[low]} must not exceed {high}={values[high]}")
+        return values, topic_defaults
+
+    def load_dynamic(self) -> list[str]:
+        """Read the persisted dynamic values at start-up (before anything uses the config).
+        Keys that are no longer dynamic or no longer valid are skipped with a warning (an
+        upgrade must not stop the broker); returns the warnings."""
+        try:
+            doc = json.loads(self.dynamic_path.read_text())
+        except FileNotFoundError:
+            return []
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"unreadable {self.dynamic_path}: {exc}") from None
+        warnings = []
+        scopes: tuple[Scope, ...] = (CLUSTER_SCOPE, BROKER_SCOPE)
+        layers: dict[Scope, dict[str, str]] = {scope: {} for scope in scopes}
+        for scope in scopes:
+            for name, raw in dict(doc.get(scope) or {}).items():
+                try:
+                    self.check_dynamic(str(name), str(raw))
+                except StreamdError as exc:
+                    warnings.append(f"ignoring dynamic config {name}={raw!r} ({exc})")
+                    continue
+                layers[scope][str(name)] = str(raw)
+        for scope, layer in layers.items():
+            try:
+                self.replace_layer(scope, layer)
+            except StreamdError as exc:
+                warnings.append(f"ignoring the dynamic {scope} configs ({exc})")
+        return warnings
+
+    def dynamic_document(self) -> bytes:
+        doc = {"format": 1, **{s: dict(sorted(v.items())) for s, v in self.dynamic.layers.items()}}
+        return (json.dumps(doc, indent=1) + "\n").encode()
 
     @property
     def data_dir(self) -> Path:
@@ -402,7 +713,27 @@ def load(
     if not values["tiering.cache_dir"]:
         values["tiering.cache_dir"] = str(Path(values["data_dir"]) / "cache")
     _check_security(values)
-    return BrokerConfig(values=values, topic_defaults=topic_defaults)
+    explicit = frozenset(k for k in raw if k in KEYS_BY_NAME)
+    return BrokerConfig(values=values, topic_defaults=topic_defaults, explicit=explicit)
+
+
+_KAFKA_BROKER_NAMES = {
+    "auto.create.topics.enable": "auto_create_topics",
+    "num.partitions": "default_partitions",
+    "log.retention.check.interval.ms": "log.housekeeping_interval_ms",
+}
+
+
+def _kafka_hint(name: str) -> str:
+    """For a Kafka broker property streamd spells differently: which key to use instead."""
+    from streamd.log.topic_config import TOPIC_CONFIG_KEYS
+
+    for key in TOPIC_CONFIG_KEYS.values():
+        if key.server_default == name:
+            return f"; streamd's broker-wide default of {key.name} is {DEFAULTS_PREFIX}{key.name}"
+    if name in _KAFKA_BROKER_NAMES:
+        return f"; streamd's key is {_KAFKA_BROKER_NAMES[name]}"
+    return ""
 
 
 def _topic_value(v: Any) -> str:

@@ -29,18 +29,22 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from streamd.broker.admin_api import AdminServer, json_reply, text_reply
 from streamd.broker.allocator import tune_allocator
-from streamd.config import BrokerConfig, split_hostport
-from streamd.errors import StreamdError
+from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
+from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
 from streamd.kafka.context import KafkaContext
+from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
+from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import ConnectionRegistry, start_kafka_server
 from streamd.log.descriptors import DESCRIPTORS
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.topic_config import TopicConfig
 from streamd.metrics import Metrics
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
@@ -82,11 +86,16 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self._startup_log_level = logging.INFO
 
     async def start(self) -> None:
         cfg = self.config
         data_dir = cfg.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        for warning in cfg.load_dynamic():
+            log.warning("%s", warning)
+        self._startup_log_level = logging.getLogger().level
+        self._apply_log_level()
         started = time.monotonic()
         if cfg["log.max_open_segment_files"]:
             DESCRIPTORS.limit = cfg["log.max_open_segment_files"]
@@ -117,10 +126,15 @@ class Broker:
             metrics=self.metrics,
         )
         # --- group coordinator (streamd/groups) ---
-        self.groups = GroupService(data_dir, group_config(cfg.values))
+        gconfig = group_config(cfg.values)
+        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
         self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
+        if await asyncio.to_thread(offsets_topic.open):
+            offsets_topic.seed(self.groups)
+        self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
@@ -143,6 +157,7 @@ class Broker:
         # --- cluster metadata archive (streamd/tiering/cluster_archive.py) ---
         self.archive = self._start_archive()
         # --- end cluster metadata archive ---
+        self._wire_dynamic_config()
         self.tasks.append(asyncio.create_task(self._housekeeping()))
         policy = FsyncPolicy.parse(cfg["fsync"])
         if policy.interval_ms:
@@ -279,6 +294,39 @@ class Broker:
 
         admin.route("GET", "/v1/cluster/archive", archive)
 
+        async def logdirs(query: Any) -> Any:
+            return json_reply(await self.log_dirs_report())
+
+        admin.route("GET", "/v1/logdirs", logdirs)
+
+    async def log_dirs_report(self) -> dict[str, Any]:
+        """``GET /v1/logdirs``: what DescribeLogDirs answers, plus what the archive holds per
+        partition (``archive_bytes``, streamd's own field; 0 when nothing is archived)."""
+        assert self.logs is not None
+        directory = self.logs.topics_dir
+        total, usable = await asyncio.to_thread(disk_space, directory)
+        partitions = []
+        for name, sizes in log_dir_sizes(self.logs, None):
+            report = self.tiering.storage_report(name) if self.tiering is not None else None
+            archived = {
+                p["partition"]: p["remote_bytes"] for p in (report or {}).get("partitions", [])
+            }
+            partitions += [
+                {
+                    "topic": name,
+                    "partition": index,
+                    "size_bytes": size,
+                    "archive_bytes": archived.get(index, 0),
+                }
+                for index, size in sizes
+            ]
+        return {
+            "log_dir": str(directory),
+            "total_bytes": total,
+            "usable_bytes": usable,
+            "partitions": partitions,
+        }
+
     # ---- cluster metadata archive ---------------------------------------------------------------
 
     def _start_archive(self) -> ClusterArchive:
@@ -303,7 +351,9 @@ class Broker:
         archive = ClusterArchive(
             self.tiering.store,
             cluster_id=self.ctx.cluster_id,
-            topics=lambda: topic_entries(logs),
+            # __consumer_offsets is derived from the offsets archived here: a restored broker
+            # re-creates and seeds it when it starts (streamd.kafka.offsets_topic).
+            topics=lambda: [e for e in topic_entries(logs) if not is_internal(e["name"])],
             acls=security.acls.acls,
             credentials=security.credentials.credentials,
             offsets=offsets,
@@ -312,11 +362,53 @@ class Broker:
         self.tiering.tick_hooks.append(archive.tick)
         return archive
 
+    # ---- dynamic broker configs ----------------------------------------------------------------
+
+    def _wire_dynamic_config(self) -> None:
+        """Make runtime changes of the dynamic keys (see :class:`streamd.config.Dynamic`) reach
+        the services that read them once: every key marked dynamic has its applier here."""
+        cfg = self.config
+        logs, groups, tiering = self.logs, self.groups, self.tiering
+        assert logs is not None and groups is not None and tiering is not None
+
+        def check_topics(values: Mapping[str, Any], topic_defaults: Mapping[str, str]) -> None:
+            for topic in logs.topics().values():
+                try:
+                    TopicConfig.from_overrides(topic_defaults, topic.overrides)
+                except StreamdError as exc:
+                    message = f"{exc} (with the overrides of topic {topic.name!r})"
+                    raise ConfigError(message) from None
+
+        def apply(changed: frozenset[str]) -> None:
+            values = cfg.values
+            if any(name.startswith(DEFAULTS_PREFIX) for name in changed):
+                logs.set_defaults(cfg.topic_defaults)
+            if any(name.startswith("group.") or name.startswith("offset") for name in changed):
+                groups.reconfigure(group_config(values))
+            if "tiering.upload_interval_ms" in changed:
+                tiering.set_upload_interval(values["tiering.upload_interval_ms"])
+            if "tiering.cache_max_bytes" in changed:
+                tiering.cache.max_bytes = values["tiering.cache_max_bytes"]
+            if "tiering.offsets_archive_interval_ms" in changed and self.archive is not None:
+                self.archive.offsets_interval_ms = values["tiering.offsets_archive_interval_ms"]
+            if "sasl.failed_authentication_delay_ms" in changed and self.security is not None:
+                delay = values["sasl.failed_authentication_delay_ms"]
+                self.security.failed_auth_delay_s = delay / 1000
+            if "log.level" in changed:
+                self._apply_log_level()
+            log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
+
+        cfg.dynamic.checks.append(check_topics)
+        cfg.dynamic.appliers.append(apply)
+
+    def _apply_log_level(self) -> None:
+        level = self.config["log.level"] or self._startup_log_level
+        logging.getLogger().setLevel(level)
+
     async def _housekeeping(self) -> None:
-        interval = self.config["log.housekeeping_interval_ms"] / 1000
         assert self.logs is not None
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(self.config["log.housekeeping_interval_ms"] / 1000)
             try:
                 await self.logs.run_housekeeping(int(time.time() * 1000))
             except Exception:

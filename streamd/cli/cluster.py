@@ -216,11 +216,13 @@ def get(key: str | None, broker: str | None, fmt: str) -> None:
 @click.argument("value")
 @click.option("--broker", "broker", metavar="ID", help="Broker id (default: the first broker).")
 def set_(key: str, value: str, broker: str | None) -> None:
-    """Change a broker config at runtime (IncrementalAlterConfigs).
+    """Change a broker config at runtime (IncrementalAlterConfigs); the broker keeps it
+    across restarts. Read-only keys need the config file and a restart.
 
     \b
-    Example:
-      streamd cluster config set log.retention.check.interval.ms 60000
+    Examples:
+      streamd cluster config set defaults.retention.ms 86400000
+      streamd cluster config set tiering.upload_interval_ms 5000
     """
     admin, resource = _broker_resource(broker)
     entries = _broker_configs(admin, resource)

@@ -1,9 +1,12 @@
 """The classic consumer-group protocol as a state machine: no sockets, no clock, no codec.
 
 Every call takes ``now_ms``; :meth:`GroupCoordinator.tick` fires the session, join and sync
-deadlines, so tests drive time by hand. A JoinGroup or SyncGroup that must wait returns None
-and leaves its ``waiter`` token on the member; when the phase completes the answer appears in
-:meth:`GroupCoordinator.take_outputs` as ``(waiter, JoinResult | SyncResult)``.
+deadlines, so tests drive time by hand; :meth:`GroupCoordinator.next_deadline_ms` tells the
+caller when the next one is due, and every request first fires the passed deadlines of its
+group, so no answer depends on how late a timer runs. A JoinGroup or SyncGroup that must wait
+returns None and leaves its ``waiter`` token on the member; when the phase completes the
+answer appears in :meth:`GroupCoordinator.take_outputs` as ``(waiter, JoinResult |
+SyncResult)``.
 
 State machine (Kafka's ``GroupMetadata``):
 
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from streamd.errors import ErrorCode
@@ -70,6 +73,10 @@ class CommitOffset:
     offset: int
     leader_epoch: int = -1
     metadata: str | None = ""
+    commit_ts: int = -1
+    """OffsetCommit v1's per-partition commit timestamp; -1 = now (every later version)."""
+    retention_ms: int = -1
+    """OffsetCommit v2-v4's retention time; -1 = the broker's offsets.retention.minutes."""
 
 
 Output = tuple[Any, JoinResult | SyncResult]
@@ -86,6 +93,8 @@ class GroupCoordinator:
         self.groups: dict[str, Group] = {}
         self.offsets: dict[str, dict[TopicPartition, OffsetInfo]] = {}
         self._outputs: list[Output] = []
+        self._group_changes: dict[str, Group | None] = {}
+        """Groups whose stored metadata changed (None: deleted) since the last take."""
         for group_id, committed in (offsets or {}).items():
             if committed:
                 self.offsets[group_id] = dict(committed)
@@ -95,6 +104,12 @@ class GroupCoordinator:
 
     def take_outputs(self) -> list[Output]:
         out, self._outputs = self._outputs, []
+        return out
+
+    def take_group_changes(self) -> dict[str, Group | None]:
+        """Groups to publish as Kafka's GroupMetadata records: those whose generation completed
+        with an assignment (leader SyncGroup) or with no members (Empty), and deleted ones."""
+        out, self._group_changes = self._group_changes, {}
         return out
 
     def _answer(self, waiter: Any, result: JoinResult | SyncResult) -> None:
@@ -111,6 +126,7 @@ class GroupCoordinator:
             return JoinResult(E.INVALID_SESSION_TIMEOUT, req.member_id)
         if not req.protocols or not req.protocol_type:
             return JoinResult(E.INCONSISTENT_GROUP_PROTOCOL, req.member_id)
+        self._catch_up_id(req.group_id, now_ms)
         group = self.groups.get(req.group_id)
         if group is None:
             if req.member_id:
@@ -166,7 +182,14 @@ class GroupCoordinator:
         self, group: Group, old_id: str, new_id: str, req: JoinRequest, waiter: Any, now_ms: int
     ) -> JoinResult | None:
         """A static member came back with no member id: it takes over its old slot and the
-        previous incarnation is fenced."""
+        previous incarnation is fenced.
+
+        In a Stable group whose selected protocol stays the same nothing rebalances, leader or
+        not (Kafka's ``updateStaticMemberAndRebalance``): the member gets the current generation
+        and fetches its stored assignment with SyncGroup. A rejoining leader is answered with
+        the *old* leader id below JoinGroup v9, so it acts as a follower and runs no assignor;
+        from v9 it learns it leads but is told to skip the assignment (KIP-814)."""
+        previous_leader = group.leader_id
         member = group.members.pop(old_id)
         fenced = E.FENCED_INSTANCE_ID
         self._answer(member.join_waiter, JoinResult(fenced, old_id))
@@ -177,13 +200,20 @@ class GroupCoordinator:
         group.members[new_id] = member
         assert req.instance_id is not None
         group.static_members[req.instance_id] = new_id
-        was_leader = group.leader_id == old_id
-        if was_leader:
+        if group.leader_id == old_id:
             group.leader_id = new_id
-        changed = member.protocols != req.protocols
-        if group.state is S.STABLE and not changed and not was_leader:
+        if group.state is S.STABLE:
             self._update_member(member, req, None)
-            return self._join_result(group, member, with_members=False)
+            if group.select_protocol() == group.protocol_name:
+                leads = group.leader_id == new_id
+                if req.supports_skip_assignment:
+                    result = self._join_result(group, member, with_members=leads)
+                    return replace(result, skip_assignment=leads)
+                result = self._join_result(group, member, with_members=False)
+                return replace(result, leader_id=previous_leader or "")
+            member.join_waiter = waiter
+            self._prepare_rebalance(group, now_ms)
+            return None
         self._update_member(member, req, waiter)
         if group.state is S.PREPARING_REBALANCE:
             self._maybe_complete_join(group, now_ms)
@@ -294,6 +324,7 @@ class GroupCoordinator:
         if not group.members:
             group.protocol_name = group.leader_id = None
             group.transition(S.EMPTY, now_ms)
+            self._group_changes[group.group_id] = group
             return
         first = next(iter(group.members.values()))
         group.protocol_type = first.protocol_type
@@ -357,6 +388,7 @@ class GroupCoordinator:
     ) -> SyncResult | None:
         if not group_id:
             return SyncResult(E.INVALID_GROUP_ID)
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None or group.state in (S.EMPTY, S.DEAD):
             return SyncResult(E.UNKNOWN_MEMBER_ID)
@@ -382,6 +414,7 @@ class GroupCoordinator:
             for m in group.members.values():
                 m.assignment = assignments.get(m.member_id, b"")
             group.transition(S.STABLE, now_ms)
+            self._group_changes[group.group_id] = group
             for m in group.members.values():
                 m.last_heartbeat_ms = now_ms
                 result = SyncResult(E.NONE, group.protocol_type, group.protocol_name, m.assignment)
@@ -394,6 +427,7 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return E.INVALID_GROUP_ID
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None or group.state in (S.EMPTY, S.DEAD):
             return E.UNKNOWN_MEMBER_ID
@@ -415,6 +449,7 @@ class GroupCoordinator:
         members = list(members)
         if not group_id:
             return E.INVALID_GROUP_ID, [E.INVALID_GROUP_ID] * len(members)
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             return E.NONE, [E.UNKNOWN_MEMBER_ID] * len(members)
@@ -451,30 +486,69 @@ class GroupCoordinator:
     def tick(self, now_ms: int) -> None:
         """Fire every deadline that has passed: pending member ids, sessions, join, sync."""
         for group in list(self.groups.values()):
-            if group.pending_members:
-                for member_id, expiry in list(group.pending_members.items()):
-                    if expiry <= now_ms:
-                        del group.pending_members[member_id]
-                self._maybe_complete_join(group, now_ms)
-            expired = [
-                m
-                for m in group.members.values()
-                if m.join_waiter is None
-                and m.sync_waiter is None
-                and m.last_heartbeat_ms + m.session_timeout_ms <= now_ms
-            ]
-            if expired:
-                for m in expired:
-                    self._remove(group, m)
+            self._catch_up(group, now_ms)
+
+    def next_deadline_ms(self) -> int | None:
+        """When :meth:`tick` next has something to do (None: no deadline pending)."""
+        return min(
+            (d for g in self.groups.values() if (d := self._deadline(g)) is not None),
+            default=None,
+        )
+
+    def _catch_up_id(self, group_id: str, now_ms: int | None) -> None:
+        group = self.groups.get(group_id)
+        if group is not None and now_ms is not None:
+            self._catch_up(group, now_ms)
+
+    def _catch_up(self, group: Group, now_ms: int) -> None:
+        """Fire the group's deadlines that have passed by ``now_ms``. Every request catches
+        its group up first, so the answer never depends on how late the timer runs: a
+        DeleteGroups issued once the last session deadline has passed finds the group Empty."""
+        due = self._deadline(group)
+        if due is not None and due <= now_ms:
+            self._fire(group, now_ms)
+
+    @staticmethod
+    def _deadline(group: Group) -> int | None:
+        due = [*group.pending_members.values()]
+        due += [
+            m.last_heartbeat_ms + m.session_timeout_ms
+            for m in group.members.values()
+            if m.join_waiter is None and m.sync_waiter is None
+        ]
+        if group.state is S.PREPARING_REBALANCE:
+            due.append(group.join_deadline_ms)
+        elif group.state is S.COMPLETING_REBALANCE:
+            due.append(group.sync_deadline_ms)
+        return min(due, default=None)
+
+    def _fire(self, group: Group, now_ms: int) -> None:
+        if group.pending_members:
+            for member_id, expiry in list(group.pending_members.items()):
+                if expiry <= now_ms:
+                    del group.pending_members[member_id]
+            self._maybe_complete_join(group, now_ms)
+        expired = [
+            m
+            for m in group.members.values()
+            if m.join_waiter is None
+            and m.sync_waiter is None
+            and m.last_heartbeat_ms + m.session_timeout_ms <= now_ms
+        ]
+        if expired:
+            for m in expired:
+                self._remove(group, m)
+            self._member_gone(group, now_ms)
+        while group.state is S.PREPARING_REBALANCE and group.join_deadline_ms <= now_ms:
+            self._join_deadline(group, now_ms)
+        if group.state is S.COMPLETING_REBALANCE and group.sync_deadline_ms <= now_ms:
+            late = [m for m in group.members.values() if m.sync_waiter is None]
+            for m in late:
+                self._remove(group, m)
+            if late:
                 self._member_gone(group, now_ms)
-            while group.state is S.PREPARING_REBALANCE and group.join_deadline_ms <= now_ms:
-                self._join_deadline(group, now_ms)
-            if group.state is S.COMPLETING_REBALANCE and group.sync_deadline_ms <= now_ms:
-                late = [m for m in group.members.values() if m.sync_waiter is None]
-                for m in late:
-                    self._remove(group, m)
-                if late:
-                    self._member_gone(group, now_ms)
+            else:
+                group.sync_deadline_ms = now_ms + group.rebalance_timeout_ms()
 
     # ---- offsets ---------------------------------------------------------------------------
 
@@ -499,7 +573,9 @@ class GroupCoordinator:
             if len(metadata.encode()) > self.config.offset_metadata_max_bytes:
                 codes.append(OFFSET_METADATA_TOO_LARGE)
                 continue
-            info = OffsetInfo(o.offset, o.leader_epoch, metadata, now_ms)
+            commit_ts = o.commit_ts if o.commit_ts >= 0 else now_ms
+            expire_ts = commit_ts + o.retention_ms if o.retention_ms >= 0 else -1
+            info = OffsetInfo(o.offset, o.leader_epoch, metadata, commit_ts, expire_ts)
             committed[(o.topic, o.partition)] = info
             records.append(OffsetRecord(group_id, o.topic, o.partition, info))
             codes.append(E.NONE)
@@ -512,6 +588,7 @@ class GroupCoordinator:
     ) -> ErrorCode:
         if not group_id:
             return E.INVALID_GROUP_ID
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             if generation >= 0:
@@ -545,8 +622,9 @@ class GroupCoordinator:
         return {tp: committed.get(tp) for tp in partitions}
 
     def delete_offsets(
-        self, group_id: str, partitions: list[TopicPartition]
+        self, group_id: str, partitions: list[TopicPartition], now_ms: int | None = None
     ) -> tuple[ErrorCode, list[ErrorCode], list[OffsetRecord]]:
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if not group_id:
             return E.INVALID_GROUP_ID, [], []
@@ -571,9 +649,12 @@ class GroupCoordinator:
             self.offsets.pop(group_id, None)
         return E.NONE, codes, records
 
-    def delete_groups(self, group_ids: list[str]) -> tuple[list[ErrorCode], list[OffsetRecord]]:
+    def delete_groups(
+        self, group_ids: list[str], now_ms: int | None = None
+    ) -> tuple[list[ErrorCode], list[OffsetRecord]]:
         codes, records = [], []
         for group_id in group_ids:
+            self._catch_up_id(group_id, now_ms)
             group = self.groups.get(group_id)
             if not group_id:
                 codes.append(E.INVALID_GROUP_ID)
@@ -584,6 +665,7 @@ class GroupCoordinator:
             else:
                 group.state = S.DEAD
                 del self.groups[group_id]
+                self._group_changes[group_id] = None
                 records += self._drop_offsets(group_id)
                 codes.append(E.NONE)
         return codes, records
@@ -593,7 +675,10 @@ class GroupCoordinator:
         return [OffsetRecord(group_id, t, p, None) for (t, p) in committed]
 
     def expire_offsets(self, now_ms: int) -> list[OffsetRecord]:
-        """Drop the offsets (and the group) of groups Empty and idle for the retention time."""
+        """Drop the offsets (and the group) of groups Empty and idle for the retention time.
+
+        An offset committed with an explicit retention (OffsetCommit v2-v4) expires at its own
+        expire timestamp once its group is Empty, as in Kafka."""
         retention = self.config.offsets_retention_ms
         records: list[OffsetRecord] = []
         for group_id, group in list(self.groups.items()):
@@ -601,9 +686,20 @@ class GroupCoordinator:
                 continue
             committed = self.offsets.get(group_id, {})
             last_commit = max((i.commit_ts for i in committed.values()), default=0)
-            if max(group.state_since_ms, last_commit) + retention <= now_ms:
-                records += self._drop_offsets(group_id)
-                del self.groups[group_id]
+            idle = max(group.state_since_ms, last_commit) + retention <= now_ms
+            expired = [
+                tp
+                for tp, i in committed.items()
+                if (i.expire_ts <= now_ms if i.expire_ts >= 0 else idle)
+            ]
+            for tp in expired:
+                del committed[tp]
+                records.append(OffsetRecord(group_id, tp[0], tp[1], None))
+            if not committed:
+                self.offsets.pop(group_id, None)
+                if idle or expired:
+                    del self.groups[group_id]
+                    self._group_changes[group_id] = None
         return records
 
     def on_topic_deleted(self, topic: str) -> list[OffsetRecord]:
@@ -618,8 +714,12 @@ class GroupCoordinator:
 
     # ---- listing ---------------------------------------------------------------------------
 
-    def list_groups(self, states: Iterable[str] = ()) -> list[tuple[str, str, str]]:
+    def list_groups(
+        self, states: Iterable[str] = (), now_ms: int | None = None
+    ) -> list[tuple[str, str, str]]:
         """(group id, protocol type, state) for every group, optionally filtered by state."""
+        if now_ms is not None:
+            self.tick(now_ms)
         wanted = {s.lower() for s in states}
         return [
             (g.group_id, g.protocol_type or "", g.state.value)
@@ -627,7 +727,8 @@ class GroupCoordinator:
             if not wanted or g.state.value.lower() in wanted
         ]
 
-    def describe(self, group_id: str) -> GroupDescription:
+    def describe(self, group_id: str, now_ms: int | None = None) -> GroupDescription:
+        self._catch_up_id(group_id, now_ms)
         group = self.groups.get(group_id)
         if group is None:
             return GroupDescription(group_id, S.DEAD.value, "", "", ())

@@ -33,6 +33,9 @@ class OffsetInfo:
     leader_epoch: int = -1
     metadata: str = ""
     commit_ts: int = 0
+    expire_ts: int = -1
+    """Set by OffsetCommit v2-v4's retention time (commit time + retention); -1 = the broker's
+    ``offsets.retention.minutes`` applies."""
 
 
 TopicPartition = tuple[str, int]
@@ -173,6 +176,8 @@ class JoinRequest:
     client_id: str = ""
     client_host: str = ""
     require_known_member_id: bool = True
+    supports_skip_assignment: bool = False
+    """JoinGroup v9+ (KIP-814): a rejoining static leader can be told to skip the assignor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +196,7 @@ class JoinResult:
     protocol_name: str | None = None
     leader_id: str = ""
     members: tuple[JoinedMember, ...] = ()
+    skip_assignment: bool = False
 
 
 @dataclass(frozen=True, slots=True)

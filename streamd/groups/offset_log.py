@@ -1,7 +1,8 @@
 """Committed offsets on disk: one append-only file, ``data_dir/groups/offsets.log``.
 
 Each record is framed as ``length (u32 BE) | crc32c of payload (u32 BE) | payload`` where the
-payload is a JSON object: ``{"g", "t", "p", "o", "e", "m", "ts"}`` for a commit, and
+payload is a JSON object: ``{"g", "t", "p", "o", "e", "m", "ts"}`` (plus ``"x"``, the expire
+timestamp, when the commit carried a retention time) for a commit, and
 ``{"g", "t", "p", "d": 1}`` for a tombstone (offset deleted or expired). The last record for a
 (group, topic, partition) wins.
 
@@ -39,6 +40,8 @@ def encode(record: OffsetRecord) -> bytes:
         obj["d"] = 1
     else:
         obj.update(o=info.offset, e=info.leader_epoch, m=info.metadata, ts=info.commit_ts)
+        if info.expire_ts >= 0:
+            obj["x"] = info.expire_ts
     payload = json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
     return _HEADER.pack(len(payload), crc32c.crc32c(payload)) + payload
 
@@ -59,7 +62,13 @@ def decode_all(data: bytes) -> tuple[list[OffsetRecord], int]:
             obj = json.loads(payload)
             info = None
             if not obj.get("d"):
-                info = OffsetInfo(int(obj["o"]), int(obj["e"]), str(obj["m"]), int(obj["ts"]))
+                info = OffsetInfo(
+                    int(obj["o"]),
+                    int(obj["e"]),
+                    str(obj["m"]),
+                    int(obj["ts"]),
+                    int(obj.get("x", -1)),
+                )
             records.append(OffsetRecord(str(obj["g"]), str(obj["t"]), int(obj["p"]), info))
         except (ValueError, KeyError, TypeError):
             break

@@ -12,6 +12,10 @@ acknowledged after it. A commit is applied in memory when it is validated, so an
 racing it may see the offset a moment before it is durable (never an offset that was refused).
 The file is rewritten compactly at startup and when it holds more than twice as many records as
 there are live offsets.
+
+An optional :class:`GroupObserver` hears every durable offset change and every group metadata
+change, in order; the Kafka front uses it to derive ``__consumer_offsets``. It is told after
+the change is durable here, and its failures never fail a commit (the file is the truth).
 """
 
 from __future__ import annotations
@@ -22,11 +26,12 @@ import logging
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.groups.coordinator import CommitOffset, GroupConfig, GroupCoordinator
 from streamd.groups.model import (
+    Group,
     GroupDescription,
     JoinRequest,
     JoinResult,
@@ -40,6 +45,12 @@ from streamd.groups.offset_log import OffsetLog
 log = logging.getLogger("streamd.groups")
 
 EXPIRY_INTERVAL_MS = 60_000
+
+
+class GroupObserver(Protocol):
+    def offsets_changed(self, records: list[OffsetRecord]) -> None: ...
+
+    def groups_changed(self, changes: dict[str, Group | None]) -> None: ...
 
 
 def group_config(values: Mapping[str, Any]) -> GroupConfig:
@@ -68,12 +79,17 @@ def wall_ms() -> int:
 
 class GroupService:
     def __init__(
-        self, data_dir: Path, config: GroupConfig | None = None, *, tick_ms: int = 200
+        self,
+        data_dir: Path,
+        config: GroupConfig | None = None,
+        *,
+        observer: GroupObserver | None = None,
     ) -> None:
         self.config = config or GroupConfig()
+        self.observer = observer
         self.log = OffsetLog(Path(data_dir) / "groups")
         self.coordinator = GroupCoordinator(self.config)
-        self.tick_ms = tick_ms
+        self._wake = asyncio.Event()
         self._queue: list[OffsetRecord] = []
         self._queue_waiters: list[asyncio.Future[None]] = []
         self._flusher: asyncio.Task[None] | None = None
@@ -111,26 +127,52 @@ class GroupService:
                 await self._flusher
         self.log.close()
 
+    def reconfigure(self, config: GroupConfig) -> None:
+        """New coordinator settings (dynamic broker configs); they apply to the next request
+        and deadline."""
+        self.config = config
+        self.coordinator.config = config
+
     async def _tick_loop(self) -> None:
+        """Sleep until the coordinator's next deadline (or until a request may have moved it),
+        then fire what is due: sessions expire at their deadline, not on a polling tick."""
         next_expiry = wall_ms() + EXPIRY_INTERVAL_MS
         while True:
-            await asyncio.sleep(self.tick_ms / 1000)
+            due = self.coordinator.next_deadline_ms()
+            wake_at = next_expiry if due is None else min(due, next_expiry)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0, wake_at - wall_ms()) / 1000)
+            self._wake.clear()
             now = wall_ms()
             try:
                 self.coordinator.tick(now)
-                self._dispatch()
+                self._dispatch(wake=False)
                 if now >= next_expiry:
                     next_expiry = now + EXPIRY_INTERVAL_MS
                     self._persist_later(self.coordinator.expire_offsets(now))
+                    self._publish_groups()
             except Exception:
                 log.exception("group coordinator tick failed")
 
     # ---- membership ------------------------------------------------------------------------
 
-    def _dispatch(self) -> None:
+    def _dispatch(self, *, wake: bool = True) -> None:
+        """Hand out the answers of the last coordinator call; it may have moved a deadline, so
+        the timer looks again (``wake``)."""
+        if wake:
+            self._wake.set()
         for waiter, result in self.coordinator.take_outputs():
             if isinstance(waiter, asyncio.Future) and not waiter.done():
                 waiter.set_result(result)
+        self._publish_groups()
+
+    def _publish_groups(self) -> None:
+        changes = self.coordinator.take_group_changes()
+        if changes and self.observer is not None:
+            try:
+                self.observer.groups_changed(changes)
+            except Exception:
+                log.exception("group observer failed")
 
     async def join(self, req: JoinRequest) -> JoinResult:
         waiter: asyncio.Future[JoinResult] = asyncio.get_running_loop().create_future()
@@ -178,10 +220,14 @@ class GroupService:
         return result
 
     def list_groups(self, states: Iterable[str] = ()) -> list[tuple[str, str, str]]:
-        return self.coordinator.list_groups(states)
+        groups = self.coordinator.list_groups(states, wall_ms())
+        self._dispatch()
+        return groups
 
     def describe(self, group_id: str) -> GroupDescription:
-        return self.coordinator.describe(group_id)
+        description = self.coordinator.describe(group_id, wall_ms())
+        self._dispatch()
+        return description
 
     # ---- offsets ---------------------------------------------------------------------------
 
@@ -196,6 +242,7 @@ class GroupService:
         codes, records = self.coordinator.commit(
             group_id, generation, member_id, instance_id, offsets, wall_ms()
         )
+        self._dispatch()
         if records:
             try:
                 await self._persist(records)
@@ -211,13 +258,15 @@ class GroupService:
     async def delete_offsets(
         self, group_id: str, partitions: list[TopicPartition]
     ) -> tuple[ErrorCode, list[ErrorCode]]:
-        error, codes, records = self.coordinator.delete_offsets(group_id, partitions)
+        error, codes, records = self.coordinator.delete_offsets(group_id, partitions, wall_ms())
+        self._dispatch()
         if records:
             await self._persist(records)
         return error, codes
 
     async def delete_groups(self, group_ids: list[str]) -> list[ErrorCode]:
-        codes, records = self.coordinator.delete_groups(group_ids)
+        codes, records = self.coordinator.delete_groups(group_ids, wall_ms())
+        self._dispatch()
         if records:
             await self._persist(records)
         return codes
@@ -256,6 +305,11 @@ class GroupService:
             except OSError as exc:
                 log.error("cannot write committed offsets to %s: %s", self.log.path, exc)
                 error = StreamdError(str(exc), code=ErrorCode.COORDINATOR_NOT_AVAILABLE)
+            if error is None and self.observer is not None:
+                try:
+                    self.observer.offsets_changed(records)
+                except Exception:
+                    log.exception("group observer failed")
             for waiter in waiters:
                 if waiter.done():
                     continue

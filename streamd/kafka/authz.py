@@ -65,3 +65,42 @@ def filter_authorized(
 def may_create_topic(req: Request, name: str) -> bool:
     """CREATE on the cluster or on the topic itself (Kafka accepts either)."""
     return authorize_cluster(req, CREATE) or authorize(req, CREATE, TOPIC, name)
+
+
+SUPPORTED_OPERATIONS: dict[ResourceType, tuple[Operation, ...]] = {
+    TOPIC: (
+        Operation.READ,
+        Operation.WRITE,
+        Operation.CREATE,
+        Operation.DESCRIBE,
+        Operation.DELETE,
+        Operation.ALTER,
+        Operation.DESCRIBE_CONFIGS,
+        Operation.ALTER_CONFIGS,
+    ),
+    GROUP: (Operation.READ, Operation.DESCRIBE, Operation.DELETE),
+    CLUSTER: (
+        Operation.CREATE,
+        Operation.CLUSTER_ACTION,
+        Operation.DESCRIBE_CONFIGS,
+        Operation.ALTER_CONFIGS,
+        Operation.IDEMPOTENT_WRITE,
+        Operation.ALTER,
+        Operation.DESCRIBE,
+    ),
+    TRANSACTIONAL_ID: (Operation.DESCRIBE, Operation.WRITE),
+}
+"""Kafka's ``AclEntry.supportedOperations`` per resource type."""
+
+NOT_REQUESTED = -(2**31)
+"""The authorized-operations field of a response when the request did not ask for it."""
+
+
+def authorized_operations(req: Request, resource_type: ResourceType, name: str) -> int:
+    """Kafka's bitfield (bit ``code`` set per allowed operation) of the operations the
+    principal may perform on the resource; every supported one when authorization is off."""
+    bits = 0
+    for operation in SUPPORTED_OPERATIONS[resource_type]:
+        if authorize(req, operation, resource_type, name):
+            bits |= 1 << int(operation)
+    return bits

@@ -3,7 +3,9 @@
 Handlers work with plain attribute access on request entities and describe responses as nested
 dicts holding the fields of the newest version they support. ``build`` turns such a dict into
 the kio entity of the negotiated version: fields the version lacks are dropped, fields the dict
-lacks get Kafka's zero value. A kio version bump therefore touches this module only.
+lacks get Kafka's zero value. A kio version bump therefore touches this module only. Versions
+kio no longer ships (KIP-896's retired ones, which Kafka 3.9 still serves) come from
+:mod:`streamd.kafka.legacy`, built in kio's shape from Kafka 3.9's specs.
 
 Request header v1/v2 and response header v0/v1 are parsed and written here by hand: they are
 framing, not per-API schema, and the Fetch path wants to splice record bytes after a header.
@@ -26,6 +28,7 @@ from kio.schema.index import api_key_map
 from kio.serial import entity_reader, entity_writer
 
 from streamd.errors import InvalidRequest
+from streamd.kafka import legacy
 
 _I16_I16_I32 = struct.Struct(">hhi")
 _I16 = struct.Struct(">h")
@@ -44,12 +47,18 @@ def request_class(api_key: int, version: int) -> type | None:
     try:
         return load_request_schema(api_key, version)
     except Exception:
-        return None
+        return legacy.request(api_key, version)
 
 
 @cache
 def response_class(api_key: int, version: int) -> type:
-    return load_response_schema(api_key, version)
+    try:
+        return load_response_schema(api_key, version)
+    except Exception:
+        cls = legacy.response(api_key, version)
+        if cls is None:
+            raise
+        return cls
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,7 +125,7 @@ def decode_request(header: RequestHeader, frame: bytes) -> Any:
 
 @cache
 def _reader(cls: type) -> Callable[[bytes, int], tuple[Any, int]]:
-    return entity_reader(cls)  # type: ignore[no-any-return]
+    return entity_reader(cls)
 
 
 SCATTER_MIN = 64 * 1024
@@ -169,7 +178,7 @@ def encode_response(api_key: int, version: int, correlation_id: int, body: Any) 
 
 @cache
 def _writer(cls: type) -> Callable[[Any, Any], None]:
-    return entity_writer(cls)  # type: ignore[no-any-return]
+    return entity_writer(cls)
 
 
 def build(cls: type, data: dict[str, Any]) -> Any:

@@ -8,8 +8,9 @@ exhaust memory. A malformed frame closes the connection with a log line naming t
 
 Each server is one listener (:class:`streamd.config.ListenerSpec`) with its security protocol.
 On SASL_PLAINTEXT / SASL_SSL listeners a connection starts unauthenticated: only ApiVersions,
-SaslHandshake (v1 flow; the v0 raw-token framing is not offered) and SaslAuthenticate are
-served, frames are bounded by ``MAX_PRE_AUTH_FRAME`` (Kafka's ``sasl.server.max.receive.size``),
+SaslHandshake and SaslAuthenticate are served (after a v0 handshake, the raw token frames
+that follow; see :func:`streamd.kafka.handlers.sasl.raw_token`), frames are bounded by
+``MAX_PRE_AUTH_FRAME`` (Kafka's ``sasl.server.max.receive.size``),
 and any other request closes the connection. A failed login is answered, then the connection is
 closed. Requests carry the connection's principal and listener to the handlers.
 
@@ -223,6 +224,10 @@ class KafkaConnection(asyncio.Protocol):
             self.transport.close()
 
     def _dispatch(self, frame: bytes) -> None:
+        raw = self.session
+        if raw is not None and raw.raw_tokens and raw.state == "authenticate":
+            self._dispatch_raw_token(frame)
+            return
         try:
             header = codec.parse_header(frame)
         except InvalidRequest as exc:
@@ -261,6 +266,24 @@ class KafkaConnection(asyncio.Protocol):
         if not task.done():
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+
+    def _dispatch_raw_token(self, frame: bytes) -> None:
+        slot = _Slot(len(frame))
+        self.pending.append(slot)
+        self.inflight += slot.size
+        self._update_reading()
+        task = asyncio.ensure_future(self._run_raw_token(frame, slot))
+        if not task.done():
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _run_raw_token(self, frame: bytes, slot: _Slot) -> None:
+        from streamd.kafka.handlers.sasl import raw_token
+
+        reply = await raw_token(self.ctx, self.session, self.peer, frame)
+        slot.data = None if reply is None else [reply]
+        slot.done = True
+        self._flush()
 
     async def _run(self, handler: Any, request: Request, slot: _Slot) -> None:
         header = request.header

@@ -219,7 +219,7 @@ def decompress_records(compression: int, data: bytes | memoryview) -> bytes:
     if compression == 3:
         import lz4.frame
 
-        return lz4.frame.decompress(bytes(data))
+        return bytes(lz4.frame.decompress(bytes(data)))
     if compression == 4:
         import cramjam
 

@@ -14,10 +14,13 @@ Topic names are validated before any path is built from them, and every valid Ka
 works: nothing but the topic's own directory is named after it (a staging directory beside it
 would add to a name of up to 249 characters, or end in a suffix a topic name may have too).
 
-Limits are checked before anything is written: at most ``max_partitions`` partitions on the
-broker (POLICY_VIOLATION) and ``MAX_PARTITIONS`` per topic (INVALID_PARTITIONS). Creating a
-topic or adding partitions runs in a worker thread (``create_topic_async``,
-``add_partitions_async``); the topic becomes visible on the event loop once it is complete.
+Limits are checked before anything is written: ``MAX_PARTITIONS`` per topic
+(INVALID_PARTITIONS) and, for what clients ask (the ``*_async`` methods the Kafka handlers use),
+at most ``max_partitions`` partitions on the broker, counting every topic (POLICY_VIOLATION).
+The broker's own topics and ``streamd restore`` (the blocking methods) are not refused by that
+policy. Creating a topic or adding partitions from the event loop runs in a worker thread
+(``create_topic_async``, ``add_partitions_async``); the topic becomes visible on the loop once it
+is complete.
 Open file descriptors do not grow with the partition count (see
 :mod:`streamd.log.descriptors`), so any data directory the broker wrote can be opened again.
 
@@ -54,7 +57,7 @@ from streamd.log.names import validate_topic_name
 from streamd.log.partition import PartitionLog, now_ms
 from streamd.log.segment import Segment
 from streamd.log.syncfs import FilesystemSync
-from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig
+from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig, upgrade_stored
 
 __all__ = ["FsyncPolicy", "LogManager", "Topic"]
 
@@ -163,6 +166,7 @@ class LogManager:
                 overrides = {str(k): str(v) for k, v in meta["overrides"].items()}
             except (ValueError, KeyError, TypeError, AttributeError) as exc:
                 raise StorageError(f"unreadable topic metadata {meta_path}: {exc}") from exc
+            overrides = upgrade_stored(overrides)
             config = TopicConfig.from_overrides(self._defaults, overrides)
             partitions = [self._open_partition(entry, i, config) for i in range(count)]
             self._topics[name] = Topic(name, topic_id, partitions, overrides, config, entry)
@@ -197,9 +201,15 @@ class LogManager:
     # ---- changes -------------------------------------------------------------------------------
 
     def check_new_topic(
-        self, name: str, partitions: int, overrides: Mapping[str, str] | None = None
+        self,
+        name: str,
+        partitions: int,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        policy: bool = True,
     ) -> TopicConfig:
-        """Every check ``create_topic`` makes before it writes anything; returns the config."""
+        """Every check a creation makes before it writes anything (with ``policy``, the broker
+        partition limit too); returns the config."""
         validate_topic_name(name)
         if name in self._topics or name in self._reserved:
             raise TopicAlreadyExists(f"topic {name!r} already exists")
@@ -207,7 +217,8 @@ class LogManager:
             raise InvalidPartitions(
                 f"partition count must be 1..{MAX_PARTITIONS}, got {partitions}"
             )
-        self._check_room(partitions)
+        if policy:
+            self._check_room(partitions)
         config = TopicConfig.from_overrides(
             self._defaults, {str(k): str(v) for k, v in (overrides or {}).items()}
         )
@@ -234,9 +245,9 @@ class LogManager:
         *,
         topic_id: uuid.UUID | None = None,
     ) -> Topic:
-        """Create a topic here and now (blocking: restore, tests). The broker's event loop
-        uses :meth:`create_topic_async`."""
-        self.check_new_topic(name, partitions, overrides)
+        """Create a topic here and now (blocking: the broker's own topics, restore, tests),
+        without the partition-limit policy. The Kafka handlers use :meth:`create_topic_async`."""
+        self.check_new_topic(name, partitions, overrides, policy=False)
         topic = self._build_topic(name, partitions, overrides or {}, topic_id)
         self._topics[name] = topic
         return topic
@@ -320,8 +331,8 @@ class LogManager:
         os.rename(topic.directory, trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
 
-    def check_growth(self, name: str, new_total: int) -> Topic:
-        """Every check ``add_partitions`` makes before it writes anything."""
+    def check_growth(self, name: str, new_total: int, *, policy: bool = True) -> Topic:
+        """Every check adding partitions makes before it writes anything."""
         topic = self._require(name)
         if name in self._reserved:
             raise InvalidPartitions(f"topic {name!r} is already being changed; retry")
@@ -333,11 +344,13 @@ class LogManager:
             )
         if new_total > MAX_PARTITIONS:
             raise InvalidPartitions(f"partition count must be at most {MAX_PARTITIONS}")
-        self._check_room(new_total - current)
+        if policy:
+            self._check_room(new_total - current)
         return topic
 
     def add_partitions(self, name: str, new_total: int) -> Topic:
-        topic = self.check_growth(name, new_total)
+        """Blocking and without the partition-limit policy (see :meth:`create_topic`)."""
+        topic = self.check_growth(name, new_total, policy=False)
         topic.partitions.extend(self._grow(topic, len(topic.partitions), new_total))
         return topic
 
@@ -441,10 +454,9 @@ class LogManager:
             config = topic.config
             tiered = config.remote_storage_enable
             if tiered:
-                retention_ms = config.effective_local_retention_ms
-                retention_bytes = config.effective_local_retention_bytes
+                retention_ms, retention_bytes = config.local_retention_limits
             else:
-                retention_ms, retention_bytes = config.retention_ms, config.retention_bytes
+                retention_ms, retention_bytes = config.retention_limits
             for index, partition in enumerate(list(topic.partitions)):
                 if partition.closed:
                     continue

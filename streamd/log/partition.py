@@ -49,7 +49,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError
-from streamd.log.batch import patch_for_append, validate_produce_batches
+from streamd.log.batch import (
+    BatchHeader,
+    iter_record_timestamps,
+    patch_for_append,
+    validate_produce_batches,
+)
+from streamd.log.conform import check_timestamps, conform_batches
 from streamd.log.disk import DiskMonitor
 from streamd.log.files import fsync_dir
 from streamd.log.flusher import FlushJob, SharedFlusher
@@ -277,6 +283,7 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_writable()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
             duplicate = producers.check(header)
@@ -287,7 +294,7 @@ class PartitionLog:
                     duplicate.base_offset, duplicate.last_offset, -1, self._log_start, self._epoch
                 )
         count = sum(h.last_offset_delta + 1 for h in headers)
-        buf = bytearray(payload)
+        buf, headers = conform_batches(payload, headers, self.config)
         self._maybe_roll(len(buf), count, now_ms)
         base = self.log_end_offset
         append_time = now_ms if self.config.log_append_time else None
@@ -527,6 +534,43 @@ class PartitionLog:
             if found is not None:
                 return found
         return None
+
+    def max_timestamp_offset(self) -> tuple[int, int] | None:
+        """(offset, timestamp) of the earliest visible record carrying the largest timestamp
+        (ListOffsets -3, KIP-734); None for an empty log. Like Kafka 3.9 it looks at the local
+        segments only. Cold path: segments are visited by descending ``max_timestamp`` and the
+        scan stops once no other segment can hold a larger one; one batch is decoded."""
+        start, end = self._log_start, self.high_watermark
+        candidates = sorted(
+            (
+                s
+                for s in self._segments
+                if s.next_offset > start and s.base_offset < end and s.max_timestamp >= 0
+            ),
+            key=lambda s: (-s.max_timestamp, s.base_offset),
+        )
+        best: tuple[BatchHeader, Segment, int] | None = None
+        for segment in candidates:
+            if best is not None and segment.max_timestamp < best[0].max_timestamp:
+                break
+            for pos, header in segment.iter_headers():
+                if header.base_offset >= end:
+                    break
+                if header.last_offset < start:
+                    continue
+                if best is None or (header.max_timestamp, -header.base_offset) > (
+                    best[0].max_timestamp,
+                    -best[0].base_offset,
+                ):
+                    best = (header, segment, pos)
+        if best is None or best[0].max_timestamp < 0:
+            return None
+        header, segment, pos = best
+        ts = header.max_timestamp
+        for offset, record_ts in iter_record_timestamps(segment.read_batch(pos, header)):
+            if record_ts == ts:
+                return max(offset, start), ts
+        return header.base_offset, ts
 
     # ---- deletion ------------------------------------------------------------------------------
 

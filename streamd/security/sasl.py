@@ -120,6 +120,9 @@ class SaslSession:
         self.requires_sasl = protocol.startswith("SASL_")
         self.state = "handshake" if self.requires_sasl else "authenticated"
         self._mech: Mechanism | None = None
+        self.raw_tokens = False
+        """Set after a SaslHandshake v0: the tokens then travel as bare size-prefixed frames
+        (Kafka's pre-SaslAuthenticate framing) until authentication completes."""
 
     @property
     def authenticated(self) -> bool:

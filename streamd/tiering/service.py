@@ -33,7 +33,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,14 @@ class TieringService:
         scheduler.start()
         self._scheduler = scheduler
         await self.kick()
+
+    def set_upload_interval(self, interval_ms: int) -> None:
+        """Reschedule the upload job (``tiering.upload_interval_ms`` changed at runtime)."""
+        self.settings = replace(self.settings, upload_interval_ms=interval_ms)
+        if self._scheduler is not None:
+            self._scheduler.reschedule_job(
+                "tiering-upload", trigger="interval", seconds=max(1, interval_ms) / 1000
+            )
 
     async def kick(self) -> None:
         """The scheduled job: start a tick unless one is still running."""
@@ -268,11 +276,12 @@ class TieringService:
         not_archived = sum(
             s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
         )
+        retention_ms, retention_bytes = topic.config.retention_limits
         new_start = plan_remote_start(
             manifest,
             now_ms=now_ms(),
-            retention_ms=topic.config.retention_ms,
-            retention_bytes=topic.config.retention_bytes,
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
             local_bytes_not_archived=not_archived,
         )
         if new_start is None:

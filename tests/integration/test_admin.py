@@ -30,6 +30,13 @@ from kio.schema.create_topics.v7.request import (
     CreateTopicsRequest,
 )
 from kio.schema.fetch.v12.request import FetchPartition, FetchRequest, FetchTopic
+from kio.schema.list_offsets.v9.request import (
+    ListOffsetsPartition,
+    ListOffsetsRequest,
+    ListOffsetsTopic,
+)
+from kio.schema.types import BrokerId, TopicName
+from kio.static.primitive import i8, i32, i64
 
 from tests.support import ops
 from tests.support.broker import BrokerProcess, target
@@ -254,6 +261,25 @@ def test_list_offsets_earliest_latest(broker: BrokerProcess, topic_name: str) ->
     assert ops.watermarks(broker.bootstrap, topic_name, 0) == (0, 0)
 
 
+def test_list_offsets_max_timestamp(broker: BrokerProcess, topic_name: str) -> None:
+    """KIP-734 (ListOffsets -3): the offset and timestamp of the record with the largest
+    timestamp, which need not be the last one."""
+    ops.create_topic(broker.bootstrap, topic_name, 1)
+    tp = TopicPartition(topic_name, 0)
+    client = ops.admin(broker.bootstrap)
+    empty = client.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(20)
+    assert (empty.offset, empty.timestamp) == (-1, -1)
+
+    now = int(time.time() * 1000)
+    stamps = [now - 5000, now - 4000, now + 60_000, now - 3000, now - 2000]
+    prod = ops.producer(broker.bootstrap)
+    for i, ts in enumerate(stamps):
+        prod.produce(topic_name, value=b"v%d" % i, partition=0, timestamp=ts)
+        assert prod.flush(15) == 0
+    found = client.list_offsets({tp: OffsetSpec.max_timestamp()})[tp].result(20)
+    assert (found.offset, found.timestamp) == (2, now + 60_000)
+
+
 def test_delete_records(broker: BrokerProcess, topic_name: str) -> None:
     ops.create_topic(broker.bootstrap, topic_name, 1)
     values = [f"v{i}".encode() for i in range(100)]
@@ -314,3 +340,36 @@ def test_delete_records(broker: BrokerProcess, topic_name: str) -> None:
     assert part.records == b"", "an error partition must carry an empty, not null, record set"
 
     assert ops.produce(broker.bootstrap, topic_name, [b"next"]) == [100]
+
+
+def test_list_offsets_v9_serves_earliest_local_and_latest_tiered(
+    broker: BrokerProcess, topic_name: str
+) -> None:
+    """-4 (earliest local, KIP-405) and -5 (latest tiered, KIP-1005) need ListOffsets v8/v9;
+    an untiered partition has nothing tiered (-1)."""
+    ops.create_topic(broker.bootstrap, topic_name, 1)
+    ops.produce(broker.bootstrap, topic_name, [b"z"] * 10)
+    client = ops.admin(broker.bootstrap)
+    tp = TopicPartition(topic_name, 0, 4)
+    client.delete_records([tp], request_timeout=15)[tp].result(20)
+    request = ListOffsetsRequest(
+        replica_id=BrokerId(-1),
+        isolation_level=i8(0),
+        topics=(
+            ListOffsetsTopic(
+                name=TopicName(topic_name),
+                partitions=tuple(
+                    ListOffsetsPartition(partition_index=i32(0), timestamp=i64(spec))
+                    for spec in (-2, -4, -5, -1)
+                ),
+            ),
+        ),
+    )
+    with Wire(broker.address) as wire:
+        (topic,) = wire.call(request).topics
+    assert [(p.error_code.value, p.offset) for p in topic.partitions] == [
+        (0, 4),
+        (0, 4),
+        (0, -1),
+        (0, 10),
+    ]

@@ -6,6 +6,7 @@ from streamd.kafka.handlers import (  # noqa: F401  # noqa: F401  (security)
     configs,
     fetch,
     groups,  # noqa: F401
+    logdirs,
     meta,
     produce,
     producer,  # noqa: F401

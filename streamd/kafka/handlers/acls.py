@@ -4,6 +4,8 @@ Kafka's rules: describing ACLs needs DESCRIBE on the cluster, changing them ALTE
 cluster; without an authorizer (``security.authorization`` off) the APIs answer
 SECURITY_DISABLED. Creations are validated one by one (an invalid binding fails alone) and
 written in one durable step; deletions apply every filter and report the bindings each removed.
+Version 0 of the three APIs predates resource pattern types (KIP-290): v0 filters and bindings
+are LITERAL, and a v0 describe or delete matches literal bindings only, as in Kafka.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def _acl_fields(a: AclBinding) -> dict[str, Any]:
     }
 
 
-@api(29, "DescribeAcls", 1, 3)
+@api(29, "DescribeAcls", 0, 3)
 async def describe_acls(req: Request) -> dict[str, Any]:
     refused = _refusal(req, DESCRIBE)
     if refused:
@@ -80,7 +82,7 @@ async def describe_acls(req: Request) -> dict[str, Any]:
     }
 
 
-@api(30, "CreateAcls", 1, 3)
+@api(30, "CreateAcls", 0, 3)
 async def create_acls(req: Request) -> dict[str, Any]:
     creations = req.body.creations
     refused = _refusal(req, ALTER)
@@ -116,7 +118,7 @@ async def create_acls(req: Request) -> dict[str, Any]:
     return {"results": results}
 
 
-@api(31, "DeleteAcls", 1, 3)
+@api(31, "DeleteAcls", 0, 3)
 async def delete_acls(req: Request) -> dict[str, Any]:
     raw = req.body.filters
     refused = _refusal(req, ALTER)

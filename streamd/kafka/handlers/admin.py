@@ -3,6 +3,11 @@
 Authorization (Kafka's): CreateTopics needs CREATE on the cluster or the topic, DeleteTopics
 and DeleteRecords DELETE on the topic, CreatePartitions ALTER on the topic; a refusal is
 TOPIC_AUTHORIZATION_FAILED for that topic only.
+Internal topics (``__consumer_offsets``) belong to the broker: creating one answers
+TOPIC_ALREADY_EXISTS (it always exists), deleting it or adding partitions INVALID_REQUEST with
+"internal topic" (KRaft Kafka lets an admin delete it, which only breaks the coordinator; here it
+is derived from the offset store, so there is nothing to gain). CreateTopics v0 has no
+validate_only flag; DeleteTopics v0 is v1 without the throttle time.
 
 Every outcome is per topic: a topic that fails (a limit, a name, the disk) does not change the
 answer for the others, and no message names a server path. Every limit is checked before
@@ -24,6 +29,7 @@ from streamd.kafka.authz import ALTER, DELETE, TOPIC, authorize, may_create_topi
 from streamd.kafka.context import Request
 from streamd.kafka.handlers.configs import describe_topic_configs
 from streamd.kafka.handlers.meta import create_topic
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
 
 
@@ -37,9 +43,13 @@ DENIED = {
 }
 
 
-@api(19, "CreateTopics", 2, 7)
+INTERNAL = {"error_code": ErrorCode.INVALID_REQUEST, "error_message": "internal topic"}
+
+
+@api(19, "CreateTopics", 0, 7)
 async def create_topics(req: Request) -> dict[str, Any]:
     ctx = req.ctx
+    validate_only = getattr(req.body, "validate_only", False)
     results = []
     names = Counter(t.name for t in req.body.topics)
     for t in req.body.topics:
@@ -79,7 +89,7 @@ async def create_topics(req: Request) -> dict[str, Any]:
                 if value is None:
                     raise StreamdError(f"config {name} has no value", code=ErrorCode.INVALID_CONFIG)
             ctx.logs.check_new_topic(t.name, count, overrides)
-            if req.body.validate_only:
+            if validate_only:
                 topic = None
             else:
                 topic = await create_topic(ctx, t.name, count, overrides)
@@ -103,7 +113,7 @@ async def create_topics(req: Request) -> dict[str, Any]:
     return {"topics": results}
 
 
-@api(20, "DeleteTopics", 1, 6)
+@api(20, "DeleteTopics", 0, 6)
 async def delete_topics(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     body = req.body
@@ -125,6 +135,9 @@ async def delete_topics(req: Request) -> dict[str, Any]:
             entry.update(error_code=code, error_message="no such topic")
             continue
         entry.update(name=topic.name, topic_id=topic.topic_id)
+        if is_internal(topic.name):
+            entry.update(INTERNAL)
+            continue
         try:
             if ctx.tiering is not None:
                 await ctx.tiering.on_topic_deleted(topic)
@@ -151,6 +164,9 @@ async def create_partitions(req: Request) -> dict[str, Any]:
             entry.update(
                 error_code=ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, error_message="no such topic"
             )
+            continue
+        if is_internal(t.name):
+            entry.update(INTERNAL)
             continue
         current = len(topic.partitions)
         if t.count <= current:

@@ -9,6 +9,11 @@ Fetch sessions (KIP-227) are not kept: every response is a full one with session
 clients treat as "sessions unsupported".
 Authorization: Fetch needs READ on each topic, ListOffsets and OffsetForLeaderEpoch DESCRIBE;
 a refused topic's partitions answer TOPIC_AUTHORIZATION_FAILED.
+
+Old versions (Kafka 3.9 still serves them): Fetch v0-v3 answer message format v0 (v0-v1) or
+v1 (v2-v3), down-converted from the stored v2 batches after the read (never sendfile), unless
+the topic sets ``message.downconversion.enable=false``: then UNSUPPORTED_VERSION, as in Kafka.
+ListOffsets v0 answers the old offsets array (see :func:`_legacy_offsets`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from streamd.kafka import codec
 from streamd.kafka.apis import api
 from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.legacy.records import down_convert
 from streamd.kafka.zerocopy import FileRecords
 from streamd.log.segment import FileSlice
 
@@ -90,7 +96,7 @@ def _materialize(entry: dict[str, Any], zero_copy: bool) -> None:
         entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
 
 
-@api(1, "Fetch", 4, 12)
+@api(1, "Fetch", 0, 12)
 async def fetch(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     body = req.body
@@ -142,14 +148,38 @@ async def fetch(req: Request) -> dict[str, Any]:
         ctx.metrics.fetched_bytes += total
     responses: list[dict[str, Any]] = []
     by_topic: dict[str, list[dict[str, Any]]] = {}
-    for name, entry in entries:
-        _materialize(entry, req.zero_copy)
+    old_magic = -1 if req.version >= 4 else (0 if req.version < 2 else 1)
+    for i, (name, entry) in enumerate(entries):
+        if old_magic >= 0:
+            _down_convert(ctx, name, entry, old_magic, wanted[i][2], wanted[i][3])
+        else:
+            _materialize(entry, req.zero_copy)
         parts = by_topic.get(name)
         if parts is None:
             parts = by_topic[name] = []
             responses.append({"topic": name, "partitions": parts})
         parts.append(entry)
     return {"error_code": ErrorCode.NONE, "session_id": 0, "responses": responses}
+
+
+def _down_convert(
+    ctx: Any, name: str, entry: dict[str, Any], magic: int, offset: int, limit: int
+) -> None:
+    """Fetch v0-v3: the entry's v2 batches as a message set of ``magic`` (old clients only)."""
+    if "records" not in entry:
+        return
+    _materialize(entry, False)
+    data = entry.pop("records", None)
+    if not data:
+        return
+    topic = ctx.logs.get(name)
+    if topic is not None and not topic.config.message_downconversion_enable:
+        entry["error_code"] = ErrorCode.UNSUPPORTED_VERSION
+        return
+    try:
+        entry["records"] = down_convert(data, magic, offset, limit)
+    except StreamdError as exc:
+        entry["error_code"] = exc.code
 
 
 def _denied(index: int) -> dict[str, Any]:
@@ -160,9 +190,10 @@ def _denied(index: int) -> dict[str, Any]:
     }
 
 
-@api(2, "ListOffsets", 1, 7)
+@api(2, "ListOffsets", 0, 9)
 async def list_offsets(req: Request) -> dict[str, Any]:
     ctx = req.ctx
+    legacy = req.version == 0
     topics = []
     for t in req.body.topics:
         parts = []
@@ -177,6 +208,15 @@ async def list_offsets(req: Request) -> dict[str, Any]:
             if plog is None:
                 entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
                 continue
+            if legacy:
+                entry.update(
+                    error_code=ErrorCode.NONE,
+                    old_style_offsets=_legacy_offsets(
+                        ctx, t.name, p.partition_index, plog, p.timestamp, p.max_num_offsets,
+                        from_consumer=req.body.replica_id < 0,
+                    ),
+                )
+                continue
             try:
                 offset, ts = await _list_offset(ctx, t.name, p.partition_index, plog, p.timestamp)
             except StreamdError as exc:
@@ -185,6 +225,46 @@ async def list_offsets(req: Request) -> dict[str, Any]:
             entry.update(error_code=ErrorCode.NONE, offset=offset, timestamp=ts)
         topics.append({"name": t.name, "partitions": parts})
     return {"topics": topics}
+
+
+def _legacy_offsets(
+    ctx: Any, name: str, index: int, plog: Any, ts: int, max_num: int, *, from_consumer: bool
+) -> list[int]:
+    """ListOffsets v0: up to ``max_num`` offsets, descending, as Kafka 3.x computes them.
+
+    The candidates are each segment's base offset (not below the log start) stamped with the
+    segment's last append time, plus the log end offset stamped now. LATEST (-1) starts from the
+    newest candidate, EARLIEST (-2) from the oldest (the log start, the archive included), any
+    other timestamp from the newest candidate stamped at or before it; offsets are then taken
+    towards older candidates. A consumer never gets an offset above the high watermark: those
+    are replaced by the high watermark (Kafka's ``fetchOffsetsBefore``)."""
+    start = plog.log_start_offset
+    if ctx.tiering is not None:
+        start = ctx.tiering.earliest_offset(name, index, plog)
+    segments = plog.segments
+    candidates = [(max(seg.base_offset, start), seg.last_append_ms) for seg in segments]
+    if segments and segments[-1].size > 0:
+        candidates.append((plog.log_end_offset, int(time.time() * 1000)))
+    if not candidates:
+        candidates = [(start, 0)]
+    if ts == LATEST:
+        pick = len(candidates) - 1
+    elif ts == EARLIEST:
+        candidates[0] = (start, candidates[0][1])
+        pick = 0
+    else:
+        pick = len(candidates) - 1
+        while pick >= 0 and candidates[pick][1] > ts:
+            pick -= 1
+    offsets = sorted(
+        (candidates[i][0] for i in range(pick, max(pick - max(max_num, 0), -1), -1)),
+        reverse=True,
+    )
+    if from_consumer:
+        hw = plog.high_watermark
+        if any(o > hw for o in offsets):
+            offsets = [hw, *(o for o in offsets if o <= hw)]
+    return offsets
 
 
 async def _list_offset(ctx: Any, name: str, index: int, plog: Any, ts: int) -> tuple[int, int]:
@@ -202,7 +282,7 @@ async def _list_offset(ctx: Any, name: str, index: int, plog: Any, ts: int) -> t
             return tiering.latest_tiered_offset(name, index), -1
         return -1, -1
     if ts == MAX_TIMESTAMP:
-        found = plog.max_timestamp_offset() if hasattr(plog, "max_timestamp_offset") else None
+        found = await asyncio.to_thread(plog.max_timestamp_offset)
         return found if found is not None else (-1, -1)
     if ts < 0:
         raise StreamdError(f"invalid timestamp {ts}", code=ErrorCode.INVALID_REQUEST)
@@ -216,7 +296,7 @@ async def _list_offset(ctx: Any, name: str, index: int, plog: Any, ts: int) -> t
     return offset, found_ts
 
 
-@api(23, "OffsetForLeaderEpoch", 2, 4)
+@api(23, "OffsetForLeaderEpoch", 0, 4)
 async def offset_for_leader_epoch(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     topics = []

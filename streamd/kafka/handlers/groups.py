@@ -4,6 +4,13 @@ This broker is the coordinator of every group (FindCoordinator answers with itse
 type GROUP; transactions are not supported, so key type TRANSACTION gets
 COORDINATOR_NOT_AVAILABLE). Requests are translated into coordinator calls on ``ctx.groups``
 (a :class:`streamd.groups.service.GroupService`); nothing here holds group state.
+
+Old versions, as Kafka 3.x treats them: OffsetCommit v0 (which stored in ZooKeeper in old
+Kafka) is a commit with generation -1 and no member, so it is accepted while the group has no
+members; v1 may carry a per-partition commit timestamp (-1 = now); v2-v4 a retention time that
+sets the offsets' expire time (-1 = ``offsets.retention.minutes``). OffsetFetch v0 reads the same
+store as v1. Before OffsetFetch v2 there is no top-level error code: a group-level error is
+reported on every requested partition.
 """
 
 from __future__ import annotations
@@ -15,7 +22,17 @@ from streamd.groups.coordinator import CommitOffset
 from streamd.groups.model import JoinRequest
 from streamd.kafka import codec
 from streamd.kafka.apis import api
-from streamd.kafka.authz import DELETE, DESCRIBE, GROUP, READ, TOPIC, authorize, authorize_cluster
+from streamd.kafka.authz import (
+    DELETE,
+    DESCRIBE,
+    GROUP,
+    NOT_REQUESTED,
+    READ,
+    TOPIC,
+    authorize,
+    authorize_cluster,
+    authorized_operations,
+)
 from streamd.kafka.context import Request
 from streamd.kafka.handlers.meta import advertised_address
 
@@ -65,7 +82,7 @@ def _no_coordinator(req: Request) -> bool:
     return req.ctx.groups is None
 
 
-@api(11, "JoinGroup", 0, 7)
+@api(11, "JoinGroup", 0, 9)
 async def join_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if _no_coordinator(req):
@@ -86,6 +103,7 @@ async def join_group(req: Request) -> dict[str, Any]:
             client_id=req.header.client_id or "",
             client_host=_client_host(req.peer),
             require_known_member_id=v >= 4,
+            supports_skip_assignment=v >= 9,
         )
     )
     nullable = v >= 7
@@ -95,6 +113,7 @@ async def join_group(req: Request) -> dict[str, Any]:
         "protocol_type": result.protocol_type,
         "protocol_name": result.protocol_name if nullable else (result.protocol_name or ""),
         "leader": result.leader_id,
+        "skip_assignment": result.skip_assignment,
         "member_id": result.member_id,
         "members": [
             {"member_id": m.member_id, "group_instance_id": m.instance_id, "metadata": m.metadata}
@@ -140,7 +159,7 @@ async def heartbeat(req: Request) -> dict[str, Any]:
     return {"error_code": error}
 
 
-@api(13, "LeaveGroup", 0, 4)
+@api(13, "LeaveGroup", 0, 5)
 async def leave_group(req: Request) -> dict[str, Any]:
     body, v = req.body, req.version
     if v >= 3:
@@ -163,9 +182,13 @@ async def leave_group(req: Request) -> dict[str, Any]:
     }
 
 
-@api(8, "OffsetCommit", 2, 8)
+@api(8, "OffsetCommit", 0, 8)
 async def offset_commit(req: Request) -> dict[str, Any]:
     ctx, body = req.ctx, req.body
+    retention_ms = -1
+    if 2 <= req.version <= 4:
+        retention_ms = codec.ms(body.retention_time)
+        retention_ms = retention_ms if retention_ms >= 0 else -1
     offsets: list[CommitOffset] = []
     unknown: set[tuple[str, int]] = set()
     refused: dict[tuple[str, int], int] = {}
@@ -185,6 +208,8 @@ async def offset_commit(req: Request) -> dict[str, Any]:
                         p.committed_offset,
                         getattr(p, "committed_leader_epoch", -1),
                         p.committed_metadata,
+                        getattr(p, "commit_timestamp", -1),
+                        retention_ms,
                     )
                 )
             else:
@@ -196,8 +221,8 @@ async def offset_commit(req: Request) -> dict[str, Any]:
     else:
         codes = await ctx.groups.commit(
             body.group_id,
-            body.generation_id_or_member_epoch,
-            body.member_id,
+            getattr(body, "generation_id_or_member_epoch", -1),
+            getattr(body, "member_id", ""),
             getattr(body, "group_instance_id", None),
             offsets,
         )
@@ -262,9 +287,30 @@ def _fetch_group(req: Request, group_id: str, topics: Any) -> list[dict[str, Any
     return [{"name": name, "partitions": parts} for name, parts in by_topic.items()]
 
 
-@api(9, "OffsetFetch", 1, 8)
+def _partition_errors(body: Any, code: int) -> dict[str, Any]:
+    """OffsetFetch v0-v1 have no top-level error code: the error goes on every partition."""
+    return {
+        "topics": [
+            {
+                "name": t.name,
+                "partitions": [
+                    {"partition_index": p, "committed_offset": -1, "error_code": code}
+                    for p in t.partition_indexes
+                ],
+            }
+            for t in body.topics or ()
+        ]
+    }
+
+
+@api(9, "OffsetFetch", 0, 8)
 async def offset_fetch(req: Request) -> dict[str, Any]:
     ctx, body = req.ctx, req.body
+    if req.version < 2:
+        if ctx.groups is None:
+            return _partition_errors(body, E.COORDINATOR_NOT_AVAILABLE)
+        if not authorize(req, DESCRIBE, GROUP, body.group_id):
+            return _partition_errors(body, E.GROUP_AUTHORIZATION_FAILED)
     if ctx.groups is None:
         if req.version >= 8:
             return {
@@ -319,8 +365,12 @@ async def describe_groups(req: Request) -> dict[str, Any]:
             groups.append({"group_id": group_id, "error_code": E.GROUP_AUTHORIZATION_FAILED})
             continue
         d = req.ctx.groups.describe(group_id)
+        operations = NOT_REQUESTED
+        if getattr(req.body, "include_authorized_operations", False):
+            operations = authorized_operations(req, GROUP, group_id)
         groups.append(
             {
+                "authorized_operations": operations,
                 "error_code": E.NONE,
                 "group_id": d.group_id,
                 "group_state": d.state,

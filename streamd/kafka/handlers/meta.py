@@ -2,7 +2,9 @@
 
 Each client is told the advertised address of the listener it connected to
 (:func:`advertised_address`), so an internal and an external listener each keep their clients
-on their own network path. With authorization on, Metadata lists only the topics the principal
+on their own network path. Asked for them, Metadata and DescribeCluster answer Kafka's
+authorized-operations bitfields (every operation Kafka supports on the resource type when
+authorization is off). With authorization on, Metadata lists only the topics the principal
 may DESCRIBE; a named topic it may not describe is answered TOPIC_AUTHORIZATION_FAILED whether
 or not it exists, and auto-creation needs CREATE on the cluster or on the topic.
 """
@@ -13,9 +15,19 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import REGISTRY, api
-from streamd.kafka.authz import DESCRIBE, TOPIC, authorize, may_create_topic
+from streamd.kafka.authz import (
+    CLUSTER,
+    DESCRIBE,
+    NOT_REQUESTED,
+    TOPIC,
+    authorize,
+    authorized_operations,
+    may_create_topic,
+)
 from streamd.kafka.context import Request
+from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
+from streamd.security.acl import CLUSTER_NAME
 
 
 def api_versions_body(error: ErrorCode = ErrorCode.NONE) -> dict[str, Any]:
@@ -46,13 +58,14 @@ def _broker(req: Request) -> dict[str, Any]:
     return {"node_id": req.ctx.node_id, "host": host, "port": port}
 
 
-def topic_metadata(ctx: Any, topic: Any) -> dict[str, Any]:
+def topic_metadata(ctx: Any, topic: Any, operations: int = NOT_REQUESTED) -> dict[str, Any]:
     node = ctx.node_id
     return {
+        "topic_authorized_operations": operations,
         "error_code": ErrorCode.NONE,
         "name": topic.name,
         "topic_id": topic.topic_id,
-        "is_internal": False,
+        "is_internal": is_internal(topic.name),
         "partitions": [
             {
                 "error_code": ErrorCode.NONE,
@@ -88,12 +101,24 @@ async def metadata(req: Request) -> dict[str, Any]:
         allow_create = getattr(body, "allow_auto_topic_creation", True)
         for name in names:
             topics.append(await _lookup(req, name, allow_create))
-    return {
+    if getattr(body, "include_topic_authorized_operations", False):
+        for entry in topics:
+            if entry["error_code"] == ErrorCode.NONE:
+                entry["topic_authorized_operations"] = authorized_operations(
+                    req, TOPIC, entry["name"]
+                )
+    response: dict[str, Any] = {
         "brokers": [_broker(req)],
         "cluster_id": ctx.cluster_id,
         "controller_id": ctx.node_id,
         "topics": topics,
+        "cluster_authorized_operations": NOT_REQUESTED,
     }
+    if getattr(body, "include_cluster_authorized_operations", False):
+        response["cluster_authorized_operations"] = authorized_operations(
+            req, CLUSTER, CLUSTER_NAME
+        )
+    return response
 
 
 async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[str, Any]:
@@ -106,7 +131,7 @@ async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[st
     if topic is None:
         try:
             validate_topic_name(name)
-            if not (allow_create and ctx.config["auto_create_topics"]):
+            if is_internal(name) or not (allow_create and ctx.config["auto_create_topics"]):
                 return {"error_code": ErrorCode.UNKNOWN_TOPIC_OR_PARTITION, "name": name}
             if not may_create_topic(req, name):
                 return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}
@@ -130,9 +155,13 @@ async def create_topic(ctx: Any, name: str, partitions: int, overrides: dict[str
 async def describe_cluster(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     host, port = advertised_address(req)
+    operations = NOT_REQUESTED
+    if req.body.include_cluster_authorized_operations:
+        operations = authorized_operations(req, CLUSTER, CLUSTER_NAME)
     return {
         "error_code": ErrorCode.NONE,
         "cluster_id": ctx.cluster_id,
         "controller_id": ctx.node_id,
         "brokers": [{"broker_id": ctx.node_id, "host": host, "port": port}],
+        "cluster_authorized_operations": operations,
     }

@@ -5,8 +5,13 @@ request handlers in arrival order, so pipelined requests on one connection appen
 Only the wait for durability is concurrent, so partitions' group-commit fsyncs overlap.
 The payload stays bytes from the socket to the file: the log validates headers and patches
 offsets in place, and no record is decoded. With acks=0 nothing is answered.
+A topic whose ``min.insync.replicas`` exceeds 1 refuses acks=all with NOT_ENOUGH_REPLICAS, as
+Kafka does when its in-sync replica set is too small: every partition has one replica here.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
+Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
+(:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
+Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
 """
 
 from __future__ import annotations
@@ -19,14 +24,25 @@ from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
 from streamd.kafka.authz import TOPIC, WRITE, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.legacy.records import up_convert
+from streamd.kafka.offsets_topic import is_internal
 
 
-def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, Any]:
+def _stage(
+    topic: Any, index: int, records: Any, acks: int, old_format: bool = False
+) -> tuple[dict[str, Any], Any, Any]:
     """Validate and assign offsets now (synchronously, so pipelined requests keep their order);
     returns the response entry, and the log and result to wait on when it was accepted."""
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
     if topic is None or not 0 <= index < len(topic.partitions):
         entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return entry, None, None
+    required = topic.config.min_insync_replicas
+    if acks == -1 and required > 1:
+        entry["error_code"] = ErrorCode.NOT_ENOUGH_REPLICAS
+        entry["error_message"] = (
+            f"the in-sync replica set (1 replica) is smaller than min.insync.replicas={required}"
+        )
         return entry, None, None
     if not records:
         entry["error_code"] = ErrorCode.CORRUPT_MESSAGE
@@ -34,11 +50,13 @@ def _stage(topic: Any, index: int, records: Any) -> tuple[dict[str, Any], Any, A
         return entry, None, None
     plog = topic.partitions[index]
     try:
+        if old_format:
+            records = up_convert(records)
         result = plog.stage_append(records, now_ms=int(time.time() * 1000))
     except StreamdError as exc:
         entry["error_code"] = exc.code
         entry["error_message"] = str(exc)
-        if exc.code == ErrorCode.INVALID_RECORD:
+        if exc.code in (ErrorCode.INVALID_RECORD, ErrorCode.INVALID_TIMESTAMP):
             entry["record_errors"] = [{"batch_index": 0, "batch_index_error_message": str(exc)}]
         return entry, None, None
     entry.update(
@@ -59,7 +77,7 @@ async def _durable(ctx: Any, name: str, entry: dict[str, Any], plog: Any, result
     ctx.waiters.notify(name, entry["index"])
 
 
-@api(0, "Produce", 3, 9)
+@api(0, "Produce", 0, 9)
 async def produce(req: Request) -> dict[str, Any] | None:
     ctx = req.ctx
     body = req.body
@@ -67,6 +85,8 @@ async def produce(req: Request) -> dict[str, Any] | None:
     responses = []
     waits = []
     produced = 0
+    old_format = req.version < 3
+    transactional_id = getattr(body, "transactional_id", None)
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -76,10 +96,12 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif body.transactional_id is not None:
+            elif transactional_id is not None:
                 entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            elif is_internal(t.name):
+                entries.append(_failed(p.index, ErrorCode.INVALID_TOPIC_EXCEPTION))
             else:
-                entry, plog, result = _stage(topic, p.index, p.records)
+                entry, plog, result = _stage(topic, p.index, p.records, acks, old_format)
                 entries.append(entry)
                 if plog is not None:
                     produced += len(p.records)

@@ -1,7 +1,9 @@
 """SaslHandshake and SaslAuthenticate: the Kafka side of :mod:`streamd.security.sasl`.
 
-Only the v1 handshake flow is served (tokens travel inside SaslAuthenticate), which every
-client since Kafka 1.0 uses; SaslHandshake v0 with raw-token framing is not advertised.
+Both handshake flows are served: v1, where tokens travel inside SaslAuthenticate (every client
+since Kafka 1.0), and v0, where the tokens that follow the handshake are bare size-prefixed
+frames answered the same way (:func:`raw_token`, called by the server for such frames); a failed
+v0 login gets no answer, only the close, as in Kafka.
 A failed login is answered with SASL_AUTHENTICATION_FAILED after
 ``sasl.failed_authentication_delay_ms`` (slowing down password guessing), with one message for
 every cause; the server then closes the connection. Mechanism steps run off the event loop
@@ -27,14 +29,28 @@ def _not_sasl(req: Request) -> bool:
     return req.session is None or not req.session.requires_sasl
 
 
-@api(17, "SaslHandshake", 1, 1)
+@api(17, "SaslHandshake", 0, 1)
 async def sasl_handshake(req: Request) -> dict[str, Any]:
     session = req.session
     if _not_sasl(req):
         mechanisms = list(req.ctx.security.mechanisms) if req.ctx.security is not None else []
         return {"error_code": ErrorCode.ILLEGAL_SASL_STATE, "mechanisms": mechanisms}
     code = session.handshake(req.body.mechanism)
+    if code == ErrorCode.NONE and req.version == 0:
+        session.raw_tokens = True
     return {"error_code": code, "mechanisms": list(session.mechanisms)}
+
+
+async def raw_token(ctx: Any, session: Any, peer: str, token: bytes) -> bytes | None:
+    """One raw SASL token after a v0 handshake: the size-prefixed reply, or None when the
+    login failed (the server then closes the connection)."""
+    try:
+        reply: bytes = await asyncio.to_thread(session.authenticate, token)
+    except (IllegalSaslState, AuthenticationFailed):
+        log.info("failed SASL authentication from %s", peer)
+        await asyncio.sleep(ctx.security.failed_auth_delay_s)
+        return None
+    return len(reply).to_bytes(4, "big") + reply
 
 
 @api(36, "SaslAuthenticate", 0, 2)

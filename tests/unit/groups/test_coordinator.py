@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from streamd.errors import ErrorCode as E
-from streamd.groups.model import GroupState, JoinResult, SyncResult
+from streamd.groups.model import GroupState, JoinRequest, JoinResult, SyncResult
 
 from .helpers import RANGE, REBALANCE, SESSION, Harness, subscription
 
@@ -340,3 +342,97 @@ def test_join_rejoin_waiting_twice_answers_old_request() -> None:
 
 def test_range_metadata_passthrough() -> None:
     assert RANGE[0][0] == "range"
+
+
+def _static_pair(
+    h: Harness, protocols: tuple[tuple[str, bytes], ...] = RANGE
+) -> tuple[dict[str, str], int, str]:
+    """Two static members i-a (leader) and i-b in a Stable group with assignments A and B:
+    (instance -> member id, generation, leader id)."""
+    ta = h.join(instance="i-a", protocols=protocols)
+    h.advance(3000)
+    tb = h.join(instance="i-b", protocols=protocols)
+    ta2 = h.join(h.answer(ta).member_id, instance="i-a", protocols=protocols)
+    ra, rb = h.answer(ta2), h.answer(tb)
+    assert ra.leader_id == ra.member_id
+    ids = {"i-a": ra.member_id, "i-b": rb.member_id}
+    h.sync(rb.member_id, ra.generation_id, instance="i-b")
+    h.sync(ra.member_id, ra.generation_id, {ra.member_id: b"A", rb.member_id: b"B"}, instance="i-a")
+    assert h.c.groups["g"].state is GroupState.STABLE
+    return ids, ra.generation_id, ra.member_id
+
+
+def test_rejoining_static_leader_is_told_the_old_leader_id_below_v9() -> None:
+    h = Harness()
+    ids, gen, old_leader = _static_pair(h)
+    again = h.join(instance="i-a")
+    assert isinstance(again, JoinResult) and again.error == E.NONE
+    assert again.member_id != old_leader and again.generation_id == gen
+    assert again.leader_id == old_leader, "the old id: the new incarnation acts as a follower"
+    assert again.members == () and not again.skip_assignment
+    group = h.c.groups["g"]
+    assert group.state is GroupState.STABLE and group.leader_id == again.member_id
+    assert h.heartbeat(ids["i-b"], gen, instance="i-b") == E.NONE
+    sync = h.sync(again.member_id, gen, instance="i-a")
+    assert isinstance(sync, SyncResult) and sync.assignment == b"A"
+    assert h.sync(ids["i-b"], gen, instance="i-b").assignment == b"B"
+
+
+def test_rejoining_static_leader_skips_the_assignment_from_v9() -> None:
+    h = Harness()
+    ids, gen, _ = _static_pair(h)
+    token = ("join", "v9")
+    req = JoinRequest(
+        "g", "", "i-a", "consumer", RANGE, SESSION, REBALANCE, supports_skip_assignment=True
+    )
+    again = h.c.join(req, token, h.now)
+    assert isinstance(again, JoinResult) and again.error == E.NONE
+    assert again.leader_id == again.member_id and again.skip_assignment
+    assert {m.member_id for m in again.members} == {again.member_id, ids["i-b"]}
+    assert again.generation_id == gen and h.c.groups["g"].state is GroupState.STABLE
+    follower = h.c.join(replace(req, instance_id="i-b"), ("join", "f"), h.now)
+    assert isinstance(follower, JoinResult)
+    assert not follower.skip_assignment and follower.members == ()
+    assert follower.leader_id == again.member_id
+
+
+def test_static_rejoin_that_changes_the_selected_protocol_rebalances() -> None:
+    h = Harness()
+    both = (("range", subscription("t")), ("roundrobin", subscription("t")))
+    ids, gen, _ = _static_pair(h, both)
+    assert h.c.groups["g"].protocol_name == "range"
+    token = h.join(instance="i-a", protocols=both[::-1])
+    assert not isinstance(token, JoinResult)
+    assert h.c.groups["g"].state is GroupState.PREPARING_REBALANCE
+
+
+def test_next_deadline_is_the_earliest_session_end() -> None:
+    h = Harness()
+    (a, b), gen = form_group(h, 2)
+    group = h.c.groups["g"]
+    ends = {m.member_id: m.last_heartbeat_ms + SESSION for m in group.members.values()}
+    assert h.c.next_deadline_ms() == min(ends.values())
+    h.now += 4000
+    assert h.heartbeat(a, gen) == E.NONE
+    assert h.c.next_deadline_ms() == ends[b]
+
+
+def test_requests_fire_passed_deadlines_without_a_tick() -> None:
+    """No timer ran (no tick): a DeleteGroups at the members' session deadline still finds
+    the group Empty, because the request catches its group up first."""
+    h = Harness()
+    ids, gen, _ = _static_pair(h)
+    deadline = h.c.next_deadline_ms()
+    assert deadline is not None
+    codes, _ = h.c.delete_groups(["g"], deadline - 1)
+    assert codes == [E.NON_EMPTY_GROUP]
+    h.now += 1000
+    h.heartbeat(ids["i-a"], gen, instance="i-a")  # i-a stays, i-b's session ends first
+    codes, _ = h.c.delete_groups(["g"], deadline)
+    assert codes == [E.NON_EMPTY_GROUP]
+    assert ids["i-b"] not in h.c.groups["g"].members
+    last = h.c.next_deadline_ms()
+    assert last is not None
+    assert h.c.describe("g", last).state in ("PreparingRebalance", "Empty")
+    codes, _ = h.c.delete_groups(["g"], last + REBALANCE)
+    assert codes == [E.NONE]

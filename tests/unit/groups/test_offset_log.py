@@ -111,7 +111,7 @@ async def test_service_persists_batched_commits_across_restart(tmp_path: Path) -
 async def test_service_join_waits_on_future(tmp_path: Path) -> None:
     from streamd.groups.model import JoinRequest
 
-    svc = GroupService(tmp_path, group_config({"group.initial.rebalance.delay.ms": 0}), tick_ms=10)
+    svc = GroupService(tmp_path, group_config({"group.initial.rebalance.delay.ms": 0}))
     await svc.open()
     svc.start()
     req = JoinRequest("g", "", None, "consumer", (("range", b""),), 6000, 6000, "c", "/h", True)

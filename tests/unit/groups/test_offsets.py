@@ -135,3 +135,37 @@ def test_subscription_parser() -> None:
 
     assert parse_subscription(subscription("a", "bb")) == ["a", "bb"]
     assert parse_subscription(b"\x00") is None
+
+
+def test_commit_timestamp_and_retention_of_old_commit_versions() -> None:
+    """OffsetCommit v1 carries the commit time, v2-v4 a retention time (Kafka 3.x semantics)."""
+    h = Harness()
+    codes, records = h.c.commit(
+        "old", -1, "", None,
+        [CommitOffset("t", 0, 5, commit_ts=123), CommitOffset("t", 1, 6, retention_ms=DAY)],
+        h.now,
+    )
+    assert codes == [E.NONE, E.NONE]
+    assert [r.info for r in records] == [
+        OffsetInfo(5, -1, "", 123, -1),
+        OffsetInfo(6, -1, "", h.now, h.now + DAY),
+    ]
+
+
+def test_explicit_retention_expires_its_offset_alone() -> None:
+    h = Harness()
+    h.c.commit("g", -1, "", None,
+               [CommitOffset("t", 0, 1, retention_ms=DAY), CommitOffset("t", 1, 2)], h.now)
+    assert h.c.expire_offsets(h.now + DAY - 1) == []
+    assert h.c.expire_offsets(h.now + DAY) == [OffsetRecord("g", "t", 0, None)]
+    assert list(h.c.fetch("g", None)) == [("t", 1)]
+    assert h.c.expire_offsets(h.now + 7 * DAY) == [OffsetRecord("g", "t", 1, None)]
+    assert h.c.list_groups() == []
+    assert h.c.take_group_changes() == {"g": None}
+
+
+def test_long_retention_outlives_the_broker_default() -> None:
+    h = Harness()
+    h.c.commit("g", -1, "", None, [CommitOffset("t", 0, 1, retention_ms=30 * DAY)], h.now)
+    assert h.c.expire_offsets(h.now + 8 * DAY) == []
+    assert h.c.expire_offsets(h.now + 30 * DAY) == [OffsetRecord("g", "t", 0, None)]
