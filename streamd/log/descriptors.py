@@ -8,8 +8,11 @@ bounded by the limit plus the files in use at that moment, whatever the number o
 descriptor limit itself, so there is one cache per process (:data:`DESCRIPTORS`).
 
 Use and eviction: a file in use is *pinned*; eviction never closes a pinned file, so a
-descriptor handed to a worker thread (a flush round, a fetch response being sent) stays valid
-until it is unpinned. Every method is safe to call from any thread.
+descriptor handed to a worker thread (a flush round, a file being uploaded) stays valid until it
+is unpinned. A file is *retired* when its partition closes (closed once unpinned) or when it is
+deleted: then it also stays open while *readers* (fetch results not yet sent, see
+``FileSlice``) refer to it, and is closed by the last one, so deleting frees the disk space at
+once unless a reader still needs the bytes. Every method is safe to call from any thread.
 
 Decision: the default limit is a quarter of the soft ``RLIMIT_NOFILE`` at first use, between
 64 and 4096; the broker sets it from ``log.max_open_segment_files`` when that is not 0.
@@ -27,7 +30,9 @@ MAX_DEFAULT_LIMIT = 4096
 
 class CachedFile(Protocol):
     pins: int
+    readers: int
     retired: bool
+    linger: bool
 
     def open_descriptor(self) -> int: ...
 
@@ -100,26 +105,38 @@ class DescriptorCache:
             if file.pins:
                 return
             if file.retired:
-                if file in self._open:
-                    del self._open[file]
-                    file.close_descriptor()
+                self._close_retired(file)
             elif len(self._open) > self.limit:
                 self._evict()
 
-    def forget(self, file: CachedFile) -> None:
-        """Stop caching ``file`` without closing it: it may not be reopened (``retired``);
-        its owner closes the descriptor."""
+    def add_reader(self, file: CachedFile) -> None:
         with self._lock:
-            file.retired = True
+            file.readers += 1
+
+    def drop_reader(self, file: CachedFile) -> None:
+        with self._lock:
+            file.readers -= 1
+            if file.retired and not file.readers:
+                self._close_retired(file)
+
+    def unlinked(self, file: CachedFile) -> None:
+        """``file`` was deleted: never reopen it; close it once no user or reader is left."""
+        with self._lock:
+            file.retired = file.linger = True
             self._open.pop(file, None)
+            self._close_retired(file)
 
     def retire(self, file: CachedFile) -> None:
         """Close ``file`` for good: now, or when its last user unpins it."""
         with self._lock:
             file.retired = True
-            if file.pins == 0:
-                self._open.pop(file, None)
-                file.close_descriptor()
+            self._close_retired(file)
+
+    def _close_retired(self, file: CachedFile) -> None:
+        if file.pins or (file.linger and file.readers):
+            return
+        self._open.pop(file, None)
+        file.close_descriptor()
 
     def _evict(self) -> None:
         excess = len(self._open) - self.limit

@@ -646,6 +646,7 @@ class PartitionLog:
         self._bases = [offset]
         self._unsynced.clear()
         self._pending.clear()
+        self._sealed_this_session.clear()
         self._epoch += 1
         self._dropped = StorageError(f"{self.name} was truncated fully")
         self.producers.truncate_to(offset)
@@ -674,6 +675,7 @@ class PartitionLog:
         files = {id(s.file) for s in doomed}
         self._unsynced = [f for f in self._unsynced if id(f) not in files]
         self._pending = [p for p in self._pending if id(p[0]) not in gone]
+        self._sealed_this_session = [s for s in self._sealed_this_session if id(s) not in gone]
         for segment in doomed:
             segment.delete()
         self._dir_dirty = True

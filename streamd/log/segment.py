@@ -43,13 +43,18 @@ class SegmentFile:
     descriptor stays open until its last user unpins it.
     """
 
-    __slots__ = ("path", "_fd", "uncached_below", "dev", "pins", "retired", "__weakref__")
+    __slots__ = (
+        "path", "_fd", "uncached_below", "dev", "pins", "readers", "retired", "linger",
+        "__weakref__",
+    )
 
     def __init__(self, path: Path, *, create: bool = True) -> None:
         self.path = path
         self._fd = -1
         self.pins = 0
+        self.readers = 0
         self.retired = False
+        self.linger = False
         self.dev = -1
         self.uncached_below = 0
         """Pages below this position are kept out of the OS page cache (see ``drop_synced``)."""
@@ -171,10 +176,9 @@ class SegmentFile:
         DESCRIPTORS.retire(self)
 
     def unlinked(self) -> None:
-        """The file was deleted: never reopen it, but keep an open descriptor until the last
-        reference to this object (a fetch's slice) is gone, so that what was read stays
-        readable. It no longer counts against the cache."""
-        DESCRIPTORS.forget(self)
+        """The file was deleted: never reopen it; its descriptor closes at once, or once the
+        last slice read from it is gone (what was read stays readable)."""
+        DESCRIPTORS.unlinked(self)
 
     def __del__(self) -> None:
         if self._fd >= 0:
@@ -185,17 +189,22 @@ class FileSlice:
     """Whole batches ``[position, position + length)`` of one segment file.
 
     A slice does not pin its file (a fetch of a thousand partitions would hold a thousand
-    descriptors): reading it opens the file again if the cache closed it meanwhile. A deleted
-    segment's descriptor stays open while slices refer to it; if it was closed before the
-    deletion, reading fails with StorageError (the fetch answers an error, the client asks
-    again and gets what is there now)."""
+    descriptors): reading it opens the file again if the cache closed it meanwhile. It is a
+    *reader* of the file, though: a segment deleted while a slice of it lives keeps its open
+    descriptor until the slice is gone. (If the descriptor had been closed before the
+    deletion, reading fails with StorageError: the fetch answers an error and the client asks
+    again.)"""
 
     __slots__ = ("file", "position", "length")
 
     def __init__(self, file: SegmentFile, position: int, length: int) -> None:
+        DESCRIPTORS.add_reader(file)
         self.file = file
         self.position = position
         self.length = length
+
+    def __del__(self) -> None:
+        DESCRIPTORS.drop_reader(self.file)
 
     def __repr__(self) -> str:
         return f"FileSlice({self.file.path.name}, {self.position}, {self.length})"

@@ -76,3 +76,19 @@ def test_a_deleted_file_stays_readable_through_a_slice(tmp_path: Path, limit_4: 
     assert piece.read_bytes() == b"0" * 50
     for f in others:
         f.close()
+
+
+def test_deleting_closes_the_file_unless_a_slice_still_reads_it(tmp_path: Path) -> None:
+    """Space must come back when a segment is deleted (a full disk waits for it), so the
+    descriptor is closed at once; only a live slice keeps it open, until it is gone."""
+    first, second = files(tmp_path, 2)
+    first.pread(1, 0)
+    second.pread(1, 0)
+    piece = FileSlice(second, 0, 10)
+    for f in (first, second):
+        f.path.unlink()
+        f.unlinked()
+    assert not first.is_open
+    assert second.is_open and piece.read_bytes() == b"1" * 10
+    del piece
+    assert not second.is_open
