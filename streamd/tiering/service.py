@@ -254,6 +254,11 @@ class TieringService:
                 state.note_error(f"cannot load manifest {state.manifest_key}: {exc}")
                 return
         async with state.lock:
+            if state.loaded:
+                # Another load of this partition (the tick's, or the one a topic change
+                # started) got there first, and uploads may have moved the manifest on since:
+                # replacing it now would forget what they archived.
+                return
             if manifest is None:
                 manifest = PartitionState.new(state.topic, state.topic_id, state.partition).manifest
             state.manifest = manifest

@@ -27,7 +27,7 @@ from confluent_kafka import TopicPartition
 from tests.support import ops
 from tests.support.broker import BrokerProcess
 from tests.support.checker import LoadProducer, check_topic
-from tests.support.moto import MotoS3, wait_until
+from tests.support.moto import MotoS3, storage_report, wait_until
 
 pytestmark = pytest.mark.streamd_only
 
@@ -195,7 +195,9 @@ def test_archived_segments_leave_a_full_disk_and_writes_resume(
 ) -> None:
     """The bucket is cut off while producing, so local data piles up until the disk is full;
     once the bucket is back, segments are archived, local retention deletes them (persisting
-    the new log start needs no free block) and appends resume without a restart."""
+    the new log start needs no free block) and appends resume without a restart. (This also
+    caught two manifest loads racing after the outage: the later one replaced a manifest that
+    uploads had already moved on, and the archive lost its first segments.)"""
     bucket = moto_s3.new_bucket()
     proxy = moto_s3.proxy()
     broker = new_broker(
@@ -227,7 +229,8 @@ def test_archived_segments_leave_a_full_disk_and_writes_resume(
         load.stop()
         assert load.fatal is None, load.fatal
         report = check_topic(broker.bootstrap, topic_name, 1, load.acked)
-        assert report.ok, report.summary()
+        storage = storage_report(broker.admin_port, topic_name)["partitions"][0]
+        assert report.ok, f"{report.summary()}; storage: {json.dumps(storage)}"
     finally:
         broker.close()
         proxy.close()
