@@ -340,6 +340,85 @@ class MotoServer:
             self.proc.wait(5)
 
 
+class LatencyProxyProcess:
+    """``bench/latency_proxy.py`` in front of an S3 server: every response's first byte is held
+    for ``ttfb_ms`` after its request began (see that module)."""
+
+    def __init__(self, upstream: str, ttfb_ms: float, workdir: Path) -> None:
+        self.upstream = upstream.removeprefix("http://")
+        self.ttfb_ms = ttfb_ms
+        self.workdir = workdir
+        self.proc: subprocess.Popen | None = None
+        self.endpoint = ""
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stats_path(self) -> Path:
+        return self.workdir / "latency_proxy.json"
+
+    def request_counts(self, timeout: float = 5.0) -> dict[str, int]:
+        """Requests forwarded so far, by HTTP method."""
+        import json
+
+        def read() -> dict:
+            try:
+                return dict(json.loads(self.stats_path.read_text()))
+            except (OSError, ValueError):
+                return {}
+
+        before = read().get("dumps", 0)
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            doc = read()
+            if doc.get("dumps", 0) > before:
+                return dict(doc["requests"])
+            time.sleep(0.02)
+        raise BrokerError("latency proxy did not report its request counts")
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.workdir / "latency_proxy.log", "wb")  # noqa: SIM115
+        script = Path(__file__).resolve().parent / "latency_proxy.py"
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(script), "--upstream", self.upstream,
+                 "--ttfb-ms", str(self.ttfb_ms), "--stats", str(self.stats_path)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                text=True,
+            )
+        finally:
+            log.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while time.monotonic() < deadline and not line:
+            line = self.proc.stdout.readline().strip()
+        if not line.startswith("listening "):
+            self.stop()
+            raise BrokerError(f"latency proxy did not start: {line or 'no output'}")
+        self.endpoint = "http://" + line.removeprefix("listening ")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(5)
+
+
 def make_broker(name: str, root: Path, tag: str, **kw) -> Broker:
     workdir = Path(tempfile.mkdtemp(prefix=f"{name}-{tag}-", dir=root))
     return BROKERS[name](workdir=workdir, **kw)

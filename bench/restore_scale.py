@@ -60,8 +60,8 @@ async def generate(root: Path, topics: int, partitions: int, segments: int, per:
         metas = []
         for s in range(segments):
             base, last = s * per, (s + 1) * per - 1
-            seg_key = keys.segment_key(name, tid, p, base, last)
-            idx_key = keys.segment_index_key(name, tid, p, base, last)
+            seg_key = keys.segment_key(name, tid, p, base, last, incarnation="0a1b2c3d")
+            idx_key = keys.segment_index_key(name, tid, p, base, last, incarnation="0a1b2c3d")
             await asyncio.gather(put(seg_key, body), put(idx_key, body))
             metas.append(SegmentMeta(
                 base_offset=base, last_offset=last, size_bytes=object_bytes,

@@ -650,6 +650,24 @@ def main(argv: list[str] | None = None) -> int:
         default=180,
         help="streamd: give up waiting for upload + local deletion after S seconds (default 180)",
     )
+    g = ap.add_argument_group("replay30 scenario (replay behind a latency proxy)")
+    g.add_argument(
+        "--replay-ttfb-ms", type=float, default=30, help="time to first byte of every bucket "
+        "response (default 30, a real S3's typical latency)"
+    )
+    g.add_argument("--replay30-mb", type=float, default=60, help="MiB to replay (default 60)")
+    g.add_argument("--replay30-partitions", type=int, default=4, help="partitions (default 4)")
+    g.add_argument(
+        "--replay30-segment-mb", type=float, default=1, help="streamd segment.bytes in MiB (1)"
+    )
+    g.add_argument(
+        "--replay-live-rate", type=float, default=0, help="records/s of live produce->consume "
+        "traffic on another topic during the replay (default 0: none)"
+    )
+    g.add_argument(
+        "--replay-live-seconds", type=float, default=10, help="how long the live traffic runs "
+        "(default 10; longer than the replay, so its tail measures the quiet figure)"
+    )
     args = ap.parse_args(argv)
 
     names = [s.strip() for s in args.scenarios.split(",") if s.strip()]

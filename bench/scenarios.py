@@ -288,6 +288,58 @@ class Consume1000P(Produce1000P):
 
 
 @register
+class Transactions(Scenario):
+    """Transactional produce (issue 16): 100 records of 1 KiB per transaction, acks=all, one
+    producer, against an idempotent producer sending the same records in the same round (run
+    first, during setup). Reports both rates and txn/idempotent (target >= 0.7)."""
+
+    name = "txn"
+    title = "transactional produce, 100 x 1 KiB per txn, acks=all, 1 partition (vs idempotent)"
+    records_per_txn = 100
+    extra_columns = [
+        ("idempotent_mb_s", "idempotent MB/s", ".1f"),
+        ("txn_mb_s", "txn MB/s", ".1f"),
+        ("txn_per_s", "txn/s", ",.0f"),
+        ("txn_vs_idempotent", "txn/idempotent", ".2f"),
+    ]
+
+    def setup(self, ctx: Ctx) -> None:
+        self.topic = f"bench-txn-r{ctx.round}"
+        idem = f"bench-idempotent-r{ctx.round}"
+        ctx.create_topic(self.topic, 1)
+        ctx.create_topic(idem, 1)
+        res = ctx.run_jobs(
+            [ctx.job("produce", topic=idem, partition=0, config={"enable.idempotence": True})],
+            "idempotent",
+        )
+        r = res[0]
+        if r["records"] != ctx.records:
+            raise RuntimeError(f"idempotent produce: {r['records']}/{ctx.records} acknowledged")
+        self.idempotent_mb_s = r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        return [
+            ctx.job(
+                "txn_produce",
+                topic=self.topic,
+                partition=0,
+                records_per_txn=self.records_per_txn,
+            )
+        ]
+
+    def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
+        out = super().summarize(ctx, results)
+        txn_mb_s = out["bytes"] / MiB / out["seconds"]
+        out["extra"] = {
+            "idempotent_mb_s": self.idempotent_mb_s,
+            "txn_mb_s": txn_mb_s,
+            "txn_per_s": out["records"] / self.records_per_txn / out["seconds"],
+            "txn_vs_idempotent": txn_mb_s / max(self.idempotent_mb_s, 1e-9),
+        }
+        return out
+
+
+@register
 class Latency(Scenario):
     name = "latency"
     title = "end-to-end latency at a fixed rate, 1 partition (producer process -> consumer process)"
@@ -551,4 +603,217 @@ class Replay(Scenario):
         self.extra["store_cpu_s"] = store_cpu
         self.extra["store_cpu_s_per_gb"] = store_cpu / (s["bytes"] / GiB) if s["bytes"] else None
         s["extra"] = dict(self.extra)
+        return s
+
+
+def _per_gb(before: dict[str, int], after: dict[str, int], nbytes: float) -> dict[str, float]:
+    """Requests by method between two counts, per GiB of ``nbytes``."""
+    gb = nbytes / GiB
+    return {
+        verb: (after.get(verb, 0) - before.get(verb, 0)) / gb
+        for verb in sorted(set(after) | set(before))
+        if gb and after.get(verb, 0) - before.get(verb, 0)
+    }
+
+
+@register
+class ReplayLatency(Replay):
+    """Replay from a bucket with a real bucket's latency: moto behind ``bench/latency_proxy.py``
+    (every response's first byte held ``--replay-ttfb-ms``, 30 ms by default), several
+    partitions, small segments: per-request round trips dominate unless they overlap."""
+
+    name = "replay30"
+    title = "replay N MB from S3 with a 30 ms time to first byte, P partitions, small segments"
+    extra_columns = [
+        ("replay_mb", "MB", ".0f"),
+        ("partitions", "parts", ".0f"),
+        ("segment_mb", "seg MiB", ".0f"),
+        ("ttfb_ms", "TTFB ms", ".0f"),
+        ("remote_fraction", "from S3", ".0%"),
+        ("fill_mb_s", "fill MB/s", ".1f"),
+        ("bucket_objects", "objects", ",.0f"),
+        ("get_per_gb_replayed", "GET/GB read", ",.0f"),
+        ("put_per_gb_archived", "PUT/GB fill", ",.0f"),
+        ("store_cpu_s_per_gb", "moto CPU s/GB", ".2f"),
+        ("live_p99_during_ms", "live p99 replay ms", ".1f"),
+        ("live_p99_quiet_ms", "live p99 quiet ms", ".1f"),
+    ]
+    no_ratio = frozenset(
+        {"replay_mb", "partitions", "segment_mb", "ttfb_ms", "remote_fraction", "evict_wait_s",
+         "bucket_objects"}
+    )
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._proxies: dict[str, Any] = {}
+
+    def broker_opts(self, broker: str, rnd: int, workdir: Path, opts: Any) -> BrokerOpts:
+        from brokers import LatencyProxyProcess
+
+        base = super().broker_opts(broker, rnd, workdir, opts)
+        moto, _bucket = self._moto[broker]
+        proxy = LatencyProxyProcess(
+            moto.endpoint, opts.replay_ttfb_ms, workdir / f"proxy-{broker}-r{rnd}"
+        )
+        try:
+            proxy.start()
+        except Exception:
+            self.release(broker)
+            raise
+        self._proxies[broker] = proxy
+        settings = dict(base.settings)
+        env = dict(base.env)
+        if broker == "streamd":
+            settings["tiering.s3.endpoint_url"] = proxy.endpoint
+            # The default upload interval (10 s), not replay's 200 ms: what a tick finds sealed
+            # is merged into one object (up to tiering.merge_target_bytes), as in production.
+            settings.pop("tiering.upload_interval_ms", None)
+        else:
+            env["AWS_ENDPOINT"] = proxy.endpoint
+        return BrokerOpts(settings=settings, env=env)
+
+    def release(self, broker: str) -> None:
+        proxy = self._proxies.pop(broker, None)
+        if proxy is not None:
+            proxy.stop()
+        super().release(broker)
+
+    def _n(self, ctx: Ctx) -> int:
+        return max(1, int(ctx.opts.replay30_mb * MiB) // ctx.record_size)
+
+    def setup(self, ctx: Ctx) -> None:
+        o = ctx.opts
+        n = self._n(ctx)
+        parts = o.replay30_partitions
+        bname = ctx.broker.name
+        self.topic = f"bench-replay30-r{ctx.round}"
+        self.partitions = parts
+        seg = int(o.replay30_segment_mb * MiB)
+        self.extra = {
+            "replay_mb": n * ctx.record_size / MiB,
+            "partitions": parts,
+            "segment_mb": seg / MiB,
+            "ttfb_ms": o.replay_ttfb_ms,
+        }
+        config: dict[str, str] = {}
+        if bname == "streamd":
+            config = {
+                "remote.storage.enable": "true",
+                "segment.bytes": str(seg),
+                "local.retention.ms": "1000",
+            }
+        try:
+            ctx.create_topic(self.topic, parts, config)
+        except Exception as e:
+            if bname == "streamd":
+                raise TieringUnavailable(f"streamd tiering not available: {e}") from e
+            raise
+        self.live_topic = None
+        if o.replay_live_rate > 0:
+            self.live_topic = f"bench-live-r{ctx.round}"
+            ctx.create_topic(self.live_topic, 1)
+        proxy = self._proxies[bname]
+        before = proxy.request_counts()
+        res = ctx.run_jobs(
+            [ctx.job("produce", topic=self.topic, partitions=list(range(parts)), records=n)],
+            "fill",
+        )
+        got = sum(r["records"] for r in res)
+        if got != n:
+            raise RuntimeError(f"fill of {self.topic}: {got}/{n} records acknowledged")
+        r = res[0]
+        self.extra["fill_mb_s"] = r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9)
+        if bname == "streamd":
+            t0 = time.monotonic()
+            self.extra["remote_fraction"] = self._wait_evicted(ctx, n)
+            self.extra["evict_wait_s"] = time.monotonic() - t0
+        else:
+            self.extra["remote_fraction"] = 1.0
+        archived = proxy.request_counts()
+        fill_bytes = n * ctx.record_size
+        self.extra["requests_per_gb_archived"] = _per_gb(before, archived, fill_bytes)
+        self.extra["put_per_gb_archived"] = self.extra["requests_per_gb_archived"].get("PUT", 0)
+        self._requests_before = archived
+        moto, bucket = self._moto[bname]
+        objs, size = moto.bucket_stats(bucket)
+        self.extra["bucket_objects"] = objs
+        self.extra["bucket_mb"] = size / MiB
+        self._moto_pid = moto.pid
+
+    def _wait_evicted(self, ctx: Ctx, n: int) -> float:
+        """Poll the admin API until, over all partitions, the local start offsets reach
+        ``replay_min_remote`` of the high watermarks; returns that fraction."""
+        want = ctx.opts.replay_min_remote
+        deadline = time.monotonic() + ctx.opts.replay_evict_timeout
+        while True:
+            parts = self._storage(ctx).get("partitions") or []
+            local = sum(int(p.get("local_start_offset", 0)) for p in parts)
+            hwm = sum(int(p.get("high_watermark", 0)) for p in parts) or n
+            if parts and local >= want * hwm:
+                self.extra["storage_report"] = parts
+                return local / hwm
+            if time.monotonic() > deadline:
+                raise TieringUnavailable(
+                    f"streamd tiering did not evict {want:.0%} of the offsets within "
+                    f"{ctx.opts.replay_evict_timeout:.0f}s (local starts "
+                    f"{[p.get('local_start_offset') for p in parts]}, high watermarks "
+                    f"{[p.get('high_watermark') for p in parts]})"
+                )
+            time.sleep(0.25)
+
+    def _live_n(self, ctx: Ctx) -> int:
+        return int(ctx.opts.replay_live_rate * ctx.opts.replay_live_seconds)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        self._moto_cpu0 = procstat.cpu_seconds(self._moto_pid)
+        jobs = [
+            ctx.job(
+                "consume",
+                topic=self.topic,
+                partitions=list(range(self.partitions)),
+                start_offset=0,
+                records=self._n(ctx),
+                group=f"bench-replay30-{ctx.round}",
+            )
+        ]
+        if self.live_topic is not None:
+            # Live traffic on another topic while the replay runs, and for a while after it:
+            # the p99 of records sent during the replay against the p99 of those sent after.
+            n = self._live_n(ctx)
+            jobs += [
+                ctx.job("latency_consume", topic=self.live_topic, partition=0, records=n,
+                        group=f"bench-live-{ctx.round}", samples=True,
+                        config={"fetch.wait.max.ms": 5, "fetch.min.bytes": 1}),
+                ctx.job("latency_produce", topic=self.live_topic, partition=0, records=n,
+                        rate=ctx.opts.replay_live_rate, config={"linger.ms": 1}),
+            ]
+        return jobs
+
+    def expected_records(self, ctx: Ctx, specs: list[dict]) -> int:
+        return self._n(ctx) + (self._live_n(ctx) if self.live_topic is not None else 0)
+
+    def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
+        replay = [r for r in results if r["kind"] == "consume"]
+        live = next((r for r in results if r["kind"] == "latency_consume"), None)
+        s = super().summarize(ctx, replay)
+        after = self._proxies[ctx.broker.name].request_counts()
+        per_gb = _per_gb(self._requests_before, after, s["bytes"])
+        s["extra"]["requests_per_gb_replayed"] = per_gb
+        s["extra"]["get_per_gb_replayed"] = per_gb.get("GET", 0)
+        if live is not None:
+            start, end = replay[0]["t_start"], replay[0]["t_end"]
+            samples = live.pop("samples", [])
+            during = sorted(lat for sent, lat in samples if start <= sent <= end)
+            quiet = sorted(lat for sent, lat in samples if sent > end + 0.5)
+
+            def p99(xs: list[float]) -> float | None:
+                return xs[min(len(xs) - 1, int(0.99 * len(xs)))] * 1000 if xs else None
+
+            s["extra"].update(
+                live_p99_during_ms=p99(during),
+                live_p99_quiet_ms=p99(quiet),
+                live_samples_during=len(during),
+                live_samples_quiet=len(quiet),
+            )
+            s["records"] += live["records"]
         return s

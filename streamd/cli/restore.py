@@ -12,7 +12,6 @@ the prefix, unknown manifest format, non-empty data_dir without ``--force``...).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from typing import Any
@@ -21,8 +20,10 @@ import click
 
 from streamd.cli.common import (
     config_options,
-    echo_json,
+    configure_logging,
+    echo_structured,
     format_option,
+    kafka_topic_id,
     render_fields,
     render_table,
     section,
@@ -74,21 +75,43 @@ class _RichProgress:
 )
 @click.option("--dry-run", is_flag=True, help="Print the plan; write nothing.")
 @click.option("--force", is_flag=True, help="Restore into a non-empty data_dir.")
+@click.option(
+    "--allow-missing-manifest",
+    is_flag=True,
+    help="Restore a partition whose objects exist without a manifest empty, from the offset "
+    "after its highest archived one (its archived records are not served).",
+)
 @format_option(help="Summary format.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="INFO logs each restore step on stderr.",
+)
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+)
 def restore(
     config_path: str | None,
     overrides: tuple[str, ...],
     topics: tuple[str, ...],
     dry_run: bool,
     force: bool,
+    allow_missing_manifest: bool,
     fmt: str,
     no_progress: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Rebuild data_dir from tiering.store: topics (same ids and configs), every archived
     record (served from the bucket), committed group offsets, ACLs and users.
 
     Reads only metadata and manifests; no segment is downloaded. The broker must not be running.
+    Per partition it states the offsets restored and how many offsets the cluster archive
+    recorded that are not in the bucket (lost: "unarchived"). Exit 3 when anything could not
+    be restored (see NOT RESTORED), 1 when nothing was.
 
     \b
     Examples:
@@ -99,9 +122,7 @@ def restore(
     from streamd import config as config_mod
     from streamd.errors import ConfigError, StreamdError
 
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     try:
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:
@@ -112,15 +133,22 @@ def restore(
     try:
         with _RichProgress(enabled=not no_progress and sys.stderr.isatty()) as progress:
             result = asyncio.run(
-                run_restore(cfg, topics=topics, dry_run=dry_run, force=force, progress=progress)
+                run_restore(
+                    cfg,
+                    topics=topics,
+                    dry_run=dry_run,
+                    force=force,
+                    allow_missing_manifest=allow_missing_manifest,
+                    progress=progress,
+                )
             )
     except StreamdError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot write {cfg.data_dir}: {exc}") from None
     elapsed = time.monotonic() - started
-    if fmt == "json":
-        echo_json(summary_json(result, elapsed))
+    if fmt != "text":
+        echo_structured(fmt, summary_json(result, elapsed))
     else:
         click.echo(summary_text(result, elapsed).rstrip("\n"))
     if not result.complete:
@@ -162,6 +190,7 @@ def summary_text(result: Any, elapsed: float) -> str:
             ("partitions", sum(len(t.partitions) for t in plan.topics)),
             ("segments", sum(t.segments for t in plan.topics)),
             ("bucket bytes", sum(t.bucket_bytes for t in plan.topics)),
+            ("unarchived offsets", sum(p.unarchived for t in plan.topics for p in t.partitions)),
             ("groups", len(plan.offsets)),
             ("group offsets", sum(len(v) for v in plan.offsets.values())),
             ("acls", acls),
@@ -172,11 +201,12 @@ def summary_text(result: Any, elapsed: float) -> str:
     rows = [
         (
             t.name,
-            t.topic_id,
+            kafka_topic_id(t.topic_id),
             len(t.partitions),
             t.segments,
             t.bucket_bytes,
             _ranges(t.partitions),
+            sum(p.unarchived for p in t.partitions),
             ",".join(f"{k}={v}" for k, v in sorted(t.overrides.items())) or "-",
         )
         for t in plan.topics
@@ -184,10 +214,29 @@ def summary_text(result: Any, elapsed: float) -> str:
     out = section(title, fields)
     out += "\n" + section(
         "topics",
-        render_table(["topic", "id", "partitions", "segments", "bytes", "offsets", "configs"],
-                     rows),
+        render_table(
+            ["topic", "id", "partitions", "segments", "bytes", "offsets", "unarchived", "configs"],
+            rows,
+        ),
     )
-    notes = [*result.notes, *(f"{t.name}: {n}" for t in plan.topics for n in t.notes)]
+    parts = [
+        (f"{t.name}-{p.partition}", p.start_offset, p.next_offset,
+         "-" if p.known_end is None else p.known_end, p.unarchived)
+        for t in plan.topics
+        for p in t.partitions
+        if p.unarchived or p.known_end is not None
+    ]
+    if parts:
+        out += "\n" + section(
+            "partitions",
+            render_table(["partition", "start", "next", "recorded end", "unarchived"], parts),
+        )
+    notes = [
+        *result.notes,
+        *(f"{t.name}: {n}" for t in plan.topics for n in t.notes),
+        *(f"{t.name}-{p.partition}: {n}" for t in plan.topics for p in t.partitions
+          for n in p.notes),
+    ]
     if notes:
         out += "\n" + section("notes", "\n".join(notes))
     if result.not_restored:
@@ -210,7 +259,7 @@ def summary_json(result: Any, elapsed: float) -> dict[str, Any]:
         "topics": [
             {
                 "name": t.name,
-                "topic_id": t.topic_id,
+                "topic_id": kafka_topic_id(t.topic_id),
                 "configs": t.overrides,
                 "bucket_bytes": t.bucket_bytes,
                 "partitions": [
@@ -220,6 +269,9 @@ def summary_json(result: Any, elapsed: float) -> dict[str, Any]:
                         "next_offset": p.next_offset,
                         "segments": p.segments,
                         "bucket_bytes": p.bucket_bytes,
+                        "recorded_end_offset": p.known_end,
+                        "unarchived_offsets": p.unarchived,
+                        "notes": list(p.notes),
                     }
                     for p in t.partitions
                 ],

@@ -175,6 +175,12 @@ class ChunkCache:
         """Chunk loads in flight."""
         return len(self._inflight)
 
+    async def idle(self) -> None:
+        """Wait until no chunk load is in flight (their errors are the loaders' business)."""
+        while self._inflight:
+            await asyncio.gather(*list(self._inflight.values()), return_exceptions=True)
+            await asyncio.sleep(0)  # let the loads' done-callbacks forget them
+
     async def cancel_loads(self) -> None:
         """Cancel every chunk load in flight (shutdown)."""
         tasks = list(self._inflight.values())

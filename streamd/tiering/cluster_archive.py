@@ -8,7 +8,12 @@ JSON, CRC32C ``checksum`` verified on read, strict ``format_version``; invariant
                             "partitions", "overrides"}], "acls": {...}, "credentials": {...}}
     cluster/offsets.json   {"format_version": 1, "kind": "cluster-offsets", "cluster_id": "...",
                             "archived_at_ms": ..., "groups": {group: [{"topic", "partition",
-                            "offset", "leader_epoch", "metadata", "commit_ts"}]}}
+                            "offset", "leader_epoch", "metadata", "commit_ts"}]},
+                            "partitions": {topic: {"tiered": bool, "ends": [end offset, ...]}}}
+
+``partitions`` records every partition's end offset (high watermark) when the document was
+written: ``streamd restore`` compares it with what the bucket holds and reports the offsets that
+were never archived (documents written before it existed have no ``partitions``).
 
 ``acls`` and ``credentials`` are the security stores' own documents, as stored (SCRAM salt,
 iterations, StoredKey and ServerKey only: never a password). Tiering does not import the group
@@ -70,6 +75,17 @@ def unseal(data: bytes, kind: str) -> dict[str, Any]:
     return open_document(data, kind, f"{kind} document")
 
 
+def end_offsets(logs: LogManager) -> dict[str, dict[str, Any]]:
+    """Every local topic's partition end offsets, and whether it is tiered."""
+    return {
+        topic.name: {
+            "tiered": bool(topic.config.remote_storage_enable),
+            "ends": [plog.high_watermark for plog in topic.partitions],
+        }
+        for topic in sorted(logs.topics().values(), key=lambda t: t.name)
+    }
+
+
 def topic_entries(logs: LogManager) -> list[dict[str, Any]]:
     """Every local topic as the metadata document lists it (sorted by name)."""
     return [
@@ -109,12 +125,14 @@ class ClusterArchive:
         acls: Provider,
         credentials: Provider,
         offsets: Provider,
+        ends: Provider | None = None,
         offsets_interval_ms: int = 10_000,
     ) -> None:
         self.store = store
         self.cluster_id = cluster_id
         self._providers = {"topics": topics, "acls": acls, "credentials": credentials}
         self._offsets = offsets
+        self._ends = ends
         self.offsets_interval_ms = offsets_interval_ms
         self.metadata = DocState(keys.CLUSTER_METADATA_KEY, METADATA_KIND)
         self.offsets = DocState(keys.CLUSTER_OFFSETS_KEY, OFFSETS_KIND)
@@ -128,13 +146,16 @@ class ClusterArchive:
 
     def offsets_body(self) -> dict[str, Any]:
         groups = self._offsets()
-        return {
+        body: dict[str, Any] = {
             "cluster_id": self.cluster_id,
             "groups": {
                 g: sorted(entries, key=lambda e: (e["topic"], e["partition"]))
                 for g, entries in sorted(groups.items())
             },
         }
+        if self._ends is not None:
+            body["partitions"] = self._ends()
+        return body
 
     async def tick(self, *, force_offsets: bool = False) -> None:
         """Store whatever changed since the last store; never raises (errors are recorded)."""
@@ -198,6 +219,17 @@ class ClusterArchive:
         if message != state.last_error:
             log.warning("%s", message)
         state.last_error = message
+
+    def health(self) -> dict[str, Any]:
+        """The ``cluster_archive`` component of ``/v1/health``: degraded while the documents
+        restore needs cannot be stored (or this broker may not write them)."""
+        errors = [e for e in (self.blocked, self.metadata.last_error, self.offsets.last_error) if e]
+        return {
+            "status": "degraded" if errors else "ok",
+            "metadata_stored_at_ms": self.metadata.stored_at_ms,
+            "offsets_stored_at_ms": self.offsets.stored_at_ms,
+            "errors": errors,
+        }
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/cluster/archive``: whether the stored documents match the broker now."""

@@ -24,7 +24,8 @@ import json
 import os
 import struct
 import tempfile
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,7 +40,7 @@ from streamd.tiering.store import (
     StoreAccessError,
     StoreError,
     normalize_metadata,
-    pread_exactly,
+    pread_files,
     validate_key,
     validate_range,
 )
@@ -60,6 +61,7 @@ class LocalStore:
         if not self._root.is_absolute():
             raise ValueError(f"local store root must be absolute: {root}")
         self._fsync = fsync
+        self.requests: Counter[str] = Counter()
 
     @property
     def description(self) -> str:
@@ -70,6 +72,7 @@ class LocalStore:
         return self._root
 
     async def check(self) -> None:
+        self.requests["HEAD"] += 1
         await asyncio.to_thread(self._check)
 
     async def put(
@@ -83,6 +86,7 @@ class LocalStore:
         path = self._path(key)
         meta = normalize_metadata(metadata)
         meta[CHECKSUM_METADATA_KEY] = crc32c_hex(data)
+        self.requests["PUT"] += 1
         await asyncio.to_thread(self._put, key, path, bytes(data), if_absent, meta)
 
     async def put_file(
@@ -92,35 +96,55 @@ class LocalStore:
         size: int,
         *,
         checksum: str,
+        if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        """Store the first ``size`` bytes of file ``fd`` (whose CRC32C is ``checksum``),
-        copying it in blocks: memory stays bounded whatever the size."""
+        await self.put_files(
+            key, [(fd, size)], checksum=checksum, if_absent=if_absent, metadata=metadata
+        )
+
+    async def put_files(
+        self,
+        key: str,
+        files: Sequence[tuple[int, int]],
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the concatenated files (whose CRC32C is ``checksum``), copying them in
+        blocks: memory stays bounded whatever the size."""
         path = self._path(key)
         meta = normalize_metadata(metadata)
         meta[CHECKSUM_METADATA_KEY] = checksum
-        await asyncio.to_thread(self._put_file, key, path, fd, size, meta)
+        self.requests["PUT"] += 1
+        await asyncio.to_thread(self._put_files, key, path, list(files), if_absent, meta)
 
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
+        self.requests["GET"] += 1
         path = self._path(key)
         if byte_range is not None:
             byte_range = validate_range(byte_range)
         return await asyncio.to_thread(self._get, key, path, byte_range)
 
     async def head(self, key: str) -> ObjectInfo | None:
+        self.requests["HEAD"] += 1
         path = self._path(key)
         return await asyncio.to_thread(self._head, key, path)
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        self.requests["LIST"] += 1
         for info in await asyncio.to_thread(self._list, prefix):
             yield info
 
     async def delete(self, key: str) -> None:
+        self.requests["DELETE"] += 1
         path = self._path(key)
         await asyncio.to_thread(self._delete, path)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
         paths = [self._path(key) for key in keys]
+        self.requests["DELETE"] += 1
         await asyncio.to_thread(self._delete_all, paths)
 
     async def close(self) -> None:
@@ -145,17 +169,28 @@ class LocalStore:
     ) -> None:
         self._write_object(key, path, lambda f: f.write(data), if_absent, meta)
 
-    def _put_file(self, key: str, path: Path, src: int, size: int, meta: dict[str, str]) -> None:
+    def _put_files(
+        self,
+        key: str,
+        path: Path,
+        files: builtins.list[tuple[int, int]],
+        if_absent: bool,
+        meta: dict[str, str],
+    ) -> None:
+        size = sum(n for _, n in files)
+
         def copy(f: BinaryIO) -> None:
             crc = 0
             for offset in range(0, size, COPY_BLOCK):
-                data = pread_exactly(src, min(COPY_BLOCK, size - offset), offset)
+                data = pread_files(files, min(COPY_BLOCK, size - offset), offset)
                 crc = crc32c(data, crc)
                 f.write(data)
             if format(crc, "08x") != meta[CHECKSUM_METADATA_KEY]:
                 raise StoreError(f"put {key!r}: the source changed while it was copied")
 
-        self._write_object(key, path, copy, False, meta)
+        if if_absent and path.exists():
+            raise ObjectExists(f"object {key!r} already exists in {self.description}")
+        self._write_object(key, path, copy, if_absent, meta)
 
     def _write_object(
         self,

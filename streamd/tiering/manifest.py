@@ -1,15 +1,21 @@
 """Partition and topic manifests: what is archived, and the pure functions that change it.
 
-A partition manifest lists every archived segment of one partition, in offset order, with no gaps:
-each segment starts right after the previous one ends. Its JSON form (``format_version`` 1)::
+A partition manifest lists every archived object of one partition, in offset order, with no
+gaps: each starts right after the previous one ends. One entry ("segment") is one object: a local
+segment, or several adjacent ones merged on upload. Its JSON form (``format_version`` 2)::
 
-    {"format_version": 1, "kind": "partition", "topic": "t", "topic_id": "...", "partition": 0,
-     "remote_start_offset": 0, "last_uploaded_offset": 99,
+    {"format_version": 2, "kind": "partition", "topic": "t", "topic_id": "...", "partition": 0,
+     "incarnation": "3f09a1c2", "remote_start_offset": 0, "last_uploaded_offset": 99,
      "segments": [{"base_offset": 0, "last_offset": 99, "size_bytes": 4096,
                    "first_timestamp": ..., "max_timestamp": ..., "record_count": 100,
                    "checksum": "1a2b3c4d", "key": "...log", "index_key": "...index",
                    "index_checksum": "...", "uploaded_at_ms": ...}],
      "checksum": "<crc32c hex of the canonical body>"}
+
+``incarnation`` names the history new uploads belong to (it is part of their object keys, see
+:mod:`streamd.tiering.keys`); entries keep whatever keys they were written under. Version 1
+manifests (no incarnation) are read; a partition continuing one gets a fresh incarnation, and the
+next manifest it stores is version 2.
 
 ``checksum`` is the CRC32C of the canonical JSON (sorted keys, no whitespace) of every other
 field; it is verified on read (invariant 6). A manifest with another ``format_version`` is
@@ -25,6 +31,7 @@ returns as removed (invariant 5).
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -34,7 +41,11 @@ from streamd.errors import RemoteStorageError, StreamdError
 from streamd.tiering import keys
 from streamd.tiering.checksum import crc32c_hex, is_checksum
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Partition manifests are written in this version; versions 1 and 2 are read."""
+PARTITION_VERSIONS = (1, 2)
+DOCUMENT_VERSION = 1
+"""Topic manifests (and the cluster documents sharing :func:`seal_document`) are version 1."""
 
 
 class ManifestError(RemoteStorageError):
@@ -64,6 +75,10 @@ class SegmentMeta:
     index_key: str
     index_checksum: str
     uploaded_at_ms: int
+    txn_index_key: str = ""
+    """The object holding the segment's aborted-transaction index (read_committed replay);
+    set only for segments with an ABORT marker, and then stored in the manifest."""
+    txn_index_checksum: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.base_offset <= self.last_offset:
@@ -74,6 +89,8 @@ class SegmentMeta:
             raise ValueError("segment checksums must be 8 lower-case hex digits (crc32c)")
         if not self.key or not self.index_key:
             raise ValueError("segment key and index_key must be set")
+        if bool(self.txn_index_key) != is_checksum(self.txn_index_checksum):
+            raise ValueError("txn_index_key needs an 8 hex digit txn_index_checksum")
 
     def same_upload(self, other: SegmentMeta) -> bool:
         """True when ``other`` describes the same objects (the upload time may differ)."""
@@ -98,12 +115,15 @@ class PartitionManifest:
     remote_start_offset: int = 0
     last_uploaded_offset: int = -1
     segments: tuple[SegmentMeta, ...] = ()
+    incarnation: str = ""
+    """The history new uploads belong to (``""`` only in a version 1 manifest just read)."""
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
         keys.topic_id_text(self.topic_id)
-        check_version(self.format_version, "partition manifest")
+        keys.validate_incarnation(self.incarnation)
+        check_version(self.format_version, "partition manifest", PARTITION_VERSIONS)
         if self.partition < 0:
             raise ValueError(f"invalid partition {self.partition}")
         object.__setattr__(self, "segments", tuple(self.segments))
@@ -142,7 +162,7 @@ class TopicManifest:
     topic_id: str
     partition_count: int
     configs: dict[str, str] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
+    format_version: int = DOCUMENT_VERSION
 
     def __post_init__(self) -> None:
         keys.validate_topic(self.topic)
@@ -155,8 +175,38 @@ class TopicManifest:
         object.__setattr__(self, "configs", dict(self.configs))
 
 
-def empty_manifest(topic: str, topic_id: str, partition: int) -> PartitionManifest:
-    return PartitionManifest(topic=topic, topic_id=topic_id, partition=partition)
+def empty_manifest(
+    topic: str, topic_id: str, partition: int, *, remote_start_offset: int = 0
+) -> PartitionManifest:
+    """A new history: nothing archived, a fresh incarnation."""
+    return PartitionManifest(
+        topic=topic,
+        topic_id=topic_id,
+        partition=partition,
+        remote_start_offset=remote_start_offset,
+        incarnation=keys.new_incarnation(),
+    )
+
+
+def with_incarnation(manifest: PartitionManifest) -> PartitionManifest:
+    """``manifest`` ready to be continued: a version 1 manifest gets an incarnation (and is
+    stored as version 2 from then on)."""
+    if manifest.incarnation and manifest.format_version == FORMAT_VERSION:
+        return manifest
+    return replace(
+        manifest,
+        incarnation=manifest.incarnation or keys.new_incarnation(),
+        format_version=FORMAT_VERSION,
+    )
+
+
+def new_incarnation(manifest: PartitionManifest) -> PartitionManifest:
+    """The same archive continued by a new history (restore): later uploads use keys the
+    previous history never used. Derived from the manifest rather than drawn at random, so
+    restoring the same archive twice yields the same data_dir."""
+    seed = f"{manifest.incarnation}/{manifest.last_uploaded_offset}/{manifest.remote_start_offset}"
+    derived = hashlib.sha256(f"restored:{seed}".encode()).hexdigest()[:8]
+    return replace(manifest, incarnation=derived, format_version=FORMAT_VERSION)
 
 
 def add_segment(manifest: PartitionManifest, meta: SegmentMeta) -> PartitionManifest:
@@ -263,14 +313,31 @@ def dump_partition_manifest(manifest: PartitionManifest) -> bytes:
         "partition": manifest.partition,
         "remote_start_offset": manifest.remote_start_offset,
         "last_uploaded_offset": manifest.last_uploaded_offset,
-        "segments": [asdict(s) for s in manifest.segments],
+        "segments": [_dump_segment(s) for s in manifest.segments],
     }
+    if manifest.format_version >= 2:
+        body["incarnation"] = manifest.incarnation
     return _seal(body)
 
 
+OPTIONAL_SEGMENT_FIELDS = frozenset({"txn_index_key", "txn_index_checksum"})
+"""Written only when set, so manifests of topics without aborted transactions are unchanged."""
+
+
+def _dump_segment(seg: SegmentMeta) -> dict[str, Any]:
+    raw = asdict(seg)
+    if not seg.txn_index_key:
+        for name in OPTIONAL_SEGMENT_FIELDS:
+            del raw[name]
+    return raw
+
+
 def load_partition_manifest(data: bytes) -> PartitionManifest:
-    body = _open(data, "partition")
-    _expect_fields(body, {f.name for f in fields(PartitionManifest)}, "partition manifest")
+    body = open_document(data, "partition", "partition manifest", PARTITION_VERSIONS)
+    names = {f.name for f in fields(PartitionManifest)}
+    if body["format_version"] < 2:
+        names.discard("incarnation")
+    _expect_fields(body, names, "partition manifest")
     try:
         raw_segments = body.pop("segments")
         if not isinstance(raw_segments, list):
@@ -284,6 +351,7 @@ def load_partition_manifest(data: bytes) -> PartitionManifest:
                 "partition": int,
                 "remote_start_offset": int,
                 "last_uploaded_offset": int,
+                **({"incarnation": str} if "incarnation" in body else {}),
             },
             "partition manifest",
         )
@@ -326,11 +394,14 @@ def _canonical(body: dict[str, Any]) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
-def check_version(version: object, what: str) -> None:
-    if version != FORMAT_VERSION or isinstance(version, bool):
+def check_version(
+    version: object, what: str, supported: tuple[int, ...] = (DOCUMENT_VERSION,)
+) -> None:
+    if isinstance(version, bool) or version not in supported:
+        readable = " and ".join(str(v) for v in supported)
         raise UnsupportedManifestVersion(
             f"{what} format_version {version!r} is not supported "
-            f"(this streamd reads version {FORMAT_VERSION})"
+            f"(this streamd reads version {readable})"
         )
 
 
@@ -341,7 +412,9 @@ def seal_document(body: Mapping[str, Any]) -> bytes:
     return json.dumps(sealed, sort_keys=True, indent=1).encode() + b"\n"
 
 
-def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
+def open_document(
+    data: bytes, kind: str, what: str, versions: tuple[int, ...] = (DOCUMENT_VERSION,)
+) -> dict[str, Any]:
     """Parse a sealed document: version first (a future format may change everything else),
     then checksum, then ``kind``; returns the body without checksum and kind."""
     try:
@@ -350,7 +423,7 @@ def open_document(data: bytes, kind: str, what: str) -> dict[str, Any]:
         raise ManifestError(f"{what} is not valid JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ManifestError(f"{what} is not a JSON object")
-    check_version(body.get("format_version"), what)
+    check_version(body.get("format_version"), what, versions)
     expected = body.pop("checksum", None)
     if not is_checksum(expected):
         raise ManifestError(f"{what} has no valid checksum field")
@@ -373,10 +446,17 @@ def _open(data: bytes, kind: str) -> dict[str, Any]:
 def _load_segment(raw: Any) -> SegmentMeta:
     if not isinstance(raw, dict):
         raise TypeError("segment entries must be objects")
-    _expect_fields(raw, {f.name for f in fields(SegmentMeta)}, "segment entry")
+    names = {f.name for f in fields(SegmentMeta)}
+    if not OPTIONAL_SEGMENT_FIELDS & raw.keys():
+        names -= OPTIONAL_SEGMENT_FIELDS
+    _expect_fields(raw, names, "segment entry")
     _check_types(
         raw,
-        {f.name: (str if f.type in ("str", str) else int) for f in fields(SegmentMeta)},
+        {
+            f.name: (str if f.type in ("str", str) else int)
+            for f in fields(SegmentMeta)
+            if f.name in names
+        },
         "segment entry",
     )
     return SegmentMeta(**raw)

@@ -4,10 +4,17 @@
 it): local retention trusts it to say what is archived (invariant 4), and remote reads trust it
 to name only objects that exist (invariant 3).
 
-``loaded`` is True once the manifest came from the bucket (or the bucket had none). Until then
-the partition uploads nothing: starting from an empty manifest while the bucket is unreachable
-would overwrite the real one. Meanwhile the local copy (written after every successful manifest
-store, so never ahead of the bucket) serves the local-deletion veto and remote reads.
+``loaded`` is True once the manifest came from the bucket (or was recovered, see
+:mod:`streamd.tiering.service`). Until then the partition uploads nothing: starting from an empty
+manifest while the bucket is unreachable would overwrite the real one. Meanwhile the local copy
+(written after every successful manifest store, so never ahead of the bucket, and when a new
+history starts, so that its incarnation survives a restart) serves the local-deletion veto and
+remote reads.
+
+``last_error`` is the failure of the last attempt (cleared by the next success) and makes the
+partition "degraded" in ``/v1/health``; ``notice`` records the last event an operator should
+know of although nothing is failing now (a manifest recovered from the local copy, objects found
+without a manifest).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ class PartitionState:
     blocked: str | None = None
     pending_uploads: int = 0
     pending_deletes: list[str] = field(default_factory=list)
+    notice: str | None = None
+    from_copy: bool = False
+    """``manifest`` came from the local copy and has not been confirmed by the bucket yet."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
 
     @classmethod
@@ -52,6 +62,10 @@ class PartitionState:
     @property
     def manifest_key(self) -> str:
         return keys.partition_manifest_key(self.topic, self.topic_id, self.partition)
+
+    @property
+    def prefix(self) -> str:
+        return keys.partition_prefix(self.topic, self.topic_id, self.partition)
 
     def covers(self, last_offset: int) -> bool:
         """True when a stored manifest archives every offset up to ``last_offset``."""
@@ -67,6 +81,12 @@ class PartitionState:
         if self.last_error is not None:
             log.info("%s-%d: tiering recovered", self.topic, self.partition)
         self.last_error = None
+
+    def note(self, message: str) -> None:
+        """Record (and log, once) an event worth reporting that is not a failure."""
+        if message != self.notice:
+            log.warning("%s-%d: %s", self.topic, self.partition, message)
+        self.notice = message
 
 
 def manifest_dir(data_dir: Path) -> Path:

@@ -7,32 +7,43 @@ answers whole batches from the one holding ``o``, at most ``max_bytes`` of them 
 alone is larger (KIP-74 ``min_one``), never past the end of the segment: the same bytes, batch
 for batch, that the local log served before the segment left the disk (invariant 7).
 
-Integrity (invariant 6): index objects are read whole and checked against the store's CRC32C
-stamp and the manifest's ``index_checksum``; ranged segment reads cannot be checked against the
-whole-object checksum, so every batch handed out is checked instead (framing, CRC32C, the offsets
-the manifest promises). Any failure raises :class:`RemoteStorageError` (KAFKA_STORAGE_ERROR for
-that partition), drops the cached chunks of the object and logs; wrong bytes are never returned.
+Integrity (invariants 6 and 10): index objects are read whole and checked against the store's
+CRC32C stamp and the manifest's ``index_checksum``. Every chunk is checked when it is loaded,
+before the cache keeps it: its GET is widened to whole checksum blocks and each block is checked
+against the index object's block checksums (a batch's own CRC32C does not cover its base offset
+or length). Objects whose index has no block checksums (version 1) are read whole and checked
+against the manifest's ``checksum`` instead. What is served is checked again against the
+offsets the manifest and the index promise: the batch at an index entry's position has that
+entry's base offset, offsets run densely inside the object's range, and a read that reaches the
+object's end ends at its last offset; plus framing and each batch's CRC32C. Any failure raises
+:class:`RemoteStorageError` (KAFKA_STORAGE_ERROR for that partition), drops the cached chunks of
+the object and logs; wrong bytes are never returned.
 
-Sequential replay: after each read the next ``read_ahead`` chunks (and, at a segment's end, the
-next segment's index and first chunk) are fetched in background tasks, so a consumer replaying
-history mostly hits the cache. All I/O is asynchronous or in worker threads (cache files,
-CRC checks of large reads, record decoding for timestamp lookups); the event loop only slices
-bytes.
+Latency: every round trip of a read overlaps with the others. A cold read starts the index GET
+and the GET of the chunk its offset most likely lies in (estimated from the offsets and size in
+the manifest) at once; a chunk's checksum check waits for the index, not its GET. After each
+read the next ``read_ahead`` chunks are fetched in background tasks, continuing into the next
+objects (their index objects too), so a consumer replaying history mostly hits the cache, and
+:meth:`RemoteReader.prefetch` lets a Fetch start every partition's loads before it reads the
+first one. All I/O is asynchronous or in worker threads (cache files, CRC checks of large
+reads, record decoding for timestamp lookups); the event loop only slices bytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
+from streamd.log.txn_index import AbortedTxn, collect, decode_entries
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.checksum import verify
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta, segment_for_offset
-from streamd.tiering.segment_index import RemoteIndex, decode_index
+from streamd.tiering.segment_index import BLOCK_SIZE, RemoteIndex, decode_index
 from streamd.tiering.stats import TieringStats
 from streamd.tiering.store import ObjectStore, StoreError
 
@@ -57,14 +68,24 @@ class RemoteReader:
         self._stats = stats
         self._read_ahead = max(0, read_ahead_chunks)
         self._indexes: OrderedDict[str, RemoteIndex] = OrderedDict()
+        self._txn_indexes: OrderedDict[str, list[AbortedTxn]] = OrderedDict()
         self._index_loads: dict[str, asyncio.Task[RemoteIndex]] = {}
         self._background: set[asyncio.Task[object]] = set()
+        self._legacy_warned: set[str] = set()
 
     # ---- fetch ---------------------------------------------------------------------------------
 
     async def read(
-        self, manifest: PartitionManifest, offset: int, max_bytes: int, min_one: bool
+        self,
+        manifest: PartitionManifest,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+        *,
+        below: int | None = None,
     ) -> bytes | memoryview:
+        """Whole batches from the one holding ``offset``. Read-ahead stops before ``below``
+        (the local log start: what lies above is read from local disk, never fetched)."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -73,9 +94,26 @@ class RemoteReader:
             )
         self._stats.remote_reads += 1
         try:
-            return await self._read_batches(manifest, segment, offset, max(0, max_bytes), min_one)
+            return await self._read_batches(
+                manifest, segment, offset, max(0, max_bytes), min_one, below
+            )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
+
+    def prefetch(self, manifest: PartitionManifest, offset: int) -> None:
+        """Start loading what a read of ``offset`` will need (index object and the chunk the
+        offset most likely lies in), without waiting: a Fetch calls this for every remote
+        partition first, so their round trips overlap instead of adding up."""
+        seg = segment_for_offset(manifest, offset)
+        if seg is None:
+            return
+        index = self._indexes.get(seg.index_key)
+        if index is None:
+            self._spawn(self._index(seg))
+            position = _estimate_position(seg, offset)
+        else:
+            position = index.lookup(offset)[0]
+        self._prefetch(seg, position // self._cache.chunk_size)
 
     async def _read_batches(
         self,
@@ -84,17 +122,26 @@ class RemoteReader:
         offset: int,
         max_bytes: int,
         min_one: bool,
+        below: int | None = None,
     ) -> bytes | memoryview:
+        if seg.index_key not in self._indexes:
+            # Cold: the chunk GET runs alongside the index GET instead of after it.
+            self._prefetch(seg, _estimate_position(seg, offset) // self._cache.chunk_size)
         index = await self._index(seg)
-        start, entry_end = index.range_for_offset(offset)
+        start, entry_end, entry_base = index.lookup(offset)
         # The batch holding ``offset`` starts inside its index entry, so whatever fits in
         # ``max_bytes`` from it lies below ``entry_end + max_bytes``; only a first batch larger
         # than that (KIP-74 min_one) needs a second round trip.
         want = min(seg.size_bytes, entry_end + max_bytes)
         # Chunks for this read and the read-ahead after it (into the next segments) all start
         # loading now, concurrently; the read below then waits only for its own.
-        self._read_ahead_from(manifest, seg, start, want - start)
+        self._read_ahead_from(manifest, seg, start, want - start, below)
         data = await self._range(seg, start, want)
+        if len(data) >= HEADER_SIZE and PREFIX.unpack_from(data, 0)[0] != entry_base:
+            raise RemoteStorageError(
+                f"the batch at byte {start} of {seg.key} has base offset "
+                f"{PREFIX.unpack_from(data, 0)[0]}, its index object says {entry_base}"
+            )
         while True:
             found = _locate(data, start, seg, offset, max_bytes, min_one)
             if isinstance(found, tuple):
@@ -142,6 +189,47 @@ class RemoteReader:
                 raise self._failed(seg, exc) from exc
         return None
 
+    # ---- transactions --------------------------------------------------------------------------
+
+    async def aborted_transactions(
+        self, manifest: PartitionManifest, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions with data in ``[fetch_offset, upper)``, from the index objects
+        of the archived segments from the one holding ``fetch_offset`` on (see
+        :mod:`streamd.log.txn_index`), and whether they settle it."""
+        segs = manifest.segments
+        i = bisect.bisect_right(segs, fetch_offset, key=lambda s: s.base_offset) - 1
+        found: list[AbortedTxn] = []
+        for seg in segs[max(i, 0) :]:
+            if not seg.txn_index_key:
+                continue
+            try:
+                entries = await self._txn_index(seg)
+            except StreamdError as exc:
+                raise self._failed(seg, exc) from exc
+            more, complete = collect([entries], fetch_offset, upper)
+            found += more
+            if complete:
+                return found, True
+        return found, False
+
+    async def _txn_index(self, seg: SegmentMeta) -> list[AbortedTxn]:
+        cached = self._txn_indexes.get(seg.txn_index_key)
+        if cached is not None:
+            self._txn_indexes.move_to_end(seg.txn_index_key)
+            return cached
+        data = await self._store.get(seg.txn_index_key)
+        self._stats.downloaded_bytes += len(data)
+        verify(data, seg.txn_index_checksum, what=f"transaction index {seg.txn_index_key}")
+        try:
+            entries = decode_entries(data)
+        except ValueError as exc:
+            raise RemoteStorageError(f"{seg.txn_index_key} does not parse: {exc}") from exc
+        self._txn_indexes[seg.txn_index_key] = entries
+        while len(self._txn_indexes) > INDEX_CACHE_ENTRIES:
+            self._txn_indexes.popitem(last=False)
+        return entries
+
     # ---- objects -------------------------------------------------------------------------------
 
     async def _index(self, seg: SegmentMeta) -> RemoteIndex:
@@ -181,15 +269,71 @@ class RemoteReader:
         async def fetch_chunk(i: int) -> bytes:
             lo = i * chunk_size
             hi = min(lo + chunk_size, seg.size_bytes)
-            data = await self._store.get(seg.key, byte_range=(lo, hi))
-            self._stats.downloaded_bytes += len(data)
-            if len(data) != hi - lo:
-                raise RemoteStorageError(
-                    f"object {seg.key} is shorter than the {seg.size_bytes} bytes in its manifest"
-                )
-            return data
+            if lo >= hi:
+                return b""
+            return await self._fetch_verified(seg, lo, hi)
 
         return fetch_chunk
+
+    async def _fetch_verified(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
+        """Bytes ``[lo, hi)`` of ``seg``, checked against the index's block checksums (the
+        GET widened to whole blocks) before anyone sees them."""
+        index = self._indexes.get(seg.index_key)
+        index_load = None if index is not None else asyncio.ensure_future(self._index(seg))
+        try:
+            bs = index.block_size if index is not None else BLOCK_SIZE
+            glo, ghi = lo // bs * bs, min(seg.size_bytes, -(-hi // bs) * bs)
+            data = await self._get_range(seg, glo, ghi)
+            if index_load is not None:
+                index = await index_load
+                index_load = None
+        finally:
+            if index_load is not None:
+                index_load.cancel()
+        assert index is not None
+        if index.block_crcs is None:
+            return await self._fetch_legacy(seg, lo, hi)
+        if (glo, ghi) != index.covering_blocks(lo, hi):
+            glo, ghi = index.covering_blocks(lo, hi)
+            data = await self._get_range(seg, glo, ghi)
+        what = f"object {seg.key}"
+        if len(data) >= VERIFY_IN_THREAD_BYTES:
+            await asyncio.to_thread(index.verify, data, glo, what=what)
+        else:
+            index.verify(data, glo, what=what)
+        if (glo, ghi) == (lo, hi):
+            return data
+        return data[lo - glo : hi - glo]
+
+    async def _get_range(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
+        data = await self._store.get(seg.key, byte_range=(lo, hi))
+        self._stats.downloaded_bytes += len(data)
+        if len(data) != hi - lo:
+            raise RemoteStorageError(
+                f"object {seg.key} is shorter than the {seg.size_bytes} bytes in its manifest"
+            )
+        return data
+
+    async def _fetch_legacy(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
+        """An object whose index predates block checksums: read whole, checked against the
+        manifest's checksum (slow, but never unverified bytes)."""
+        if seg.key not in self._legacy_warned:
+            self._legacy_warned.add(seg.key)
+            log.warning(
+                "%s has a version 1 index (no block checksums): each chunk load reads the "
+                "whole object to verify it", seg.key,
+            )
+        data = await self._store.get(seg.key)
+        self._stats.downloaded_bytes += len(data)
+        if len(data) >= VERIFY_IN_THREAD_BYTES:
+            await asyncio.to_thread(verify, data, seg.checksum, what=f"object {seg.key}")
+        else:
+            verify(data, seg.checksum, what=f"object {seg.key}")
+        if len(data) != seg.size_bytes:
+            raise RemoteStorageError(
+                f"object {seg.key} has {len(data)} bytes, its manifest says {seg.size_bytes}"
+            )
+        return data[lo:hi]
 
     def _failed(self, seg: SegmentMeta, exc: StreamdError) -> StreamdError:
         if isinstance(exc, OffsetOutOfRange):
@@ -205,14 +349,26 @@ class RemoteReader:
     # ---- read-ahead ----------------------------------------------------------------------------
 
     def _read_ahead_from(
-        self, manifest: PartitionManifest, seg: SegmentMeta | None, pos: int, needed: int
+        self,
+        manifest: PartitionManifest,
+        seg: SegmentMeta | None,
+        pos: int,
+        needed: int,
+        below: int | None = None,
     ) -> None:
         """Start loading the chunks of ``[pos, pos + needed)`` of ``seg`` and of the
-        ``read_ahead`` chunks that follow it, continuing into the next archived segments."""
+        ``read_ahead`` chunks that follow it, continuing into the next archived segments, but
+        not into offsets at or above ``below`` (they are read locally)."""
         cs = self._cache.chunk_size
         budget = needed + self._read_ahead * cs
         while seg is not None and budget > 0:
             last = min(seg.size_bytes, pos + budget)
+            if below is not None and seg.last_offset >= below and pos > 0:
+                index = self._indexes.get(seg.index_key)
+                if index is not None:  # no chunk past the entry holding below - 1
+                    last = min(last, index.lookup(max(seg.base_offset, below - 1))[1])
+            if last <= pos:
+                return
             for chunk in range(pos // cs, (last - 1) // cs + 1):
                 if self._cache.loading >= MAX_READ_AHEAD_TASKS:
                     return
@@ -222,6 +378,8 @@ class RemoteReader:
                 return
             seg = segment_for_offset(manifest, seg.last_offset + 1)
             pos = 0
+            if seg is not None and below is not None and seg.base_offset >= below:
+                return
             if seg is not None and seg.index_key not in self._indexes:
                 self._spawn(self._index(seg))
 
@@ -305,7 +463,8 @@ def _prefix(
 
 
 def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -> None:
-    """Every batch well-formed with a matching CRC32C and offsets inside ``seg``, densely."""
+    """Every batch well-formed with a matching CRC32C and offsets inside ``seg``, densely; a
+    range that reaches the end of the object ends at the manifest's last offset."""
     pos = 0
     expected: int | None = None
     try:
@@ -319,10 +478,21 @@ def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -
                 )
             expected = header.next_offset
             pos += header.size
+        if position + pos == seg.size_bytes and expected != seg.last_offset + 1:
+            raise RemoteStorageError(
+                f"the object ends at offset {expected - 1 if expected else '?'}, its manifest "
+                f"says {seg.last_offset}"
+            )
     except StreamdError as exc:
         raise RemoteStorageError(
             f"{seg.key} at byte {position + pos} does not verify: {exc}"
         ) from exc
+
+
+def _estimate_position(seg: SegmentMeta, offset: int) -> int:
+    """Where ``offset`` probably lies in ``seg``, assuming evenly sized records."""
+    span = seg.last_offset - seg.base_offset + 1
+    return min(seg.size_bytes - 1, seg.size_bytes * (offset - seg.base_offset) // span)
 
 
 def _find_timestamp(

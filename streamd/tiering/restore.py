@@ -15,15 +15,31 @@ O(topics + partitions) requests with bounded concurrency, and O(segments) parsin
 - A restored partition's local log is empty and starts at ``last_uploaded_offset + 1`` (the
   next offset); its local manifest copy makes the tiering service serve every archived offset
   from ``remote_start_offset`` on before it has even reached the bucket, and lets the uploader
-  continue exactly after the last archived segment, so no existing object is ever rewritten.
-  A partition without a manifest (nothing archived yet) starts empty at 0.
+  continue exactly after the last archived segment. The copy carries a new incarnation: the
+  restored broker's uploads get keys no earlier history used (and are conditional anyway), so
+  no existing object is ever rewritten, even if the old broker still runs.
+  A partition without a manifest and without archived objects (nothing archived yet) starts
+  empty at 0.
+- A partition whose segment objects exist *without* a manifest (the manifest was lost) makes
+  its topic unrestorable: starting it empty at 0 would hand the archived offsets out again and
+  hide the archive. ``allow_missing_manifest`` (``--allow-missing-manifest``) restores it empty
+  instead, starting after the highest offset any object under its prefix holds (the objects
+  stay in the bucket, unserved), and reports it.
+- The cluster archive's offsets document records every partition's end offset; a partition
+  whose archive ends before that is reported with the number of offsets that were never
+  archived (lost: the restore is incomplete, exit 3). The document is written every
+  ``tiering.offsets_archive_interval_ms``, so offsets produced after its last write are not
+  counted.
 - A segment or index object named by a manifest but absent from the bucket (or of another
   size) is reported as a gap of offsets; the partition is restored anyway, so everything else
   is served (a Fetch inside the gap gets KAFKA_STORAGE_ERROR).
-- A partition manifest that cannot be read (corrupt, checksum mismatch) makes its topic
-  unrestorable: restoring that partition empty at 0 would let new uploads overwrite archived
-  objects. A manifest or cluster document of an unknown ``format_version`` stops the whole
-  restore (this streamd is too old for the bucket) before anything is written.
+- A partition manifest that cannot be read (corrupt body, checksum mismatch of its object or
+  its content) makes its topic unrestorable: restoring that partition empty at 0 would let new
+  uploads overwrite archived objects. Every other topic is restored (exit 3). An unreadable
+  cluster metadata document is reported and the topic manifests are used instead (ACLs and
+  users are then not restored); an unreadable offsets document is reported and no group
+  offsets are restored. A manifest or cluster document of an unknown ``format_version`` stops
+  the whole restore (this streamd is too old for the bucket) before anything is written.
 - Committed offsets are restored for restored topics only; an offset past a partition's
   restored end is kept (the consumer's reset policy applies, as in Kafka) and reported.
 
@@ -37,13 +53,14 @@ second run produce the same data_dir. Groups, ACLs and users are written by the 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from streamd.errors import StreamdError
+from streamd.errors import RemoteStorageError, StreamdError
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.tiering import keys
 from streamd.tiering.cluster_archive import METADATA_KIND, OFFSETS_KIND, unseal
@@ -52,8 +69,10 @@ from streamd.tiering.manifest import (
     PartitionManifest,
     TopicManifest,
     UnsupportedManifestVersion,
+    empty_manifest,
     load_partition_manifest,
     load_topic_manifest,
+    new_incarnation,
 )
 from streamd.tiering.partition_state import ManifestCopies, manifest_dir
 from streamd.tiering.store import ObjectNotFound, ObjectStore, StoreError
@@ -98,6 +117,16 @@ class PartitionPlan:
     """None: nothing archived; the partition starts empty at offset 0."""
     bucket_bytes: int = 0
     gaps: tuple[Skipped, ...] = ()
+    known_end: int | None = None
+    """The partition's end offset when the cluster archive last recorded it (None: unknown)."""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def unarchived(self) -> int:
+        """Offsets the cluster archive knew of that are not in the bucket (lost)."""
+        if self.known_end is None:
+            return 0
+        return max(0, self.known_end - self.next_offset)
 
     @property
     def start_offset(self) -> int:
@@ -224,9 +253,15 @@ def merge_topic_manifest(source: TopicSource, manifest: TopicManifest | None) ->
 
 
 def plan_partition(
-    topic: str, partition: int, manifest: PartitionManifest | None, listing: Mapping[str, int]
+    topic: str,
+    partition: int,
+    manifest: PartitionManifest | None,
+    listing: Mapping[str, int],
+    *,
+    known_end: int | None = None,
 ) -> PartitionPlan:
-    """Compare the manifest with one listing of the partition's prefix (key -> size)."""
+    """Compare the manifest with one listing of the partition's prefix (key -> size) and with
+    the end offset the cluster archive recorded."""
     gaps = []
     where = f"{topic}-{partition}"
     for seg in manifest.segments if manifest else ():
@@ -238,16 +273,71 @@ def plan_partition(
             why = f"segment object {seg.key} is {size} bytes, the manifest says {seg.size_bytes}"
         elif seg.index_key not in listing:
             why = f"index object {seg.index_key} is missing from the bucket"
+        elif seg.txn_index_key and seg.txn_index_key not in listing:
+            why = f"transaction index object {seg.txn_index_key} is missing from the bucket"
         else:
             continue
         gaps.append(Skipped(what=f"{where} {offsets}", why=f"{why}; these offsets cannot be read"))
-    return PartitionPlan(
+    plan = PartitionPlan(
         topic=topic,
         partition=partition,
         manifest=manifest,
         bucket_bytes=sum(listing.values()),
         gaps=tuple(gaps),
+        known_end=known_end,
     )
+    if plan.unarchived:
+        lost = Skipped(
+            what=f"{where} offsets {plan.next_offset}-{known_end - 1 if known_end else 0}",
+            why=f"{plan.unarchived} offset(s) the cluster archive recorded were never archived "
+            "(the broker stopped before uploading its tail); they are lost",
+        )
+        plan = dataclasses.replace(plan, gaps=(*plan.gaps, lost))
+    return plan
+
+
+def unmanifested_end(listing: Mapping[str, int]) -> int | None:
+    """The next offset after every segment object in a partition listing (None: there is no
+    segment object)."""
+    spans = [keys.parse_segment_name(k) for k in listing]
+    lasts = [span[1] for span in spans if span is not None]
+    return max(lasts) + 1 if lasts else None
+
+
+def plan_without_manifest(
+    topic: str,
+    topic_id: str,
+    partition: int,
+    listing: Mapping[str, int],
+    *,
+    allow: bool,
+    known_end: int | None = None,
+) -> PartitionPlan | Skipped:
+    """A partition without a manifest: empty at 0 when nothing was archived; when segment
+    objects exist, unrestorable (a :class:`Skipped`) unless ``allow``, which starts it empty
+    after the highest archived offset (those objects stay, unserved)."""
+    end = unmanifested_end(listing)
+    if end is None:
+        return plan_partition(topic, partition, None, listing, known_end=known_end)
+    count = sum(1 for k in listing if keys.parse_segment_name(k) is not None)
+    where = f"{topic}-{partition}"
+    if not allow:
+        return Skipped(
+            what=f"topic {topic}",
+            why=f"partition {partition} has {count} archived segment object(s) (offsets up to "
+            f"{end - 1}) but no manifest: restoring it empty at offset 0 would hand those "
+            "offsets out again; use --allow-missing-manifest to restore it empty from offset "
+            f"{end} (the archived records are not served)",
+        )
+    start = max(end, known_end or 0)
+    manifest = empty_manifest(topic, topic_id, partition, remote_start_offset=start)
+    plan = plan_partition(topic, partition, manifest, listing, known_end=known_end)
+    lost = Skipped(
+        what=f"{where} offsets 0-{start - 1}",
+        why=f"no manifest: {count} archived segment object(s) are not served "
+        f"(--allow-missing-manifest); the partition restarts empty at offset {start}",
+    )
+    return dataclasses.replace(plan, gaps=(*plan.gaps, lost))
 
 
 def select_offsets(
@@ -288,10 +378,28 @@ def select_offsets(
 # ---- reading the archive -------------------------------------------------------------------------
 
 
+def recorded_ends(offsets_doc: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """``topic -> {"tiered": bool, "ends": [end offset per partition]}`` from the offsets
+    document (empty for documents written before it recorded them)."""
+    raw = (offsets_doc or {}).get("partitions") or {}
+    out: dict[str, dict[str, Any]] = {}
+    for topic, entry in raw.items():
+        try:
+            out[str(topic)] = {
+                "tiered": bool(entry["tiered"]),
+                "ends": [int(e) for e in entry["ends"]],
+            }
+        except (KeyError, TypeError, ValueError):
+            continue
+    return out
+
+
 async def read_plan(
     store: ObjectStore,
     wanted: Iterable[str] | None = None,
     progress: Progress | None = None,
+    *,
+    allow_missing_manifest: bool = False,
 ) -> RestorePlan:
     """Read cluster documents and manifests into a :class:`RestorePlan` (nothing is written)."""
     progress = progress or NoProgress()
@@ -300,9 +408,10 @@ async def read_plan(
         await store.check()
     except StoreError as exc:
         raise RestoreError(f"bucket unreachable: {exc}") from None
-    metadata = await _get_document(store, keys.CLUSTER_METADATA_KEY, METADATA_KIND)
+    skipped: list[Skipped] = []
+    metadata = await _get_document(store, keys.CLUSTER_METADATA_KEY, METADATA_KIND, skipped)
     progress.advance()
-    offsets = await _get_document(store, keys.CLUSTER_OFFSETS_KEY, OFFSETS_KIND)
+    offsets = await _get_document(store, keys.CLUSTER_OFFSETS_KEY, OFFSETS_KIND, skipped)
     progress.advance()
     discovered: dict[str, TopicManifest] = {}
     if metadata is None:
@@ -313,10 +422,10 @@ async def read_plan(
                 "nor any topic manifest"
             )
     sources = select_topics(metadata, discovered, None if wanted is None else list(wanted))
+    ends = recorded_ends(offsets)
 
     sem = asyncio.Semaphore(READ_CONCURRENCY)
     progress.phase("reading manifests", sum(s.partition_count for s in sources) + len(sources))
-    skipped: list[Skipped] = []
 
     async def read_topic(source: TopicSource) -> TopicPlan | None:
         async with sem:
@@ -342,6 +451,11 @@ async def read_plan(
     async def read_partition(source: TopicSource, index: int) -> PartitionPlan | None:
         prefix = keys.partition_prefix(source.name, source.topic_id, index)
         what = f"{source.name}-{index}"
+        recorded = ends.get(source.name)
+        known_end = None
+        tiered = True
+        if recorded is not None and index < len(recorded["ends"]):
+            known_end, tiered = recorded["ends"][index], recorded["tiered"]
         async with sem:
             try:
                 listing = {info.key: info.size async for info in store.list(prefix)}
@@ -366,7 +480,25 @@ async def read_plan(
             return None
         if prefix + keys.PARTITION_MANIFEST_NAME in listing and manifest is None:
             return None
-        return plan_partition(source.name, index, manifest, listing)
+        if manifest is None:
+            planned = plan_without_manifest(
+                source.name, source.topic_id, index, listing,
+                allow=allow_missing_manifest, known_end=known_end if tiered else None,
+            )
+            if isinstance(planned, Skipped):
+                skipped.append(planned)
+                return None
+            plan = planned
+        else:
+            plan = plan_partition(
+                source.name, index, manifest, listing, known_end=known_end if tiered else None
+            )
+        if not tiered and known_end:
+            plan = dataclasses.replace(
+                plan,
+                notes=(f"not tiered: its {known_end} offset(s) were on local disk only",),
+            )
+        return plan
 
     plans = await asyncio.gather(*(read_topic(s) for s in sources))
     topics = tuple(p for p in plans if p is not None)
@@ -385,17 +517,30 @@ async def read_plan(
     )
 
 
-async def _get_document(store: ObjectStore, key: str, kind: str) -> dict[str, Any] | None:
+async def _get_document(
+    store: ObjectStore, key: str, kind: str, skipped: list[Skipped]
+) -> dict[str, Any] | None:
+    """A cluster document, or None when it is missing or unreadable (then noted in
+    ``skipped``: restore goes on without it)."""
     try:
         return unseal(await store.get(key), kind)
     except ObjectNotFound:
         return None
     except UnsupportedManifestVersion as exc:
         raise RestoreError(f"{key}: {exc}; upgrade streamd to restore this archive") from None
-    except ManifestError as exc:
-        raise RestoreError(f"{key} is unreadable: {exc}") from None
     except StoreError as exc:
-        raise RestoreError(f"bucket unreachable: reading {key}: {exc}") from None
+        if exc.retriable:
+            raise RestoreError(f"bucket unreachable: reading {key}: {exc}") from None
+        skipped.append(Skipped(what=key, why=f"unreadable: {exc}"))
+        return None
+    except (ManifestError, RemoteStorageError) as exc:
+        consequence = (
+            "topics are taken from the topic manifests; ACLs and users are not restored"
+            if kind == METADATA_KIND
+            else "no committed group offsets are restored"
+        )
+        skipped.append(Skipped(what=key, why=f"unreadable ({exc}): {consequence}"))
+        return None
 
 
 async def _get_manifest(
@@ -408,7 +553,7 @@ async def _get_manifest(
         return None
     except UnsupportedManifestVersion as exc:
         raise RestoreError(f"{key}: {exc}; upgrade streamd to restore this archive") from None
-    except (ManifestError, StoreError) as exc:
+    except (ManifestError, RemoteStorageError) as exc:
         if isinstance(exc, StoreError) and exc.retriable:
             raise RestoreError(f"bucket unreachable: reading {key}: {exc}") from None
         skipped.append(Skipped(what=what, why=f"manifest {key} is unreadable: {exc}"))
@@ -471,7 +616,7 @@ async def write_topics(
                 continue
             for part, plog in zip(tp.partitions, topic.partitions, strict=True):
                 if part.manifest is not None:
-                    copies.save(part.manifest)
+                    copies.save(new_incarnation(part.manifest))
                 if part.next_offset > plog.log_end_offset:
                     plog.truncate_fully_and_start_at(part.next_offset)
                 progress.advance()

@@ -18,8 +18,11 @@ Decisions:
   credentials, TLS failures) fails at once with :class:`StoreAccessError` naming bucket and
   endpoint.
 * Put-if-absent uses ``If-None-Match: *`` (AWS since 2024, MinIO, moto 5 all honour it; a 412
-  means the key exists). With ``conditional_writes=False``, or after the server answered 501 to
-  it, the store falls back to head-then-put (not atomic against a concurrent writer) and logs so.
+  means the key exists), on ``PutObject`` and on ``CompleteMultipartUpload`` (moto 5.2 checks
+  it there too; a multipart upload also HEADs the key first, so an existing object does not
+  cost a whole upload to find out). With ``conditional_writes=False``, or after the server
+  answered 501 to it, the store falls back to head-then-put (not atomic against a concurrent
+  writer) and logs so.
 * Botocore's own flexible request checksums are only sent where an API requires them: streamd
   stamps its own CRC32C (``x-amz-meta-streamd-crc32c``), which many S3-compatible servers handle
   better than aws-chunked trailers.
@@ -32,7 +35,8 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -53,7 +57,7 @@ from streamd.tiering.store import (
     StoreAccessError,
     StoreError,
     normalize_metadata,
-    pread_exactly,
+    pread_files,
     validate_key,
     validate_range,
 )
@@ -159,7 +163,7 @@ class S3Store:
         self._list_page_size = 1000
         self.part_size = 16 << 20
         """put_file: files larger than this go up as multipart uploads of parts this large."""
-        self.requests = 0
+        self.requests: Counter[str] = Counter()
         self.retries = 0
 
     @property
@@ -168,7 +172,7 @@ class S3Store:
         return f"{where} at {self._options.endpoint_url or 'the default AWS endpoint'}"
 
     async def check(self) -> None:
-        await self._call("head bucket", lambda c: c.head_bucket(Bucket=self._bucket))
+        await self._call("head bucket", lambda c: c.head_bucket(Bucket=self._bucket), "HEAD")
 
     async def put(
         self,
@@ -189,7 +193,9 @@ class S3Store:
             if_absent = False
         if if_absent:
             try:
-                await self._call(f"put {key!r}", lambda c: c.put_object(**args, IfNoneMatch="*"))
+                await self._call(
+                    f"put {key!r}", lambda c: c.put_object(**args, IfNoneMatch="*"), "PUT"
+                )
                 return
             except _ConditionalUnsupported:
                 log.warning(
@@ -200,7 +206,7 @@ class S3Store:
                 self._conditional_writes = False
                 await self.put(key, data, if_absent=True, metadata=metadata)
                 return
-        await self._call(f"put {key!r}", lambda c: c.put_object(**args))
+        await self._call(f"put {key!r}", lambda c: c.put_object(**args), "PUT")
 
     async def put_file(
         self,
@@ -209,27 +215,45 @@ class S3Store:
         size: int,
         *,
         checksum: str,
+        if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        """Store the first ``size`` bytes of file ``fd`` (whose CRC32C is ``checksum``).
+        await self.put_files(
+            key, [(fd, size)], checksum=checksum, if_absent=if_absent, metadata=metadata
+        )
 
-        Up to ``part_size`` bytes go in one PUT; larger files as a multipart upload of
-        ``part_size`` parts read one at a time, so memory stays bounded by one part whatever
-        the segment size. Each part is retried on its own; a failed upload is aborted (the
-        bucket keeps no parts) and the whole object is tried again on the next tick.
+    async def put_files(
+        self,
+        key: str,
+        files: Sequence[tuple[int, int]],
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """Store the concatenated files (whose CRC32C is ``checksum``).
+
+        Up to ``part_size`` bytes go in one PUT; more as a multipart upload of ``part_size``
+        parts read one at a time, so memory stays bounded by one part whatever the object size.
+        Each part is retried on its own; a failed upload is aborted (the bucket keeps no parts)
+        and the whole object is tried again on the next tick.
         """
+        size = sum(n for _, n in files)
         if size <= self.part_size:
-            data = await asyncio.to_thread(pread_exactly, fd, size, 0)
+            data = await asyncio.to_thread(pread_files, files, size, 0)
             if crc32c_hex(data) != checksum:
                 raise StoreError(f"put {key!r}: the source changed while it was read")
-            await self.put(key, data, metadata=metadata)
+            await self.put(key, data, if_absent=if_absent, metadata=metadata)
             return
+        if if_absent and await self.head(key) is not None:
+            raise ObjectExists(f"object {key!r} already exists in {self.description}")
         full = self._full_key(key)
         meta = normalize_metadata(metadata)
         meta[CHECKSUM_METADATA_KEY] = checksum
         created = await self._call(
             f"start multipart upload of {key!r}",
             lambda c: c.create_multipart_upload(Bucket=self._bucket, Key=full, Metadata=meta),
+            "PUT",
         )
         upload_id = created["UploadId"]
         try:
@@ -237,7 +261,7 @@ class S3Store:
             crc = 0
             for number, offset in enumerate(range(0, size, self.part_size), start=1):
                 data = await asyncio.to_thread(
-                    pread_exactly, fd, min(self.part_size, size - offset), offset
+                    pread_files, files, min(self.part_size, size - offset), offset
                 )
                 crc = crc32c(data, crc)
 
@@ -246,10 +270,11 @@ class S3Store:
                         Bucket=self._bucket, Key=full, UploadId=upload_id, PartNumber=n, Body=body
                     )
 
-                resp = await self._call(f"upload part {number} of {key!r}", upload)
+                resp = await self._call(f"upload part {number} of {key!r}", upload, "PUT")
                 parts.append({"ETag": resp["ETag"], "PartNumber": number})
             if format(crc, "08x") != checksum:
                 raise StoreError(f"put {key!r}: the source changed while it was read")
+            condition = {"IfNoneMatch": "*"} if if_absent and self._conditional_writes else {}
             await self._call(
                 f"complete multipart upload of {key!r}",
                 lambda c: c.complete_multipart_upload(
@@ -257,7 +282,9 @@ class S3Store:
                     Key=full,
                     UploadId=upload_id,
                     MultipartUpload={"Parts": parts},
+                    **condition,
                 ),
+                "PUT",
             )
         except BaseException:
             with contextlib.suppress(Exception):
@@ -266,6 +293,7 @@ class S3Store:
                     lambda c: c.abort_multipart_upload(
                         Bucket=self._bucket, Key=full, UploadId=upload_id
                     ),
+                    "DELETE",
                 )
             raise
 
@@ -284,7 +312,7 @@ class S3Store:
                 data = await body.read()
             return data, resp.get("Metadata", {}), "ContentRange" in resp
 
-        data, meta, ranged = await self._call(f"get {key!r}", fetch)
+        data, meta, ranged = await self._call(f"get {key!r}", fetch, "GET")
         if byte_range is None:
             expected = meta.get(CHECKSUM_METADATA_KEY)
             if expected is not None:
@@ -297,7 +325,7 @@ class S3Store:
         full = self._full_key(key)
         try:
             resp = await self._call(
-                f"head {key!r}", lambda c: c.head_object(Bucket=self._bucket, Key=full)
+                f"head {key!r}", lambda c: c.head_object(Bucket=self._bucket, Key=full), "HEAD"
             )
         except ObjectNotFound:
             return None
@@ -320,7 +348,9 @@ class S3Store:
             }
             if token:
                 args["ContinuationToken"] = token
-            page = await self._call(f"list {prefix!r}", _op("list_objects_v2", **args))
+            page = await self._call(
+                f"list {prefix!r}", _op("list_objects_v2", **args), "LIST"
+            )
             for item in page.get("Contents", []):
                 yield ObjectInfo(
                     key=item["Key"][strip:], size=int(item["Size"]), etag=item.get("ETag")
@@ -332,7 +362,7 @@ class S3Store:
     async def delete(self, key: str) -> None:
         full = self._full_key(key)
         await self._call(
-            f"delete {key!r}", lambda c: c.delete_object(Bucket=self._bucket, Key=full)
+            f"delete {key!r}", lambda c: c.delete_object(Bucket=self._bucket, Key=full), "DELETE"
         )
 
     async def delete_many(self, keys: Iterable[str]) -> None:
@@ -340,7 +370,8 @@ class S3Store:
         for i in range(0, len(full_keys), 1000):
             batch = {"Objects": [{"Key": k} for k in full_keys[i : i + 1000]], "Quiet": True}
             resp = await self._call(
-                "delete objects", _op("delete_objects", Bucket=self._bucket, Delete=batch)
+                "delete objects", _op("delete_objects", Bucket=self._bucket, Delete=batch),
+                "DELETE",
             )
             errors = [e for e in resp.get("Errors", []) if e.get("Code") != "NoSuchKey"]
             if errors:
@@ -400,13 +431,14 @@ class S3Store:
                 self._stack = stack
         return self._client
 
-    async def _call(self, what: str, op: Callable[[Any], Awaitable[T]]) -> T:
-        """Run ``op(client)`` with retries; translate failures into store errors."""
+    async def _call(self, what: str, op: Callable[[Any], Awaitable[T]], verb: str) -> T:
+        """Run ``op(client)`` (one ``verb`` request) with retries; translate failures into
+        store errors."""
         opts = self._options
         attempt = 0
         while True:
             attempt += 1
-            self.requests += 1
+            self.requests[verb] += 1
             try:
                 client = await self._get_client()
                 return await op(client)

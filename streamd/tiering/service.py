@@ -8,8 +8,23 @@ topic that has archived data this session). Decisions recorded here:
   unless the previous one is still running. A tick loads missing manifests, stores pending topic
   manifests, syncs every tiered partition (uploader pipeline), applies total retention to the
   archive, retries pending object deletions and runs the ``tick_hooks`` (cluster metadata).
-  Nothing in a tick raises: failures are recorded per partition (admin API, metrics, one log
-  line per new error) and retried.
+  Nothing in a tick raises, and one partition's failure (an unreadable manifest, a refused
+  upload, a bug) never stops the others nor the hooks: failures are recorded per partition
+  (admin API, ``/v1/health`` degraded, metrics, one log line per new error) and retried.
+- **Manifest loading.** A manifest that cannot be read (unreachable bucket, checksum mismatch,
+  unknown format) leaves the partition serving its local copy and uploading nothing, reported
+  as the partition's error until a later tick reads it. A manifest *missing* from the bucket
+  while the local copy lists archived objects is never replaced by an empty one (that would
+  forget the archive and let consumers skip it): if every object the copy names is in the
+  bucket, the copy is stored back (put-if-absent) and the event reported (``notice``);
+  otherwise the partition reports the missing objects and uploads nothing. A missing manifest
+  with no (or an empty) copy starts a new history with a fresh incarnation; archived objects
+  found under the prefix without a manifest are reported, never adopted or overwritten.
+- **Store probe.** The bucket is probed (HEAD bucket) at start and on every tick while it is
+  failing or no partition is tiered, so ``/v1/health`` reports an unusable bucket before any
+  topic uses it.
+- **Shutdown.** :meth:`archive_tail` rolls every tiered partition's active segment and archives
+  it within ``tiering.shutdown_upload_timeout_ms``, so a planned stop loses nothing on restore.
 - **Local deletion veto (invariant 4).** ``LogManager.tiering_veto`` is set to
   :meth:`may_delete_local`: a tiered segment may leave local disk only when the stored manifest
   covers its last offset. Without a loaded manifest nothing is covered.
@@ -37,10 +52,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from streamd.errors import OffsetOutOfRange
+from streamd.errors import OffsetOutOfRange, RemoteStorageError
 from streamd.log.manager import LogManager, Topic
 from streamd.log.partition import PartitionLog
 from streamd.log.segment import Segment
+from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.candidates import select_candidates
@@ -51,14 +67,17 @@ from streamd.tiering.manifest import (
     TopicManifest,
     advance_remote_start,
     delete_records_before,
+    dump_partition_manifest,
     dump_topic_manifest,
+    empty_manifest,
     load_partition_manifest,
+    with_incarnation,
 )
 from streamd.tiering.partition_state import ManifestCopies, PartitionState
 from streamd.tiering.remote_reader import RemoteReader
 from streamd.tiering.retention import plan_remote_start
 from streamd.tiering.stats import TieringStats
-from streamd.tiering.store import ObjectNotFound, ObjectStore, StoreError
+from streamd.tiering.store import VERBS, ObjectExists, ObjectNotFound, ObjectStore, StoreError
 from streamd.tiering.uploader import Outcome, Uploader
 
 log = logging.getLogger("streamd.tiering")
@@ -77,6 +96,9 @@ class TieringSettings:
     upload_concurrency: int = 4
     read_ahead_chunks: int = 2
     delete_on_topic_delete: bool = True
+    merge_target_bytes: int = 0
+    segment_max_upload_interval_ms: int = 3_600_000
+    shutdown_upload_timeout_ms: int = 30_000
     fail_after_segment_upload: bool = False
 
 
@@ -105,6 +127,8 @@ class TieringService:
             self.stats,
             concurrency=self.settings.upload_concurrency,
             on_manifest_stored=self._save_copy,
+            merge_target_bytes=self.settings.merge_target_bytes,
+            max_upload_interval_ms=self.settings.segment_max_upload_interval_ms,
             fail_after_segment_upload=self.settings.fail_after_segment_upload,
         )
         self._reader = RemoteReader(
@@ -115,6 +139,8 @@ class TieringService:
         self._background: set[asyncio.Task[None]] = set()
         self._load_sem = asyncio.Semaphore(LOAD_CONCURRENCY)
         self.ticks = 0
+        self.store_error: str | None = None
+        """Why the last probe of the bucket failed (None: it answered)."""
         self.tick_hooks: list[Callable[[], Awaitable[None]]] = []
         """Run at the end of every tick (the cluster metadata archive); they must not raise."""
 
@@ -128,6 +154,7 @@ class TieringService:
 
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
         self.logs.tiering_veto = self.may_delete_local
+        await self.probe_store()
         await self._refresh_topics(load=False)
         self._topic_manifests_pending.update(
             name for name, t in self.logs.topics().items() if t.config.remote_storage_enable
@@ -179,6 +206,8 @@ class TieringService:
     async def tick(self) -> None:
         self.ticks += 1
         try:
+            if self.store_error is not None or not self._states:
+                await self.probe_store()
             await self._refresh_topics()
             for name in list(self._topic_manifests_pending):
                 topic = self.logs.get(name)
@@ -195,28 +224,101 @@ class TieringService:
             await asyncio.gather(*jobs)
             for (name, topic_id), count in list(self._deletions.items()):
                 await self._delete_topic_objects(name, topic_id, count)
-            for hook in list(self.tick_hooks):
-                await hook()
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("tiering tick failed; retrying on the next one")
+        for hook in list(self.tick_hooks):
+            try:
+                await hook()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("tiering tick hook failed; retrying on the next tick")
+
+    async def probe_store(self, timeout_s: float = 10.0) -> bool:
+        """HEAD the bucket; record why it is unusable (``/v1/health``). Never raises."""
+        try:
+            await asyncio.wait_for(self.store.check(), timeout_s)
+        except (RemoteStorageError, TimeoutError) as exc:
+            message = f"object store {self.store.description} is not usable: {exc or 'timed out'}"
+            if message != self.store_error:
+                log.error("tiered storage: %s; local data is kept until archiving succeeds",
+                          message)
+            self.store_error = message
+            return False
+        if self.store_error is not None:
+            log.info("tiered storage: object store %s is reachable again", self.store.description)
+        self.store_error = None
+        return True
 
     async def _tick_partition(
-        self, topic: Topic, state: PartitionState, plog: PartitionLog
+        self, topic: Topic, state: PartitionState, plog: PartitionLog, *, seal: bool = False
+    ) -> None:
+        """One partition's share of a tick; whatever goes wrong is recorded on its state."""
+        try:
+            await self._sync_partition(topic, state, plog, seal=seal)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("tiering of %s-%d failed", state.topic, state.partition)
+            state.note_error(f"{type(exc).__name__}: {exc}")
+
+    async def _sync_partition(
+        self, topic: Topic, state: PartitionState, plog: PartitionLog, *, seal: bool
     ) -> None:
         if not state.loaded:
             await self._load_manifest(state)
             if not state.loaded:
                 return
         if topic.config.remote_storage_enable:
-            result = await self._uploader.sync_partition(state, plog)
+            result = await self._uploader.sync_partition(state, plog, seal=seal)
             if result.outcome is Outcome.OK:
                 state.clear_error()
             elif result.error:
                 state.note_error(result.error)
         await self._apply_total_retention(topic, state, plog)
         await self._delete_pending(state)
+
+    async def archive_tail(self, timeout_ms: int | None = None) -> bool:
+        """Graceful shutdown: roll every tiered partition's active segment and archive
+        everything not archived yet, within ``timeout_ms`` (default
+        ``tiering.shutdown_upload_timeout_ms``). Call it after the Kafka side stopped appending
+        and before the logs close. Returns whether every partition's tail is archived."""
+        timeout_ms = self.settings.shutdown_upload_timeout_ms if timeout_ms is None else timeout_ms
+        if self._tick_task is not None and not self._tick_task.done():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._tick_task), timeout_ms / 1000)
+        jobs = []
+        tails = []
+        for topic in self.logs.topics().values():
+            if not topic.config.remote_storage_enable:
+                continue
+            for index, plog in enumerate(topic.partitions):
+                state = self._states.get((topic.name, index))
+                if state is not None and plog.high_watermark > 0:
+                    jobs.append(self._tick_partition(topic, state, plog, seal=True))
+                    tails.append((state, plog))
+        if not jobs:
+            return True
+        started = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.gather(*jobs), max(0, timeout_ms) / 1000)
+        behind = [
+            f"{s.topic}-{s.partition} (archived to {s.manifest.last_uploaded_offset}, "
+            f"end {p.high_watermark - 1})"
+            for s, p in tails
+            if s.manifest.last_uploaded_offset < p.high_watermark - 1
+        ]
+        if behind:
+            log.warning(
+                "shutdown: %d partition tail(s) not archived within %d ms (kept on local disk): %s",
+                len(behind), timeout_ms, ", ".join(behind[:10]),
+            )
+            return False
+        log.info("shutdown: archived the tail of %d tiered partition(s) in %.2fs",
+                 len(tails), time.monotonic() - started)
+        return True
 
     async def _refresh_topics(self, *, load: bool = True) -> None:
         """Track every partition of tiered topics; forget topics that no longer exist. New
@@ -238,33 +340,104 @@ class TieringService:
                     copy = self._copies.load(topic.name, topic_id, index)
                     if copy is not None:
                         state.manifest = copy
+                        state.from_copy = True
                     self._states[(topic.name, index)] = state
                     to_load.append(state)
         if load:
             await asyncio.gather(*(self._load_manifest(s) for s in to_load))
 
     async def _load_manifest(self, state: PartitionState) -> None:
+        """Read the partition's manifest from the bucket (see "Manifest loading" above).
+        Never raises: failures are recorded on ``state``."""
         async with self._load_sem:
             try:
                 data = await self.store.get(state.manifest_key)
-                manifest = load_partition_manifest(data)
+                manifest: PartitionManifest | None = load_partition_manifest(data)
             except ObjectNotFound:
                 manifest = None
-            except (StoreError, ManifestError) as exc:
-                state.note_error(f"cannot load manifest {state.manifest_key}: {exc}")
+            except (RemoteStorageError, ManifestError) as exc:
+                self.stats.manifest_errors += 1
+                state.note_error(
+                    f"cannot load manifest {state.manifest_key}: {exc}; the partition serves "
+                    "its local copy and archives nothing until the manifest is readable"
+                )
                 return
+            try:
+                if manifest is None:
+                    manifest = await self._manifest_missing(state)
+                    if manifest is None:
+                        return
+            except RemoteStorageError as exc:
+                state.note_error(f"cannot check the archive of a missing manifest: {exc}")
+                return
+        copy = state.manifest if state.from_copy else None
+        if (
+            copy is not None
+            and copy.incarnation
+            and copy.segments == manifest.segments[: len(copy.segments)]
+        ):
+            # This broker's history continues (a restore chose a new incarnation for it, so
+            # that the broker it replaced can never write the same keys).
+            manifest = replace(manifest, incarnation=copy.incarnation)
+        manifest = with_incarnation(manifest)
         async with state.lock:
             if state.loaded:
                 # Another load of this partition (the tick's, or the one a topic change
                 # started) got there first, and uploads may have moved the manifest on since:
                 # replacing it now would forget what they archived.
                 return
-            if manifest is None:
-                manifest = PartitionState.new(state.topic, state.topic_id, state.partition).manifest
             state.manifest = manifest
             state.loaded = True
+            state.from_copy = False
             state.clear_error()
         await self._save_copy(manifest)
+
+    async def _manifest_missing(self, state: PartitionState) -> PartitionManifest | None:
+        """The bucket has no manifest for this partition: recover it from the local copy, or
+        start a new history (reporting archived objects that have no manifest). Returns None
+        when the partition must not upload (reported as its error)."""
+        copy = state.manifest if state.from_copy else None
+        listing = {info.key: info.size async for info in self.store.list(state.prefix)}
+        segments = sorted(k for k in listing if keys.parse_segment_name(k) is not None)
+        if copy is not None and (copy.segments or copy.last_uploaded_offset >= 0):
+            missing = [
+                key
+                for seg in copy.segments
+                for key, size in (
+                    (seg.key, seg.size_bytes), (seg.index_key, None), (seg.txn_index_key, None)
+                )
+                if key and (key not in listing or (size is not None and listing[key] != size))
+            ]
+            if missing:
+                state.note_error(
+                    f"manifest {state.manifest_key} is missing from the bucket and {len(missing)} "
+                    f"object(s) its local copy names are gone too (first: {missing[0]}); "
+                    "nothing is archived until an operator repairs the archive"
+                )
+                return None
+            try:
+                await self.store.put(
+                    state.manifest_key, dump_partition_manifest(copy), if_absent=True
+                )
+            except ObjectExists:
+                return None  # it is back: the next tick reads it
+            state.note(
+                f"manifest {state.manifest_key} was missing from the bucket; recovered it from "
+                f"the local copy ({len(copy.segments)} archived segment(s), offsets "
+                f"{copy.remote_start_offset}-{copy.last_uploaded_offset})"
+            )
+            return copy
+        manifest = copy if copy is not None else empty_manifest(
+            state.topic, state.topic_id, state.partition
+        )
+        if segments:
+            top = max((keys.parse_segment_name(k) or (0, -1))[1] for k in segments)
+            state.note(
+                f"{len(segments)} archived segment object(s) under {state.prefix} have no "
+                f"manifest (offsets up to {top}); they are not served. New uploads start "
+                f"history {manifest.incarnation!r} and never overwrite them"
+            )
+        return manifest
 
     async def _save_copy(self, manifest: Any) -> None:
         try:
@@ -275,20 +448,7 @@ class TieringService:
     async def _apply_total_retention(
         self, topic: Topic, state: PartitionState, plog: PartitionLog
     ) -> None:
-        manifest = state.manifest
-        if not manifest.segments:
-            return
-        not_archived = sum(
-            s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
-        )
-        retention_ms, retention_bytes = topic.config.retention_limits
-        new_start = plan_remote_start(
-            manifest,
-            now_ms=now_ms(),
-            retention_ms=retention_ms,
-            retention_bytes=retention_bytes,
-            local_bytes_not_archived=not_archived,
-        )
+        new_start = self._retention_due(topic, state.manifest, plog)
         if new_start is None:
             return
         try:
@@ -301,6 +461,25 @@ class TieringService:
         local_cut = min(advanced.remote_start_offset, plog.high_watermark)
         if local_cut > plog.log_start_offset:
             plog.delete_records_before(local_cut)
+
+    @staticmethod
+    def _retention_due(
+        topic: Topic, manifest: PartitionManifest, plog: PartitionLog
+    ) -> int | None:
+        """Where total retention would move the remote start now (None: nothing expires)."""
+        if not manifest.segments:
+            return None
+        not_archived = sum(
+            s.size for s in plog.segments if s.base_offset > manifest.last_uploaded_offset
+        )
+        retention_ms, retention_bytes = topic.config.retention_limits
+        return plan_remote_start(
+            manifest,
+            now_ms=now_ms(),
+            retention_ms=retention_ms,
+            retention_bytes=retention_bytes,
+            local_bytes_not_archived=not_archived,
+        )
 
     async def delete_records(self, topic: str, partition: int, offset: int) -> None:
         """DeleteRecords on a tiered partition: before the local log start moves, the stored
@@ -328,16 +507,21 @@ class TieringService:
             moved, removed = move(state.manifest)
             if moved is state.manifest:
                 return moved
-            stored = await self._uploader.store_manifest(state, moved)
+
+            def doom() -> None:
+                for seg in removed:
+                    self.cache.invalidate(seg.key)
+                    state.pending_deletes += [seg.key, seg.index_key]
+                    if seg.txn_index_key:
+                        state.pending_deletes.append(seg.txn_index_key)
+
+            stored = await self._uploader.store_manifest(state, moved, then=doom)
             if stored.outcome is not Outcome.OK:
                 raise StoreError(stored.error or "manifest not stored", retriable=True)
             log.info(
                 "%s-%d: remote start moved to %d %s (%d segments dropped)",
                 state.topic, state.partition, moved.remote_start_offset, why, len(removed),
             )
-            for seg in removed:
-                self.cache.invalidate(seg.key)
-                state.pending_deletes += [seg.key, seg.index_key]
             return moved
 
     async def _delete_pending(self, state: PartitionState) -> None:
@@ -451,7 +635,28 @@ class TieringService:
         state = self._states.get((topic, partition))
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")
-        return await self._reader.read(state.manifest, offset, max_bytes, min_one)
+        local = self.logs.get(topic)
+        below = None
+        if local is not None and partition < len(local.partitions):
+            below = local.partitions[partition].log_start_offset
+        return await self._reader.read(state.manifest, offset, max_bytes, min_one, below=below)
+
+    def prefetch(self, topic: str, partition: int, offset: int) -> None:
+        """Start loading what a remote read of ``offset`` needs, without waiting (a Fetch over
+        several archived partitions overlaps their round trips this way)."""
+        state = self._states.get((topic, partition))
+        if state is not None:
+            self._reader.prefetch(state.manifest, offset)
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
+        and whether that settles it (else the local segments' indexes follow)."""
+        state = self._states.get((topic, partition))
+        if state is None:
+            return [], False
+        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int
@@ -482,10 +687,12 @@ class TieringService:
             else:
                 mode = "local+archive" if archived else "local"
             pending = 0
+            due = None
             if manifest is not None:
                 pending = len(
                     select_candidates(plog.segments, manifest, plog.high_watermark).candidates
                 )
+                due = self._retention_due(topic, manifest, plog)
             parts.append(
                 {
                     "partition": index,
@@ -505,9 +712,12 @@ class TieringService:
                     "last_upload_ms": state.last_upload_ms if state else -1,
                     "pending_uploads": pending,
                     "pending_deletes": len(state.pending_deletes) if state else 0,
+                    "retention_due_offset": -1 if due is None else due,
                     "errors": state.errors if state else 0,
                     "last_error": state.last_error if state else None,
+                    "notice": state.notice if state else None,
                     "blocked": state.blocked if state else None,
+                    "incarnation": manifest.incarnation if manifest else None,
                 }
             )
         return {
@@ -519,10 +729,11 @@ class TieringService:
         }
 
     def health(self) -> dict[str, Any]:
-        """The tiering section of ``GET /v1/health``: "degraded" while any partition's last
-        upload (or load) attempt failed or its uploads are blocked; lag counts offsets and
-        bytes not yet archived over all tiered partitions."""
+        """The tiering component of ``GET /v1/health``: "degraded" while the bucket does not
+        answer or any partition's last upload (or manifest load) failed or its uploads are
+        blocked; lag counts offsets and bytes not yet archived over all tiered partitions."""
         failing = []
+        notices = []
         lag_offsets = lag_bytes = 0
         for (name, index), state in sorted(self._states.items()):
             topic = self.logs.get(name)
@@ -534,13 +745,19 @@ class TieringService:
             lag_bytes += sum(x.size for x in plog.segments if x.base_offset > last)
             if state.last_error is not None or state.blocked:
                 failing.append(f"{name}-{index}: {state.last_error or state.blocked}")
+            if state.notice is not None:
+                notices.append(f"{name}-{index}: {state.notice}")
+        if self.store_error is not None:
+            failing.insert(0, self.store_error)
         return {
             "status": "degraded" if failing else "ok",
             "store": self.store.description,
+            "store_reachable": self.store_error is None,
             "tiered_partitions": len(self._states),
             "upload_lag_offsets": lag_offsets,
             "upload_lag_bytes": lag_bytes,
             "errors": failing[:10],
+            "notices": notices[:10],
         }
 
     def metric_families(self) -> Iterable[Family]:
@@ -563,18 +780,34 @@ class TieringService:
         def counter(name: str, help_text: str, value: float) -> Family:
             return (name, help_text, "counter", [({}, value)])
 
+        requests = self.store.requests
+        archived_gb = s.uploaded_bytes / (1 << 30)
+        replayed_gb = s.downloaded_bytes / (1 << 30)
+
+        def per_gb(gb: float) -> list[tuple[dict[str, str], float]]:
+            return [({"verb": v}, requests.get(v, 0) / gb if gb else 0.0) for v in VERBS]
+
         def gauge(name: str, help_text: str, value: float) -> Family:
             return (name, help_text, "gauge", [({}, value)])
 
         return [
+            ("streamd_tiering_bucket_requests_total", "Requests sent to the bucket, by verb "
+             "(every attempt and multipart part counts).", "counter",
+             [({"verb": v}, requests.get(v, 0)) for v in VERBS]),
+            ("streamd_tiering_bucket_requests_per_gb_archived", "Bucket requests by verb per "
+             "GiB stored in the bucket.", "gauge", per_gb(archived_gb)),
+            ("streamd_tiering_bucket_requests_per_gb_replayed", "Bucket requests by verb per "
+             "GiB read back from the bucket.", "gauge", per_gb(replayed_gb)),
             counter("streamd_tiering_upload_bytes_total", "Bytes stored in the bucket.",
                     s.uploaded_bytes),
             counter("streamd_tiering_uploaded_segments_total", "Segments archived.",
                     s.uploaded_segments),
             counter("streamd_tiering_upload_errors_total", "Failed segment uploads.",
                     s.upload_errors),
-            counter("streamd_tiering_manifest_errors_total", "Failed manifest stores.",
-                    s.manifest_errors),
+            counter("streamd_tiering_manifest_writes_total", "Partition manifests stored.",
+                    s.manifest_writes),
+            counter("streamd_tiering_manifest_errors_total",
+                    "Partition manifests that failed to store or to load.", s.manifest_errors),
             counter("streamd_tiering_download_bytes_total", "Bytes read from the bucket.",
                     s.downloaded_bytes),
             counter("streamd_tiering_download_errors_total", "Failed remote reads.",
@@ -585,6 +818,8 @@ class TieringService:
                     s.read_ahead_chunks),
             counter("streamd_tiering_deleted_objects_total", "Objects deleted.",
                     s.deleted_objects),
+            counter("streamd_tiering_delete_errors_total", "Failed object deletions.",
+                    s.delete_errors),
             ("streamd_tiering_upload_lag_offsets", "Offsets below the high watermark not yet "
              "archived.", "gauge", lag_offsets),
             ("streamd_tiering_upload_lag_bytes", "Local bytes not yet archived.", "gauge",

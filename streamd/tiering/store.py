@@ -16,7 +16,11 @@ Contract shared by both (checked by ``tests/unit/tiering/test_store_contract.py`
   and raises :class:`streamd.errors.RemoteStorageError` on mismatch (invariant 6). Ranged reads
   cannot be verified against the whole-object checksum; their callers verify what they read
   (batch CRCs, index checksums from the manifest).
-* ``put(..., if_absent=True)`` raises :class:`ObjectExists` when the key already exists.
+* ``put(..., if_absent=True)`` (and ``put_file``/``put_files``) raises :class:`ObjectExists`
+  when the key already exists and leaves the object as it was (invariant 9: segment and index
+  objects are only ever written this way).
+* ``put_files(key, [(fd, size), ...])`` stores the concatenation of the first ``size`` bytes of
+  each file (adjacent segments merged into one object), reading in bounded pieces.
 * ``get(key, byte_range=(start, end))`` returns ``data[start:end]`` (end exclusive), shorter when
   the object ends before ``end``; an empty range returns ``b""``; ``start`` past the end of a
   non-empty object raises :class:`RangeNotSatisfiable`.
@@ -27,12 +31,16 @@ Contract shared by both (checked by ``tests/unit/tiering/test_store_contract.py`
 * Misconfiguration (missing bucket, bad credentials, access denied) raises
   :class:`StoreAccessError` at once, naming the bucket and endpoint; transient failures are
   retried inside the backend and surface as :class:`RemoteStorageError` with ``retriable=True``.
+* ``requests`` counts the requests sent, by verb (``PUT``, ``GET``, ``HEAD``, ``LIST``,
+  ``DELETE``; every attempt and every part of a multipart upload counts): the bucket bill, and
+  what ``/metrics`` and the benchmark report per GB archived and replayed.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlparse
@@ -41,6 +49,7 @@ from streamd.errors import ConfigError, RemoteStorageError, StorageError
 from streamd.log import files
 
 CHECKSUM_METADATA_KEY = "streamd-crc32c"
+VERBS = ("PUT", "GET", "HEAD", "LIST", "DELETE")
 
 _BAD_KEY_CHARS = re.compile(r"[\x00-\x1f\x7f\\]")
 
@@ -119,10 +128,28 @@ class ObjectStore(Protocol):
         size: int,
         *,
         checksum: str,
+        if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
         """Store the first ``size`` bytes of file ``fd`` whose CRC32C is ``checksum``, reading
         it in bounded pieces; refuse (StoreError) if the bytes read do not match."""
+        ...
+
+    async def put_files(
+        self,
+        key: str,
+        files: Sequence[tuple[int, int]],
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        """:meth:`put_file` of the concatenation of several files' first bytes."""
+        ...
+
+    @property
+    def requests(self) -> Counter[str]:
+        """Requests sent so far, by verb."""
         ...
 
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes: ...
@@ -163,6 +190,24 @@ def pread_exactly(fd: int, length: int, position: int) -> bytes:
         return files.pread_exactly(fd, length, position, "the file to upload")
     except StorageError as exc:
         raise StoreError(str(exc)) from exc
+
+
+def pread_files(files: Sequence[tuple[int, int]], length: int, position: int) -> bytes:
+    """``length`` bytes at ``position`` of the concatenation of ``(fd, size)`` files."""
+    parts = []
+    origin = 0
+    end = position + length
+    for fd, size in files:
+        lo, hi = max(position, origin), min(end, origin + size)
+        if lo < hi:
+            parts.append(pread_exactly(fd, hi - lo, lo - origin))
+        origin += size
+        if origin >= end:
+            break
+    data = b"".join(parts)
+    if len(data) != length:
+        raise StoreError(f"the files to upload hold {origin} bytes, not {end}")
+    return data
 
 
 def normalize_metadata(metadata: Mapping[str, str] | None) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -34,8 +35,12 @@ CONFIG = {
 
 
 def admin_json(port: int, path: str) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
-        return json.load(resp)  # type: ignore[no-any-return]
+    """The JSON body, also of an error status (``/v1/health`` answers 503 when degraded)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return json.load(resp)  # type: ignore[no-any-return]
+    except urllib.error.HTTPError as exc:
+        return json.load(exc)  # type: ignore[no-any-return]
 
 
 def consume_all(bootstrap: str, topic: str, expected: int) -> list[ops.Message]:

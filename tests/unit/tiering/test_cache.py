@@ -17,19 +17,39 @@ ENTRY = CHUNK + 4  # chunk bytes + crc32c trailer on disk
 
 
 class FakeObject:
-    """A remote object with per-chunk fetch counting."""
+    """A remote object with per-chunk fetch counting. With a ``gate``, fetches wait for it;
+    :meth:`requested` waits (deterministically, no clock) until given chunks were asked for."""
 
     def __init__(self, data: bytes, chunk_size: int = CHUNK) -> None:
         self.data = data
         self.chunk_size = chunk_size
         self.fetches: Counter[int] = Counter()
         self.gate: asyncio.Event | None = None
+        self._asked = asyncio.Condition()
 
     async def fetch(self, index: int) -> bytes:
         self.fetches[index] += 1
+        async with self._asked:
+            self._asked.notify_all()
         if self.gate is not None:
             await self.gate.wait()
         return self.data[index * self.chunk_size : (index + 1) * self.chunk_size]
+
+    async def requested(self, *indexes: int) -> None:
+        """Return once every chunk in ``indexes`` has been requested (a stuck cache fails the
+        test after 5 s instead of hanging it)."""
+
+        async def wait() -> None:
+            async with self._asked:
+                await self._asked.wait_for(lambda: all(self.fetches[i] for i in indexes))
+
+        await asyncio.wait_for(wait(), 5)
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks: a yield to the loop, not a clock."""
+    for _ in range(5):
+        await asyncio.sleep(0)
 
 
 def disk_bytes(directory: Path) -> int:
@@ -93,7 +113,8 @@ async def test_concurrent_gets_share_one_fetch(tmp_path: Path) -> None:
     obj.gate = asyncio.Event()
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     tasks = [asyncio.create_task(cache.get_range("k", 2, 18, obj.fetch)) for _ in range(20)]
-    await asyncio.sleep(0.01)
+    await obj.requested(0, 1)
+    await settle()  # every task is now waiting on the two shared loads
     obj.gate.set()
     results = await asyncio.gather(*tasks)
     assert results == [obj.data[2:18]] * 20
@@ -107,7 +128,8 @@ async def test_cancelled_waiter_does_not_cancel_the_shared_fetch(tmp_path: Path)
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     first = asyncio.create_task(cache.get_chunk("k", 4, obj.fetch))
     second = asyncio.create_task(cache.get_chunk("k", 4, obj.fetch))
-    await asyncio.sleep(0.01)
+    await obj.requested(4)
+    await settle()  # both wait on the one load
     first.cancel()
     obj.gate.set()
     assert await second == obj.data[40:50]
@@ -238,7 +260,8 @@ async def test_a_range_loads_its_missing_chunks_concurrently(tmp_path: Path) -> 
     obj.gate = asyncio.Event()
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     task = asyncio.create_task(cache.get_range("k", 5, 45, obj.fetch))
-    await asyncio.sleep(0.01)
+    # Sequential loads would stop at chunk 0 (the gate is closed): this times out then.
+    await obj.requested(0, 1, 2, 3, 4)
     assert sorted(obj.fetches) == [0, 1, 2, 3, 4], "every chunk's GET should be in flight at once"
     obj.gate.set()
     assert await task == obj.data[5:45]
@@ -252,10 +275,10 @@ async def test_prefetch_starts_a_load_only_for_missing_chunks(tmp_path: Path) ->
     assert not cache.prefetch("k", 3, obj.fetch), "already loading"
     assert cache.loading == 1
     waiter = asyncio.create_task(cache.get_chunk("k", 3, obj.fetch))
-    await asyncio.sleep(0.01)
+    await obj.requested(3)
     obj.gate.set()
     assert await waiter == obj.data[30:40]
-    await asyncio.sleep(0.01)
+    await cache.idle()
     assert cache.loading == 0
     assert not cache.prefetch("k", 3, obj.fetch), "already cached on disk"
     assert obj.fetches == Counter({3: 1})
@@ -265,7 +288,7 @@ async def test_a_failed_prefetch_is_retried_by_the_next_read(tmp_path: Path) -> 
     flaky = fails_once(b"y")
     cache = ChunkCache(tmp_path, max_bytes=1000, chunk_size=CHUNK)
     assert cache.prefetch("k", 0, flaky)
-    await asyncio.sleep(0.01)
+    await cache.idle()
     assert cache.loading == 0 and cache.stats.entries == 0
     assert await cache.get_chunk("k", 0, flaky) == b"y" * CHUNK
 
@@ -288,10 +311,9 @@ async def test_concurrent_loads_never_exceed_the_disk_bound(tmp_path: Path) -> N
     cache = ChunkCache(tmp_path, max_bytes=2 * ENTRY, chunk_size=CHUNK)
     for i in range(8):
         cache.prefetch("k", i, obj.fetch)
-    await asyncio.sleep(0.01)
+    await obj.requested(*range(8))  # all eight loads are under way together
     obj.gate.set()
-    while cache.loading:
-        await asyncio.sleep(0.01)
+    await cache.idle()
     assert disk_bytes(tmp_path) <= 2 * ENTRY
     assert cache.stats.bytes <= 2 * ENTRY
     assert await cache.get_range("k", 0, 80, obj.fetch) == obj.data[:80]

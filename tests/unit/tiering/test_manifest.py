@@ -22,7 +22,9 @@ from streamd.tiering.manifest import (
     empty_manifest,
     load_partition_manifest,
     load_topic_manifest,
+    new_incarnation,
     segment_for_offset,
+    with_incarnation,
 )
 
 TID = "8d1f3c9e-6a0b-4c1e-9f3a-2b7d5e4a1c00"
@@ -39,8 +41,8 @@ def seg(
         max_timestamp=1_700_000_000_000 + last,
         record_count=last - base + 1,
         checksum=checksum,
-        key=keys.segment_key("t", TID, 0, base, last),
-        index_key=keys.segment_index_key("t", TID, 0, base, last),
+        key=keys.segment_key("t", TID, 0, base, last, incarnation="0a1b2c3d"),
+        index_key=keys.segment_index_key("t", TID, 0, base, last, incarnation="0a1b2c3d"),
         index_checksum="00c0ffee",
         uploaded_at_ms=uploaded_at_ms,
     )
@@ -66,9 +68,35 @@ def test_partition_manifest_round_trip() -> None:
     data = dump_partition_manifest(m)
     assert load_partition_manifest(data) == m
     assert dump_partition_manifest(load_partition_manifest(data)) == data
-    assert json.loads(data)["format_version"] == 1
+    assert json.loads(data)["format_version"] == 2
+    assert json.loads(data)["incarnation"] == m.incarnation != ""
     empty = empty_manifest("t", TID, 7)
     assert load_partition_manifest(dump_partition_manifest(empty)) == empty
+    assert empty_manifest("t", TID, 7).incarnation != empty.incarnation, "a new history each time"
+
+
+def test_version_1_manifests_are_read_and_continued_under_a_new_incarnation() -> None:
+    """An archive written before incarnations existed stays readable; the partition continuing
+    it gets an incarnation, and the next manifest it stores is version 2."""
+    m = built((0, 9), (10, 19))
+    doc = json.loads(dump_partition_manifest(m))
+    doc["format_version"] = 1
+    del doc["incarnation"]
+    old = load_partition_manifest(reseal(doc))
+    assert (old.format_version, old.incarnation) == (1, "")
+    assert old.segments == m.segments
+    assert json.loads(dump_partition_manifest(old))["format_version"] == 1
+    continued = with_incarnation(old)
+    assert continued.format_version == 2 and continued.incarnation
+    assert continued.segments == old.segments
+    assert with_incarnation(continued) is continued
+    assert load_partition_manifest(dump_partition_manifest(continued)) == continued
+    doc["incarnation"] = "0a1b2c3d"  # a version 1 document with a version 2 field
+    with pytest.raises(ManifestError, match="unknown"):
+        load_partition_manifest(reseal(doc))
+    restored = new_incarnation(continued)
+    assert restored.incarnation != continued.incarnation
+    assert restored.segments == continued.segments
 
 
 def test_topic_manifest_round_trip() -> None:
@@ -80,7 +108,7 @@ def test_topic_manifest_round_trip() -> None:
         load_partition_manifest(dump_topic_manifest(tm))
 
 
-@pytest.mark.parametrize("version", [2, 0, "1", None, True])
+@pytest.mark.parametrize("version", [3, 0, "1", None, True])
 def test_unknown_format_version_is_refused(version: object) -> None:
     doc = json.loads(dump_partition_manifest(built((0, 9))))
     doc["format_version"] = version
@@ -210,7 +238,7 @@ def test_values_are_frozen_and_validated() -> None:
             topic="t", topic_id=TID, partition=0, remote_start_offset=3, last_uploaded_offset=9
         )
     with pytest.raises(UnsupportedManifestVersion):
-        PartitionManifest(topic="t", topic_id=TID, partition=0, format_version=2)
+        PartitionManifest(topic="t", topic_id=TID, partition=0, format_version=3)
 
 
 def test_delete_records_inside_the_archive_moves_the_start_and_drops_whole_segments() -> None:

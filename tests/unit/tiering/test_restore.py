@@ -148,6 +148,7 @@ async def test_restore_serves_every_archived_byte_and_keeps_archiving(
 ) -> None:
     old, archived = await archived_world(tmp_path, bucket)
     old_manifests = {p: old.service.latest_tiered_offset("t", p) for p in range(2)}  # type: ignore[union-attr]
+    old_incarnations = {p: old.service._states[("t", p)].manifest.incarnation for p in range(2)}  # type: ignore[union-attr]
     await old.close()
     before = {o.key: o.etag async for o in bucket.list("") if o.key.endswith((".log", ".index"))}
 
@@ -180,7 +181,15 @@ async def test_restore_serves_every_archived_byte_and_keeps_archiving(
     assert new.logs.partition("t", 0).high_watermark == old_manifests[0] + 1 + 200
     await new.tick()
     await new.tick()
+    for p in range(2):  # the restored broker writes under a history of its own (invariant 9)
+        restored = service._states[("t", p)]
+        assert restored.loaded and restored.manifest.incarnation not in ("", old_incarnations[p])
     assert service.latest_tiered_offset("t", 0) > old_manifests[0]
+    new_keys = [s.key for s in service._states[("t", 0)].manifest.segments
+                if s.base_offset > old_manifests[0]]
+    assert new_keys and all(
+        k.endswith(f"-{service._states[('t', 0)].manifest.incarnation}.log") for k in new_keys
+    )
     after = {o.key: o.etag async for o in bucket.list("") if o.key.endswith((".log", ".index"))}
     assert len(after) > len(before)
     assert {k: after[k] for k in before} == before, "no archived object was rewritten"

@@ -32,8 +32,12 @@ def manifest(topic: str, partition: int, spans: list[tuple[int, int]], start: in
                 base_offset=base, last_offset=last, size_bytes=100 * (last - base + 1),
                 first_timestamp=0, max_timestamp=0, record_count=last - base + 1,
                 checksum="0000abcd",
-                key=keys.segment_key(topic, topic_id, partition, base, last),
-                index_key=keys.segment_index_key(topic, topic_id, partition, base, last),
+                key=keys.segment_key(
+                    topic, topic_id, partition, base, last, incarnation="0a1b2c3d"
+                ),
+                index_key=keys.segment_index_key(
+                    topic, topic_id, partition, base, last, incarnation="0a1b2c3d"
+                ),
                 index_checksum="0000abcd", uploaded_at_ms=1,
             ),
         )

@@ -7,7 +7,6 @@ across the boundary, total retention, topic deletion and an unreachable store.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -235,8 +234,7 @@ async def test_read_ahead_loads_the_following_segments_in_the_background(env: En
     first, second = state.manifest.segments[:2]
     assert second.size_bytes > 2048
     await service.read("t", 0, 0, 700, True)
-    while service.cache.loading:
-        await asyncio.sleep(0.01)
+    await service.cache.idle()
     # The read needed ``first`` whole (one index entry); two chunks more reach into ``second``.
     cached = set(service.cache.cached_chunks())
     assert {(second.key, 0), (second.key, 1)} <= cached
@@ -275,34 +273,58 @@ async def test_manifest_unreachable_at_start_means_no_uploads(env: Env) -> None:
     assert service.latest_tiered_offset("t", 0) > 0
 
 
-async def test_restart_resumes_and_reuploads_orphans(env: Env) -> None:
+async def crash_after_segment_put(env: Env, body: Any) -> tuple[int, str]:
+    """Archive 30 batches, stop, write 30 more; then leave ``body(segment)`` under the key the
+    next segment's upload will use (what a crash after its PUT leaves). Returns (archived up
+    to, key)."""
     env.logs.create_topic("t", 1, TIERED)
     await fill(env.logs, "t", 30)
     service = await env.open_service()
     await service.tick()
     first = service.latest_tiered_offset("t", 0)
+    incarnation = service._states[("t", 0)].manifest.incarnation
     await service.close()
     env.service = None
-    # a crash after a segment PUT but before the manifest: an orphan with the next key
     await fill(env.logs, "t", 30)
     plog = env.logs.partition("t", 0)
     orphan = next(s for s in plog.segments if s.base_offset == first + 1)
     env.logs.tiering_veto = None
-    env.bucket = LocalStore(env.tmp / "bucket", fsync=False)
-    env.store = FlakyStore(env.bucket)
     from streamd.tiering import keys
 
     topic = env.logs.get("t")
     assert topic is not None
-    key = keys.segment_key("t", str(topic.topic_id), 0, orphan.base_offset, orphan.last_offset)
-    await env.bucket.put(key, b"partial garbage from a crashed upload")
+    key = keys.segment_key(
+        "t", str(topic.topic_id), 0, orphan.base_offset, orphan.last_offset,
+        incarnation=incarnation,
+    )
+    await env.bucket.put(key, body(orphan))
+    return first, key
+
+
+async def test_restart_accepts_its_own_orphan(env: Env) -> None:
+    first, key = await crash_after_segment_put(env, lambda seg: seg.file.pread(seg.size, 0))
     service = await env.open_service()
     assert service.latest_tiered_offset("t", 0) == first, "manifest loaded from the bucket"
     await service.tick()
     assert service.latest_tiered_offset("t", 0) > first
-    manifest = service._states[("t", 0)].manifest
-    for seg in manifest.segments:
+    state = service._states[("t", 0)]
+    assert state.last_error is None
+    assert key in {seg.key for seg in state.manifest.segments}
+    for seg in state.manifest.segments:
         assert crc32c_hex(await env.bucket.get(seg.key)) == seg.checksum
+
+
+async def test_other_bytes_under_our_key_are_never_replaced(env: Env) -> None:
+    """Invariant 9: a key that holds other bytes (another broker archiving the same history)
+    is left as it is; the partition reports the conflict and admits nothing past it."""
+    first, key = await crash_after_segment_put(env, lambda seg: b"another writer's bytes")
+    service = await env.open_service()
+    await service.tick()
+    state = service._states[("t", 0)]
+    assert await env.bucket.get(key) == b"another writer's bytes"
+    assert state.last_error is not None and "not replaced" in state.last_error
+    assert service.latest_tiered_offset("t", 0) == first
+    assert service.health()["status"] == "degraded"
 
 
 async def test_corrupt_or_missing_object_is_an_error_not_bytes(env: Env) -> None:
@@ -393,3 +415,81 @@ async def test_cache_stays_within_its_bound(env: Env) -> None:
         peak = max(peak, service.cache.stats.bytes)
         assert _chunk_bytes_on_disk(env.tmp / "cache") <= 3000
     assert 0 < peak <= 3000 and service.cache.stats.evictions > 0
+
+
+def forge_values(segment: bytes) -> bytes:
+    """The same batches (offsets, sizes, timestamps) with every record value's ``v`` bytes
+    turned into ``w`` and each batch's CRC32C recomputed: a consistent, valid segment holding
+    other records (what another history of the partition could have archived)."""
+    import crc32c
+
+    out = bytearray(segment)
+    pos = 0
+    while pos < len(out):
+        length = int.from_bytes(out[pos + 8 : pos + 12], "big")
+        end = pos + 12 + length
+        out[pos + 61 : end] = bytes(out[pos + 61 : end]).replace(b"v", b"w")
+        out[pos + 17 : pos + 21] = crc32c.crc32c(bytes(out[pos + 21 : end])).to_bytes(4, "big")
+        pos = end
+    return bytes(out)
+
+
+async def test_an_index_object_that_is_not_the_manifests_is_never_trusted(env: Env) -> None:
+    """A segment object and its index object replaced together by another, self-consistent
+    pair (same offsets and sizes, other records): only the manifest's ``index_checksum``
+    tells them apart. The read must fail, never serve the other records (issue 15 item 9)."""
+    from streamd.tiering.segment_index import scan_segment
+
+    env.logs.create_topic("t", 1, TIERED)
+    await fill(env.logs, "t", 60)
+    service = await env.open_service()
+    await env.tick_and_housekeep()
+    seg = service._states[("t", 0)].manifest.segments[1]
+    forged = forge_values(await env.bucket.get(seg.key))
+    assert len(forged) == seg.size_bytes and forged != await env.bucket.get(seg.key)
+    await env.bucket.put(seg.key, forged)
+    await env.bucket.put(seg.index_key, scan_segment(forged, seg.base_offset).index)
+    with pytest.raises(RemoteStorageError):
+        data = await service.read("t", 0, seg.base_offset, 1 << 20, True)
+        raise AssertionError(f"served {bytes(data)[61:200]!r}")
+
+
+class ManifestPutsFail:
+    """Delegates to a real store; while ``failing``, PUTs of partition manifests fail."""
+
+    def __init__(self, inner: ObjectStore) -> None:
+        self.inner = inner
+        self.failing = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def put(self, key: str, data: bytes, **kwargs: Any) -> None:
+        if self.failing and key.endswith("/manifest.json"):
+            raise StoreError("manifest PUT refused (test)", retriable=True)
+        await self.inner.put(key, data, **kwargs)
+
+
+async def test_total_retention_deletes_nothing_the_stored_manifest_names(env: Env) -> None:
+    """Invariant 5 (issue 15 item 10): while the advanced manifest cannot be stored, every
+    object the stored manifest names stays in the bucket."""
+    env.logs.create_topic("t", 1, TIERED)
+    await fill(env.logs, "t", 60)
+    env.store = ManifestPutsFail(env.bucket)  # type: ignore[assignment]
+    service = await env.open_service()
+    await env.tick_and_housekeep()
+    state = service._states[("t", 0)]
+    assert len(state.manifest.segments) > 3
+    env.store.failing = True  # type: ignore[attr-defined]
+    env.logs.update_config("t", {"retention.bytes": "9000"})
+    for _ in range(3):
+        await service.tick()
+    assert state.last_error is not None and "manifest" in state.last_error
+    stored = load_partition_manifest(await env.bucket.get(state.manifest_key))
+    objects = await env.objects()
+    for seg in stored.segments:
+        assert seg.key in objects and seg.index_key in objects, f"{seg.key} deleted too early"
+    assert service.stats.deleted_objects == 0
+    env.store.failing = False  # type: ignore[attr-defined]
+    await service.tick()
+    assert state.manifest.remote_start_offset > 0 and service.stats.deleted_objects > 0

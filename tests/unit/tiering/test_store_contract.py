@@ -207,3 +207,72 @@ async def test_put_file_streams_a_file_in_parts(
     if hasattr(store, "part_size") and size > store.part_size:
         assert (info.etag or "").strip('"').endswith("-3"), "3 parts: a multipart ETag"
     assert await store.head("f/other.log") is None, "a failed upload leaves no object"
+
+
+@pytest.mark.parametrize("size", [1000, 12 * 1024 * 1024 + 5])
+async def test_put_files_if_absent_never_replaces_an_object(
+    backend: StoreUnderTest, tmp_path, size: int
+) -> None:  # noqa: ANN001
+    """Invariant 9: a conditional upload of a file (one PUT, or a multipart upload whose
+    completion carries If-None-Match) leaves an existing object exactly as it was."""
+    store = backend.store
+    if hasattr(store, "part_size"):
+        store.part_size = 5 * 1024 * 1024
+    first, second = os.urandom(size), os.urandom(size)
+    paths = []
+    for name, blob in (("a", first), ("b", second)):
+        path = tmp_path / name
+        path.write_bytes(blob)
+        paths.append(path)
+    fds = [os.open(p, os.O_RDONLY) for p in paths]
+    try:
+        await store.put_file("c/seg.log", fds[0], size, checksum=crc32c_hex(first), if_absent=True)
+        with pytest.raises(ObjectExists):
+            await store.put_file(
+                "c/seg.log", fds[1], size, checksum=crc32c_hex(second), if_absent=True
+            )
+        half = size // 2
+        # Two files as one object (adjacent segments merged), also conditional.
+        await store.put_files(
+            "c/merged.log", [(fds[0], half), (fds[1], size - half)],
+            checksum=crc32c_hex(first[:half] + second[: size - half]), if_absent=True,
+        )
+        with pytest.raises(ObjectExists):
+            await store.put_files(
+                "c/merged.log", [(fds[1], size)], checksum=crc32c_hex(second), if_absent=True
+            )
+    finally:
+        for fd in fds:
+            os.close(fd)
+    assert await store.get("c/seg.log") == first
+    assert await store.get("c/merged.log") == first[:half] + second[: size - half]
+
+
+async def test_a_multipart_completion_is_conditional_itself(moto_server, tmp_path) -> None:  # noqa: ANN001
+    """S3 only (the local store publishes with link(2), atomic by itself): the object may
+    appear while the parts upload, after the HEAD that found none; the completion's own
+    If-None-Match must refuse it then (moto 5.2 honours it there, as S3 and MinIO do)."""
+    from streamd.tiering.s3_store import S3Store
+
+    store = S3Store(moto_server.new_bucket(), options=moto_server.options())
+    store.part_size = 5 * 1024 * 1024
+    blob = os.urandom(11 * 1024 * 1024)
+    path = tmp_path / "big"
+    path.write_bytes(blob)
+    real_head = store.head
+
+    async def head_then_someone_writes(key: str):  # noqa: ANN202
+        found = await real_head(key)
+        await store.put(key, b"written meanwhile")
+        return found
+
+    store.head = head_then_someone_writes  # type: ignore[method-assign]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(ObjectExists):
+            await store.put_file("d/seg.log", fd, len(blob), checksum=crc32c_hex(blob),
+                                 if_absent=True)
+        assert await store.get("d/seg.log") == b"written meanwhile"
+    finally:
+        os.close(fd)
+        await store.close()
