@@ -91,6 +91,25 @@ class DescriptorCache:
             file.pins += 1
             return fd
 
+    def pin_all(self, files: list[CachedFile], fds: list[int]) -> None:
+        """:meth:`pin` each file (one lock for all: a flush round pins every file it writes).
+        If one cannot be opened, those pinned so far are unpinned and the error raised."""
+        with self._lock:
+            done = 0
+            try:
+                for file, fd in zip(files, fds, strict=True):
+                    self.pin(file, fd)
+                    done += 1
+            except BaseException:
+                for file in files[:done]:
+                    self.unpin(file)
+                raise
+
+    def unpin_all(self, files: list[CachedFile]) -> None:
+        with self._lock:
+            for file in files:
+                self.unpin(file)
+
     def touch(self, file: CachedFile, fd: int) -> int:
         """Open ``file`` if needed and mark it used, without pinning it: the descriptor is
         valid until something else is opened (use it at once, on the thread that asked)."""

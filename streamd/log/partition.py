@@ -554,19 +554,16 @@ class PartitionLog:
             self.directory if dir_dirty else None,
             self.page_cache_window,
         )
-        touched = {id(f): f for f in files}
+        touched = list(files)
         for segment, _, _ in pending:
-            touched.setdefault(id(segment.file), segment.file)
+            if segment.file not in touched:
+                touched.append(segment.file)
         try:
-            for file in touched.values():
-                file.pin()
-                job.pinned.append(file)
+            SegmentFile.pin_all(touched)
         except StorageError as exc:
-            for file in job.pinned:
-                file.unpin()
-            job.pinned.clear()
             self._fail(job, exc)
             raise
+        job.pinned = touched
         self._job_running = True
         return job
 
@@ -574,9 +571,8 @@ class PartitionLog:
         """Apply a round's outcome: advance the high watermark, or fail (see the module
         docstring) and raise the error every waiter of the round receives."""
         self._job_running = False
-        for file in job.pinned:
-            file.unpin()
-        job.pinned.clear()
+        SegmentFile.unpin_all(job.pinned)
+        job.pinned = []
         if error is not None:
             raise self._fail(job, error)
         for segment, _, end in job.pending:

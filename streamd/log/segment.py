@@ -103,6 +103,15 @@ class SegmentFile:
     def unpin(self) -> None:
         DESCRIPTORS.unpin(self)
 
+    @staticmethod
+    def pin_all(files: list[SegmentFile]) -> None:
+        """Pin every file of ``files`` (all or none: raises StorageError)."""
+        DESCRIPTORS.pin_all(list(files), [f._fd for f in files])
+
+    @staticmethod
+    def unpin_all(files: list[SegmentFile]) -> None:
+        DESCRIPTORS.unpin_all(list(files))
+
     @property
     def pinned_fd(self) -> int:
         """The descriptor of a pinned file (-1 if it is not open: never true while pinned)."""
