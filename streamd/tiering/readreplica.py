@@ -516,7 +516,7 @@ class ReadReplicas:
         manifests = await self._read_manifests(origin, name, source.topic_id,
                                                source.partition_count)
         configs = {**source.configs, CONFIG: url}
-        self.logs.validate_overrides(configs)
+        self.logs.check_new_topic(name, source.partition_count, configs)
         if validate_only:
             return None, source.partition_count
         topic = self.logs.create_topic(

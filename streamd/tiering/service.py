@@ -426,6 +426,11 @@ class TieringService:
             manifest = replace(manifest, incarnation=copy.incarnation)
         manifest = with_incarnation(manifest)
         async with state.lock:
+            if state.loaded:
+                # Another load of this partition (the tick's, or the one a topic change
+                # started) got there first, and uploads may have moved the manifest on since:
+                # replacing it now would forget what they archived.
+                return
             state.manifest = manifest
             state.loaded = True
             state.from_copy = False

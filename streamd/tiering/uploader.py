@@ -276,8 +276,8 @@ class Uploader:
             try:
                 # Private descriptors: a segment may be closed (topic deleted) meanwhile.
                 for segment in run:
-                    fds.append(os.dup(segment.file.fd))
-            except OSError as exc:
+                    fds.append(segment.file.dup())
+            except (OSError, StreamdError) as exc:
                 for fd in fds:
                     os.close(fd)
                 self._stats.upload_errors += 1

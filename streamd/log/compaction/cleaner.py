@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import streamd
+from streamd.errors import StorageError
 from streamd.log.compaction import swap
 from streamd.log.compaction.plan import Cleanable, CompactionPolicy, SegmentInfo, cleanable
 from streamd.log.compaction.swap import Checkpoint, CleanedSegment
@@ -469,6 +470,12 @@ class LogCleaner:
             await asyncio.to_thread(_abandon, directory, base, end)
             return False
         self._crash_point("commit")
+        # Each old file is held open before its name changes: a descriptor opened afterwards
+        # (they are opened lazily) would be the cleaned file's.
+        held = self._hold(old)
+        if held is None:
+            await asyncio.to_thread(_abandon, directory, base, end)
+            return False
         swap.install(directory, base, end, [s.base_offset for s in old[1:]])
         self._crash_point("install")
         segment = swap.open_cleaned_segment(
@@ -479,16 +486,34 @@ class LogCleaner:
             created_ms=old[0].created_ms,
         )
         plog.replace_segments(old, segment)
-        self._bury(old)
+        self._bury(held)
         await asyncio.to_thread(swap.finish, directory, [s.base_offset for s in old[1:]])
         return True
 
-    def _bury(self, old: list[Segment]) -> None:
-        """Keep the replaced segments' files open for ``FILE_CLOSE_DELAY_MS`` (slices of them
-        may still be on their way to a consumer), then close them in a thread: closing the
-        last descriptor of a deleted file frees its blocks, which takes time."""
+    @staticmethod
+    def _hold(old: list[Segment]) -> list[SegmentFile] | None:
+        """Pin the replaced segments' files (None if one is closed already: the segment went
+        meanwhile)."""
+        held: list[SegmentFile] = []
+        try:
+            for segment in old:
+                segment.file.pin()
+                held.append(segment.file)
+        except StorageError:
+            for file in held:
+                file.unpin()
+            return None
+        return held
+
+    def _bury(self, held: list[SegmentFile]) -> None:
+        """Retire the replaced segments' files now (nothing can open them again) but keep the
+        pinned descriptors for ``FILE_CLOSE_DELAY_MS`` (slices of them may still be on their way
+        to a consumer), then unpin them in a thread: closing the last descriptor of a deleted
+        file frees its blocks, which takes time."""
         due = now_ms() + FILE_CLOSE_DELAY_MS
-        self._graveyard.extend((due, s.file) for s in old)
+        for file in held:
+            file.close()
+        self._graveyard.extend((due, file) for file in held)
 
     async def _close_buried(self, everything: bool = False) -> None:
         now = now_ms()
@@ -614,7 +639,7 @@ def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any, Any]:
 
 def _close_all(files: list[SegmentFile]) -> None:
     for file in files:
-        file.close()
+        file.unpin()
 
 
 def _abandon(directory: Path, base: int, end: int) -> None:

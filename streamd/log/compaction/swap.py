@@ -219,7 +219,7 @@ def open_cleaned_segment(
         meta.base_offset,
         index_interval_bytes=index_interval_bytes,
         created_ms=created_ms,
-        file=SegmentFile(path),
+        file=SegmentFile(path, create=False),
         offset_index=offsets,
         time_index=times,
     )
