@@ -4,10 +4,10 @@ One :meth:`Uploader.sync_partition` call moves one partition forward as far as i
 
 1. roll the active segment if it has been open for ``segment.ms`` (idle or not), or if its
    oldest data is older than ``tiering.segment_max_upload_interval_ms``, so that a quiet
-   partition's tail gets archived too (this bounds what a wipe and restore can lose);
-   Neither roll happens while a transaction is open on the partition: the rolled segment could
-   not be archived before it ends anyway (see 2.), and rolling it would only cut the log into
-   more small segments;
+   partition's tail gets archived too (this bounds what a wipe and restore can lose). The
+   latter roll (and the shutdown's) is skipped while a transaction is open on the partition:
+   the rolled segment could not be archived before it ends anyway (see 2.), and rolling would
+   only cut the log into more small segments;
 2. select candidates (:mod:`streamd.tiering.candidates`): sealed, durable, below the last
    stable offset, not yet archived, and ending where no aborted transaction's marker is still
    to come (so the archive never holds a transaction it does not also decide);
