@@ -476,7 +476,11 @@ class LogCleaner:
         if held is None:
             await asyncio.to_thread(_abandon, directory, base, end)
             return False
-        swap.install(directory, base, end, [s.base_offset for s in old[1:]])
+        try:
+            swap.install(directory, base, end, [s.base_offset for s in old[1:]])
+        except BaseException:
+            SegmentFile.unpin_all(held)
+            raise
         self._crash_point("install")
         segment = swap.open_cleaned_segment(
             directory,
@@ -492,27 +496,24 @@ class LogCleaner:
 
     @staticmethod
     def _hold(old: list[Segment]) -> list[SegmentFile] | None:
-        """Pin the replaced segments' files (None if one is closed already: the segment went
-        meanwhile)."""
-        held: list[SegmentFile] = []
+        """Pin the replaced segments' files, all or none under the descriptor cache's one lock
+        (as a flush round pins its files); None if one is closed already: the segment went
+        meanwhile."""
+        held = [segment.file for segment in old]
         try:
-            for segment in old:
-                segment.file.pin()
-                held.append(segment.file)
+            SegmentFile.pin_all(held)
         except StorageError:
-            for file in held:
-                file.unpin()
             return None
         return held
 
     def _bury(self, held: list[SegmentFile]) -> None:
-        """Retire the replaced segments' files now (nothing can open them again) but keep the
-        pinned descriptors for ``FILE_CLOSE_DELAY_MS`` (slices of them may still be on their way
-        to a consumer), then unpin them in a thread: closing the last descriptor of a deleted
-        file frees its blocks, which takes time."""
+        """Retire the replaced segments' files now as deleted files (never opened again; a
+        fetch slice still reading one keeps it open) and keep the pinned descriptors for
+        ``FILE_CLOSE_DELAY_MS`` more, then unpin them in a thread: closing the last descriptor
+        of a deleted file frees its blocks, which takes time."""
         due = now_ms() + FILE_CLOSE_DELAY_MS
         for file in held:
-            file.close()
+            file.unlinked()
         self._graveyard.extend((due, file) for file in held)
 
     async def _close_buried(self, everything: bool = False) -> None:
@@ -638,8 +639,7 @@ def _commit(directory: Path, meta: CleanedSegment) -> tuple[Any, Any, Any]:
 
 
 def _close_all(files: list[SegmentFile]) -> None:
-    for file in files:
-        file.unpin()
+    SegmentFile.unpin_all(files)
 
 
 def _abandon(directory: Path, base: int, end: int) -> None:
