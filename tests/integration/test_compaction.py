@@ -14,8 +14,10 @@ from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_cli import Cli
+from tests.support import admin_http
 from tests.support.broker import BrokerProcess
 from tests.support.ops import consumer, create_topic, producer, watermarks
 from tests.support.txn import txn_producer
@@ -160,6 +162,20 @@ def test_compaction_keeps_one_record_per_live_key_with_gaps(broker_factory, topi
     assert part["cleaning"]["last"]["records_written"] < part["cleaning"]["last"]["records_read"]
     text = cli.ok("topic", "describe", topic_name)
     assert "dirty-ratio" in text.lower() and "last-cleaned" in text.lower()
+    reply = admin_http.get(broker.admin_port, "/metrics")
+    assert reply.status == 200
+    samples = {
+        (s.name, s.labels.get("topic")): s.value
+        for family in text_string_to_metric_families(reply.text)
+        for s in family.samples
+    }
+    assert samples[("streamd_log_cleaner_passes_total", None)] >= 1
+    read = samples[("streamd_log_cleaner_read_bytes_total", None)]
+    assert read > samples[("streamd_log_cleaner_written_bytes_total", None)] > 0
+    assert samples[("streamd_log_cleaner_pass_seconds_total", None)] > 0
+    # The last pass may only have dropped expired tombstones (an empty key map).
+    assert 0 <= samples[("streamd_log_cleaner_key_map_fill_ratio", None)] <= 1
+    assert samples[("streamd_log_cleaner_dirty_ratio", topic_name)] == 0.0
 
 
 def test_a_record_without_key_is_refused_by_a_compacted_topic(broker_factory, topic_name) -> None:  # type: ignore[no-untyped-def]
