@@ -121,7 +121,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=2000)
     ap.add_argument("--windows", type=int, default=6)
     ap.add_argument("--window-s", type=float, default=2)
-    ap.add_argument("--io-limit", type=int, default=0)
+    ap.add_argument("--io-limit", type=int, default=20 << 20)  # the broker default; 0 = none
     ap.add_argument("--set", action="append", default=[], dest="extra")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="streamd-compaction-")
