@@ -98,6 +98,13 @@ def _store(v: Any) -> str:
     raise ValueError("expected file:///abs/dir or s3://bucket[/prefix]")
 
 
+def _cleaner_crash_point(v: Any) -> str:
+    s = str(v).strip().lower()
+    if s not in ("", "commit", "install"):
+        raise ValueError("expected commit, install or empty")
+    return s
+
+
 def _nice(v: Any) -> int:
     n = _int(v)
     if not 0 <= n <= 19:
@@ -249,6 +256,34 @@ KEYS: tuple[Key, ...] = (
         5000,
         "Segment roll and retention check period.",
         dynamic=True,
+    ),
+    Key("log.cleaner.enable", _bool, True, "Compact topics with cleanup.policy=compact."),
+    Key(
+        "log.cleaner.dedupe_buffer_bytes",
+        _positive,
+        134217728,
+        "Memory bound of the cleaner's key -> offset map (one pass maps what fits).",
+        dynamic=True,
+    ),
+    Key(
+        "log.cleaner.io_max_bytes_per_second",
+        _non_negative,
+        20971520,
+        "Cleaner reads plus writes per second (keeps live latency low); 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "log.cleaner.backoff_ms",
+        _positive,
+        15000,
+        "How often the cleaner looks for dirty logs.",
+        dynamic=True,
+    ),
+    Key(
+        "log.cleaner.debug.crash_at",
+        _cleaner_crash_point,
+        "",
+        "Test hook: exit right after the first swap's commit or install step (crash simulation).",
     ),
     Key(
         "log.max_partitions",

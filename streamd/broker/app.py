@@ -36,7 +36,14 @@ from typing import Any
 from aiohttp import web
 
 from streamd.broker import admin_routes, console, transforms
-from streamd.broker.admin_api import AdminServer, BasicAuth, error, json_response, require_cluster
+from streamd.broker.admin_api import (
+    AdminServer,
+    BasicAuth,
+    error,
+    json_response,
+    require_cluster,
+    require_topic,
+)
 from streamd.broker.allocator import tune_allocator
 from streamd.broker.health import Health
 from streamd.broker.lock import DataDirLock
@@ -53,6 +60,7 @@ from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import ConnectionRegistry, start_kafka_server
 from streamd.kafka.zerocopy import FileBudget
+from streamd.log.compaction.cleaner import CleanerSettings, LogCleaner
 from streamd.log.descriptors import DESCRIPTORS
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.log.producer_ids import ProducerIdAllocator
@@ -124,6 +132,7 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.cleaner: LogCleaner | None = None
         self.replicas: ReadReplicas | None = None
         self.transforms: Supervisor | None = None
         self._transforms_side: transforms.TransformsBroker | None = None
@@ -159,6 +168,18 @@ class Broker:
         log.info(
             "opened %d topics from %s in %.2fs",
             len(self.logs.topics()), data_dir, time.monotonic() - started,
+        )
+        # The cleaner exists before tiering, which asks it what was cleaned (compacted topics);
+        # it starts cleaning once everything is up.
+        self.cleaner = LogCleaner(
+            self.logs,
+            CleanerSettings(
+                enabled=cfg["log.cleaner.enable"],
+                map_bytes=cfg["log.cleaner.dedupe_buffer_bytes"],
+                io_bytes_per_second=cfg["log.cleaner.io_max_bytes_per_second"],
+                backoff_ms=cfg["log.cleaner.backoff_ms"],
+                crash_at=cfg["log.cleaner.debug.crash_at"],
+            ),
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
@@ -233,6 +254,10 @@ class Broker:
         # --- end cluster metadata archive ---
         self._wire_dynamic_config()
         self.jobs = self._start_jobs()
+        # --- log compaction (streamd/log/compaction) ---
+        self.cleaner.start()
+        self.metrics.add_collector(self.cleaner.metric_families)
+        # --- end log compaction ---
         if self.transforms is not None:
             await self.transforms.open()
         self.ready = True
@@ -300,9 +325,24 @@ class Broker:
         )
         console.install(server, sources, self.groups, kafka)
         self._transaction_routes(server)
+        self._compaction_routes(server)
         if self.transforms is not None and self._transforms_side is not None:
             transforms.install_routes(server, self.transforms, self._transforms_side)
         return server
+
+    def _compaction_routes(self, server: AdminServer) -> None:
+        """``/v1/topics/{topic}/compaction``: per partition, the dirty section and the last
+        cleaning (``streamd topic describe`` shows it); DESCRIBE on the topic."""
+
+        async def compaction(request: web.Request) -> web.Response:
+            topic = request.match_info["topic"]
+            require_topic(request, topic)
+            rows = self.cleaner.status(topic) if self.cleaner is not None else None
+            if rows is None:
+                return error(404, f"unknown topic {topic!r}")
+            return json_response({"topic": topic, "partitions": rows})
+
+        server.get("/v1/topics/{topic}/compaction", compaction)
 
     def _transaction_routes(self, server: AdminServer) -> None:
         """``/v1/transactions[?state=S,...]`` and ``/v1/transactions/{id}`` (``streamd
@@ -360,6 +400,7 @@ class Broker:
             self.logs,
             cache,
             manifest_dir=cfg.data_dir / "tiering" / "manifests",
+            compaction=self.cleaner,
             settings=TieringSettings(
                 upload_interval_ms=cfg["tiering.upload_interval_ms"],
                 upload_concurrency=cfg["tiering.upload_concurrency"],
@@ -523,6 +564,12 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            if any(name.startswith("log.cleaner.") for name in changed) and self.cleaner:
+                self.cleaner.reconfigure(
+                    map_bytes=values["log.cleaner.dedupe_buffer_bytes"],
+                    io_bytes_per_second=values["log.cleaner.io_max_bytes_per_second"],
+                    backoff_ms=values["log.cleaner.backoff_ms"],
+                )
             if "log.housekeeping_interval_ms" in changed and self.jobs is not None:
                 self.jobs.reschedule("housekeeping", values["log.housekeeping_interval_ms"])
             self.connections.configure(cfg)
@@ -589,6 +636,8 @@ class Broker:
         for server in self.servers:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 2)
+        if self.cleaner is not None:
+            await self.cleaner.stop()
         await self._archive_tail()
         if self.archive is not None:
             with contextlib.suppress(Exception):

@@ -227,6 +227,8 @@ def describe_data(name: str) -> dict[str, Any]:
         }
         for p in parts
     ]
+    if any(c["name"] == "cleanup.policy" and "compact" in (c["value"] or "") for c in configs):
+        _add_compaction(name, partitions)
     return {
         "name": desc.name,
         "topic_id": kafka_topic_id(desc.topic_id) if desc.topic_id else None,
@@ -234,6 +236,27 @@ def describe_data(name: str) -> dict[str, Any]:
         "partitions": partitions,
         "configs": configs,
     }
+
+
+def _add_compaction(name: str, partitions: list[dict[str, Any]]) -> None:
+    """streamd's view of a compacted topic's partitions (admin API): dirty ratio and the last
+    cleaning. Left out when the admin API does not answer (another Kafka broker)."""
+    try:
+        doc = admin_get(f"/v1/topics/{name}/compaction")
+    except CliError:
+        return
+    rows = {r["partition"]: r for r in doc.get("partitions", [])}
+    for part in partitions:
+        row = rows.get(part["partition"])
+        if row is None:
+            continue
+        last = row.get("last_cleaning") or {}
+        part["dirty_ratio"] = row["dirty_ratio"]
+        part["last_cleaned"] = _utc(last.get("finished_ms")) if last else None
+        part["cleaning"] = {
+            k: row.get(k)
+            for k in ("clean_bytes", "dirty_bytes", "first_dirty_offset", "cleaning_now")
+        } | {"last": last or None}
 
 
 @topic.command()
@@ -280,10 +303,10 @@ def describe(
                 configs_table = table_dicts(d["configs"], ["name", "value", "source"])
                 out.append(section("configs", configs_table))
             if wanted["partitions"]:
-                out.append(section("partitions", table_dicts(
-                    d["partitions"],
-                    ["partition", "leader", "replicas", "log_start", "high_watermark"],
-                )))
+                columns = ["partition", "leader", "replicas", "log_start", "high_watermark"]
+                if any("dirty_ratio" in p for p in d["partitions"]):
+                    columns += ["dirty_ratio", "last_cleaned"]
+                out.append(section("partitions", table_dicts(d["partitions"], columns)))
         return "\n".join(out)
 
     shown = [

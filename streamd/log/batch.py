@@ -45,6 +45,8 @@ COMPRESSION_MASK = 0x07
 TIMESTAMP_TYPE_LOG_APPEND = 0x08
 TRANSACTIONAL = 0x10
 CONTROL = 0x20
+DELETE_HORIZON = 0x40
+"""KIP-534: ``baseTimestamp`` holds the batch's delete horizon (set by the log cleaner)."""
 
 _I64 = struct.Struct(">q")
 _I32 = struct.Struct(">i")
@@ -91,8 +93,12 @@ class BatchHeader:
 
     @property
     def first_timestamp(self) -> int:
-        """Timestamp of the first record as a reader sees it."""
-        return self.max_timestamp if self.log_append_time else self.base_timestamp
+        """Timestamp of the first record as a reader sees it. A batch whose ``baseTimestamp``
+        holds the log cleaner's delete horizon (attribute bit 6, KIP-534) does not record it:
+        its ``maxTimestamp`` stands in."""
+        if self.log_append_time or self.attributes & DELETE_HORIZON:
+            return self.max_timestamp
+        return self.base_timestamp
 
 
 def parse_header(buf: bytes | bytearray | memoryview, pos: int = 0) -> BatchHeader:
@@ -108,11 +114,14 @@ def batch_crc(buf: bytes | bytearray | memoryview, pos: int, size: int) -> int:
         view.release()
 
 
-def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> BatchHeader:
+def check_batch(
+    buf: bytes | bytearray | memoryview, pos: int, end: int, *, compacted: bool = False
+) -> BatchHeader:
     """Validate the framing and CRC of the batch at ``pos`` (``end`` bounds the data).
 
     Raises :class:`CorruptMessage` for a torn, truncated, foreign-magic or CRC-failing batch and
-    :class:`InvalidRecord` for an inconsistent record count.
+    :class:`InvalidRecord` for an inconsistent record count. A ``compacted`` batch (written by
+    the log cleaner) may hold fewer records than its offset range, even none.
     """
     if end - pos < HEADER_SIZE:
         raise CorruptMessage(f"truncated batch header at byte {pos}: {end - pos} bytes left")
@@ -131,7 +140,13 @@ def check_batch(buf: bytes | bytearray | memoryview, pos: int, end: int) -> Batc
             f"CRC32C mismatch in batch at byte {pos}: stored {header.crc:#010x}, "
             f"computed {actual:#010x}"
         )
-    if header.records_count <= 0 or header.records_count != header.last_offset_delta + 1:
+    if compacted:
+        if not 0 <= header.records_count <= header.last_offset_delta + 1:
+            raise InvalidRecord(
+                f"batch at byte {pos} has recordsCount {header.records_count} but "
+                f"lastOffsetDelta {header.last_offset_delta}"
+            )
+    elif header.records_count <= 0 or header.records_count != header.last_offset_delta + 1:
         raise InvalidRecord(
             f"batch at byte {pos} has recordsCount {header.records_count} but "
             f"lastOffsetDelta {header.last_offset_delta}"

@@ -28,6 +28,7 @@ log = logging.getLogger("streamd.log")
 WRITE_BLOCK = 4096
 """Pending index entries are appended to the file once they reach this many bytes."""
 
+
 class _SparseIndex:
     ENTRY: struct.Struct
     KEY_TYPE: str

@@ -53,7 +53,7 @@ import bisect
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,7 @@ from streamd.log.batch import (
     patch_for_append,
     validate_produce_batches,
 )
+from streamd.log.compaction.records import first_keyless_record
 from streamd.log.conform import check_timestamps, conform_batches
 from streamd.log.control import ABORT, marker_batch, marker_type
 from streamd.log.disk import DiskMonitor
@@ -349,6 +350,10 @@ class PartitionLog:
         self._check_writable()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
         check_client_batches(headers)
+        if self.config.compact and first_keyless_record(payload, headers) is not None:
+            raise InvalidRecord(
+                f"Compacted topic cannot accept message without key in topic partition {self.name}."
+            )
         check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
@@ -446,7 +451,7 @@ class PartitionLog:
             return
         if (
             segment.size + incoming_bytes > self.config.segment_bytes
-            or now - segment.created_ms >= self.config.segment_ms
+            or now - segment.created_ms >= self.config.roll_ms
             or self.log_end_offset + incoming_count - 1 - segment.base_offset > MAX_RELATIVE_OFFSET
         ):
             self._roll(now)
@@ -505,9 +510,10 @@ class PartitionLog:
             _replace_file(self.directory / SNAPSHOT_FILE, data)
 
     def roll_if_due(self, now: int) -> bool:
-        """Roll a non-empty active segment older than ``segment.ms``."""
+        """Roll a non-empty active segment older than ``segment.ms`` (or, on a compacted
+        topic, ``max.compaction.lag.ms``: the active segment is never cleaned)."""
         segment = self.active
-        if not segment.is_empty and now - segment.created_ms >= self.config.segment_ms:
+        if not segment.is_empty and now - segment.created_ms >= self.config.roll_ms:
             try:
                 self._roll(now)
             except StorageError as exc:
@@ -661,11 +667,13 @@ class PartitionLog:
         limit = self.high_watermark if upto is None else min(upto, self.high_watermark)
         if offset >= limit:
             return None
-        segment = self._segment_for(offset)
-        found = segment.find_position(offset)
-        if found is None:
-            return None
-        return segment.read(found[0], max_bytes, min_one, end_offset=limit)
+        first = max(0, bisect.bisect_right(self._bases, offset) - 1)
+        for segment in self._segments[first:]:
+            # A compacted segment may end in a gap: the offset is then served by a later one.
+            found = segment.find_position(max(offset, segment.base_offset))
+            if found is not None:
+                return segment.read(found[0], max_bytes, min_one, end_offset=limit)
+        return None
 
     def _segment_for(self, offset: int) -> Segment:
         return self._segments[max(0, bisect.bisect_right(self._bases, offset) - 1)]
@@ -719,6 +727,44 @@ class PartitionLog:
             if record_ts == ts:
                 return max(offset, start), ts
         return header.base_offset, ts
+
+    # ---- compaction ----------------------------------------------------------------------------
+
+    def holds_run(self, run: Sequence[Segment]) -> bool:
+        """True while ``run`` is still a run of consecutive sealed segments of this open log
+        (the cleaner checks it right before swapping in their cleaned copy)."""
+        if self._closed or not run:
+            return False
+        try:
+            i = next(n for n, s in enumerate(self._segments) if s is run[0])
+        except StopIteration:
+            return False
+        window = self._segments[i : i + len(run)]
+        return (
+            i + len(run) < len(self._segments)
+            and len(window) == len(run)
+            and all(a is b for a, b in zip(window, run, strict=True))
+        )
+
+    def replace_segments(self, old: Sequence[Segment], new: Segment) -> None:
+        """Put the cleaner's copy ``new`` in place of the consecutive sealed segments ``old``
+        (``holds_run(old)`` must be true). Only the segment list changes here: the cleaner has
+        put the files in place (:mod:`streamd.log.compaction.swap`) and deletes and closes the
+        old ones later, off the event loop, so that readers holding slices of them keep reading
+        the bytes they were given."""
+        assert self.holds_run(old) and new.base_offset == old[0].base_offset
+        i = self._segments.index(old[0])
+        self._segments[i : i + len(old)] = [new]
+        if self._page_cache_window >= 0:
+            new.file.uncached_below = max(0, new.size - self._page_cache_window)
+        self._bases = [s.base_offset for s in self._segments]
+        gone = {id(s.file) for s in old}
+        self._unsynced = [f for f in self._unsynced if id(f) not in gone]
+        self._sealed_this_session = [s for s in self._sealed_this_session if s not in old]
+        for segment in old:
+            segment.offset_index.close()
+            segment.time_index.close()
+        self._dir_dirty = True
 
     # ---- deletion ------------------------------------------------------------------------------
 

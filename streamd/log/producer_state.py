@@ -119,8 +119,9 @@ class ProducerStateTable:
         if header.attributes & TRANSACTIONAL and pid not in self.ongoing:
             self.ongoing[pid] = header.base_offset
         entry.batches.append(
-            BatchRecord(header.base_sequence, _last_seq(header), header.base_offset,
-                        header.last_offset)
+            BatchRecord(
+                header.base_sequence, _last_seq(header), header.base_offset, header.last_offset
+            )
         )
 
     def end_txn(self, producer_id: int, marker_offset: int) -> tuple[int, int] | None:
@@ -166,9 +167,13 @@ class ProducerStateTable:
                 "version": 1,
                 "scanned_to": self.scanned_to,
                 "producers": {
-                    str(pid): {"epoch": e.epoch, "batches": [
-                        [b.first_seq, b.last_seq, b.base_offset, b.last_offset] for b in e.batches
-                    ]}
+                    str(pid): {
+                        "epoch": e.epoch,
+                        "batches": [
+                            [b.first_seq, b.last_seq, b.base_offset, b.last_offset]
+                            for b in e.batches
+                        ],
+                    }
                     for pid, e in self.producers.items()
                 },
                 "ongoing": {str(pid): first for pid, first in self.ongoing.items()},

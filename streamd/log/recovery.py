@@ -10,6 +10,12 @@ the last valid batch's last offset + 1.
 
 Indexes are rebuilt from the log whenever they are missing or inconsistent with it (entries past
 the end of the log, a size that is not a whole number of entries, non-increasing entries).
+
+Compacted partitions: unfinished cleaner swaps are completed or rolled back first
+(:func:`streamd.log.compaction.swap.recover_swaps`). Segments below the cleaner checkpoint have
+been cleaned, so there offsets only have to increase (the cleaner leaves gaps, inside segments
+and between them) and a batch may hold fewer records than its offset range; such a segment
+ends where the next one begins.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from pathlib import Path
 
 from streamd.errors import CorruptMessage, InvalidRecord
 from streamd.log.batch import HEADER_SIZE, check_batch, parse_header
+from streamd.log.compaction.swap import read_checkpoint, recover_swaps
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.index import OffsetIndex, TimeIndex, _SparseIndex
 from streamd.log.segment import NO_TIMESTAMP, Segment, SegmentFile, segment_path
@@ -79,7 +86,13 @@ def _persist_index(index: _SparseIndex, kind: str, stale_reason: str | None) -> 
 
 
 def validate_segment(
-    directory: Path, base_offset: int, *, index_interval_bytes: int, now_ms: int, seal: bool
+    directory: Path,
+    base_offset: int,
+    *,
+    index_interval_bytes: int,
+    now_ms: int,
+    seal: bool,
+    compacted: bool = False,
 ) -> tuple[Segment, int]:
     """Walk every batch of a segment, truncate at the first invalid one, rebuild its indexes.
 
@@ -97,7 +110,7 @@ def validate_segment(
     segment.offset_index.persist = segment.time_index.persist = False
     fd = os.open(path, os.O_RDWR)
     try:
-        pos, reason = _walk(segment, fd)
+        pos, reason = _walk(segment, fd, compacted)
         cut = os.fstat(fd).st_size - pos
         if cut:
             log.warning(
@@ -139,9 +152,10 @@ def validate_segment(
     return segment, cut
 
 
-def _walk(segment: Segment, fd: int) -> tuple[int, str]:
+def _walk(segment: Segment, fd: int, compacted: bool = False) -> tuple[int, str]:
     """Track every valid batch of the file from its start; returns where the valid part ends
-    and why it ends there ("" at the end of the file)."""
+    and why it ends there ("" at the end of the file). In a ``compacted`` segment offsets only
+    have to increase (see the module docstring)."""
     file_size = os.fstat(fd).st_size
     pos = 0
     if not file_size:
@@ -149,10 +163,12 @@ def _walk(segment: Segment, fd: int) -> tuple[int, str]:
     with mmap.mmap(fd, file_size, access=mmap.ACCESS_READ) as data:
         while pos < file_size:
             try:
-                header = check_batch(data, pos, file_size)  # type: ignore[arg-type]  # mmap is a buffer
+                header = check_batch(data, pos, file_size, compacted=compacted)  # type: ignore[arg-type]  # mmap is a buffer
             except (CorruptMessage, InvalidRecord) as exc:
                 return pos, str(exc)
-            if header.base_offset != segment.next_offset:
+            if header.base_offset != segment.next_offset and not (
+                compacted and header.base_offset > segment.next_offset
+            ):
                 return pos, (
                     f"batch at byte {pos} has base offset {header.base_offset}, "
                     f"expected {segment.next_offset}"
@@ -163,7 +179,13 @@ def _walk(segment: Segment, fd: int) -> tuple[int, str]:
 
 
 def load_trusted_segment(
-    directory: Path, base_offset: int, next_offset: int, *, index_interval_bytes: int, now_ms: int
+    directory: Path,
+    base_offset: int,
+    next_offset: int,
+    *,
+    index_interval_bytes: int,
+    now_ms: int,
+    compacted: bool = False,
 ) -> Segment | None:
     """Open a sealed segment from a clean shutdown without reading it; None if its indexes or
     first batch do not fit (the caller then validates it in full)."""
@@ -182,7 +204,10 @@ def load_trusted_segment(
         return None
     file = SegmentFile(path, create=False)
     first = parse_header(file.pread(HEADER_SIZE, 0))
-    if first.base_offset != base_offset or first.magic != 2:
+    expected = first.base_offset == base_offset or (
+        compacted and base_offset < first.base_offset < next_offset
+    )
+    if not expected or first.magic != 2:
         file.close()
         return None
     segment = Segment(
@@ -205,12 +230,18 @@ def load_trusted_segment(
 
 def recover_partition(directory: Path, *, index_interval_bytes: int, now_ms: int) -> list[Segment]:
     """Open every segment of a partition, validating as described in the module docstring."""
+    recover_swaps(directory)
     remove_strays(directory)
     clean = take_clean_marker(directory)
+    checkpoint = read_checkpoint(directory)
+    cleaned_below = checkpoint.first_dirty if checkpoint is not None else 0
     bases = segment_bases(directory)
     segments: list[Segment] = []
     for i, base in enumerate(bases):
         is_last = i == len(bases) - 1
+        compacted = base < cleaned_below
+        if segments and segments[-1].base_offset < cleaned_below:
+            segments[-1].next_offset = max(segments[-1].next_offset, base)
         if segments and base != segments[-1].next_offset:
             _drop_from(
                 directory,
@@ -227,6 +258,7 @@ def recover_partition(directory: Path, *, index_interval_bytes: int, now_ms: int
                 bases[i + 1],
                 index_interval_bytes=index_interval_bytes,
                 now_ms=now_ms,
+                compacted=compacted,
             )
         cut = 0
         if segment is None:
@@ -236,6 +268,7 @@ def recover_partition(directory: Path, *, index_interval_bytes: int, now_ms: int
                 index_interval_bytes=index_interval_bytes,
                 now_ms=now_ms,
                 seal=not is_last,
+                compacted=compacted,
             )
         segments.append(segment)
         if cut and not is_last:

@@ -252,9 +252,13 @@ class Segment:
         self.path = segment_path(directory, base_offset, ".log")
         self.index_path = segment_path(directory, base_offset, ".index")
         self.timeindex_path = segment_path(directory, base_offset, ".timeindex")
-        self.file = file or SegmentFile(self.path)
-        self.offset_index = offset_index or OffsetIndex(self.index_path, base_offset)
-        self.time_index = time_index or TimeIndex(self.timeindex_path, base_offset)
+        self.file = file if file is not None else SegmentFile(self.path)
+        self.offset_index = (
+            offset_index if offset_index is not None else OffsetIndex(self.index_path, base_offset)
+        )
+        self.time_index = (
+            time_index if time_index is not None else TimeIndex(self.timeindex_path, base_offset)
+        )
         self.txn_index = TxnIndex(segment_path(directory, base_offset, TXN_INDEX_SUFFIX))
         """Aborted transactions whose marker is in this segment (loaded by the partition)."""
         self.index_interval_bytes = index_interval_bytes

@@ -14,13 +14,14 @@ What a key does on one streamd broker (``ConfigKey.enforced``):
   ``message.timestamp.type`` and ``message.timestamp.{before,after,difference}.max.ms``,
   ``min.insync.replicas`` (above 1, acks=all produce fails with NOT_ENOUGH_REPLICAS: there is
   one replica), ``compression.type`` and its ``compression.*.level`` (the broker recompresses,
-  see :mod:`streamd.log.conform`), and ``cleanup.policy`` as far as deletion goes: without
-  ``delete`` no time or size retention removes data (compaction itself is not implemented, so a
-  ``compact`` topic keeps everything; Kafka's ``compact`` would drop superseded keys).
+  see :mod:`streamd.log.conform`), ``cleanup.policy`` (``delete``: time and size retention;
+  ``compact``: the log cleaner, :mod:`streamd.log.compaction`; without ``delete`` no time or
+  size retention removes data) and the compaction tuning: ``delete.retention.ms``,
+  ``min/max.compaction.lag.ms`` (a compacted topic's active segment also rolls at
+  ``max.compaction.lag.ms``, as in Kafka) and ``min.cleanable.dirty.ratio``.
 - Accepted, validated, stored and described, without effect on one broker: replication and
   leader-election keys (``unclean.leader.election.enable``, ``*.replication.throttled.replicas``),
-  compaction tuning (``delete.retention.ms``, ``min/max.compaction.lag.ms``,
-  ``min.cleanable.dirty.ratio``), per-topic flushing (``flush.*``; streamd's ``fsync`` broker
+  per-topic flushing (``flush.*``; streamd's ``fsync`` broker
   policy governs durability), file handling (``file.delete.delay.ms``, ``preallocate``,
   ``segment.index.bytes``, ``segment.jitter.ms``), the message format (``message.format.version``:
   streamd stores v2 batches only; ``message.downconversion.enable`` does apply, to Fetch v0-v3),
@@ -34,8 +35,10 @@ broker-wide default. ``remote.readreplica=STORE_URL`` marks a read replica
 (:mod:`streamd.tiering.readreplica`); only its shape is checked here.
 
 Cross-key rules are Kafka's: ``min.compaction.lag.ms <= max.compaction.lag.ms`` always; for a
-topic with ``remote.storage.enable`` no ``compact`` policy, ``local.retention.*`` within
-``retention.*`` and, with ``remote.log.copy.disable``, equal to it. The broker-wide defaults get
+topic with ``remote.storage.enable``, ``local.retention.*`` within
+``retention.*`` and, with ``remote.log.copy.disable``, equal to it. Beyond Kafka (KIP-405
+excludes them, Redpanda does not), a compacted topic may be tiered: see
+:mod:`streamd.tiering.recompact`. The broker-wide defaults get
 the local-retention rule whatever their ``remote.storage.enable`` (tiering is always configured).
 """
 
@@ -310,28 +313,27 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
             "delete.retention.ms",
             "long",
             str(DAY_MS),
-            f"{_STORED} (compaction is not implemented).",
+            "How long a compacted topic keeps a tombstone (and a transaction marker) after the "
+            "cleaning that first kept it, so that consumers reading the log see the deletion.",
             _long(0),
             "log.cleaner.delete.retention.ms",
-            enforced=False,
         ),
         ConfigKey(
             "min.compaction.lag.ms",
             "long",
             "0",
-            f"{_STORED} (compaction is not implemented).",
+            "A record stays uncompacted at least this long (its segment is not cleaned before).",
             _long(0),
             "log.cleaner.min.compaction.lag.ms",
-            enforced=False,
         ),
         ConfigKey(
             "max.compaction.lag.ms",
             "long",
             str(INT64_MAX),
-            f"{_STORED} (compaction is not implemented).",
+            "A record is eligible for compaction at most this long after it was written: its "
+            "partition is cleaned whatever its dirty ratio (the active segment rolls by then).",
             _long(1),
             "log.cleaner.max.compaction.lag.ms",
-            enforced=False,
         ),
         ConfigKey(
             "file.delete.delay.ms",
@@ -346,17 +348,16 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
             "min.cleanable.dirty.ratio",
             "double",
             "0.5",
-            f"{_STORED} (compaction is not implemented).",
+            "Clean a compacted partition once this share of its log has not been cleaned yet.",
             _double(0, 1),
             "log.cleaner.min.cleanable.ratio",
-            enforced=False,
         ),
         ConfigKey(
             "cleanup.policy",
             "list",
             "delete",
-            "delete: time and size retention remove old segments. compact is accepted but not "
-            "implemented: without delete, nothing is removed.",
+            "delete: time and size retention remove old segments. compact: the log cleaner "
+            "keeps the latest record of each key. Without delete, nothing is removed by age.",
             _list_of("compact", "delete"),
             "log.cleanup.policy",
         ),
@@ -645,10 +646,6 @@ class TopicConfig:
             )
         if not (self.remote_storage_enable or broker_level):
             return
-        if self.remote_storage_enable and "compact" in self.cleanup_policy.split(","):
-            raise InvalidConfig(
-                "remote.storage.enable: remote log storage is unsupported for compacted topics"
-            )
         for local, total in (
             ("local.retention.bytes", "retention.bytes"),
             ("local.retention.ms", "retention.ms"),
@@ -704,10 +701,27 @@ class TopicConfig:
 
     @property
     def local_retention_limits(self) -> tuple[int, int]:
-        """The local-disk limits of a tiered topic (``local.retention.*`` resolved)."""
+        """The local-disk limits of a tiered topic (``local.retention.*`` resolved). Without
+        ``delete`` only explicit local limits apply: a tiered compacted topic may leave local
+        disk for the bucket (nothing is lost), but "same as the total" (-2) is no limit."""
         if not self.deletes:
-            return -1, -1
+            return (
+                max(-1, self.local_retention_ms) if self.local_retention_ms != -2 else -1,
+                max(-1, self.local_retention_bytes) if self.local_retention_bytes != -2 else -1,
+            )
         return self.effective_local_retention_ms, self.effective_local_retention_bytes
+
+    @property
+    def compact(self) -> bool:
+        return "compact" in self.cleanup_policy
+
+    @property
+    def roll_ms(self) -> int:
+        """When the active segment rolls: ``segment.ms``, or sooner on a compacted topic with
+        ``max.compaction.lag.ms`` (Kafka's rule: the active segment is never cleaned)."""
+        if self.compact:
+            return min(self.segment_ms, self.max_compaction_lag_ms)
+        return self.segment_ms
 
     @property
     def log_append_time(self) -> bool:

@@ -6,6 +6,8 @@ Layout (all keys relative to the store root, i.e. under the ``s3://bucket/prefix
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>.index   its index object
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>.txnindex  its aborted
                                                                      transactions (if any)
+    <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>-c<crc>.log|.index|.txnindex
+                                                              a compacted re-upload (see below)
     <h>/<topic>/<topic_id>/<partition>/manifest.json                  partition manifest
     <t>/<topic>/<topic_id>/topic.json                                 topic manifest
     cluster/metadata.json                                             topics, configs, ACLs, users
@@ -28,6 +30,12 @@ object in the bucket is never replaced by different bytes. Archives written befo
 existed have keys without ``-<inc>``; their manifests name them, so they stay readable.
 Manifests and cluster documents are the mutable roots of the archive: they are replaced whole
 (an atomic PUT) and never named by another object.
+
+A compacted topic's segments are archived as they are sealed, and again once the log cleaner has
+rewritten them: the re-upload covers offsets that are archived already, so its keys carry
+``-c<crc>``, the CRC32C of the object's bytes. Keys stay deterministic (a retried re-upload of
+the same bytes writes the same keys) and a re-upload of other bytes never names an existing
+object.
 
 Topic names are validated with Kafka's rules (invariant 8) and topic ids must be a UUID or a
 base64url/hex token, so no key component can be ``..``, empty, or contain ``/``.
@@ -54,8 +62,9 @@ TXN_INDEX_SUFFIX = ".txnindex"
 _TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _TOPIC_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _CLUSTER_NAME_RE = re.compile(r"[a-zA-Z0-9._-]{1,128}")
-_SEGMENT_NAME_RE = re.compile(r"(\d{20})-(\d{20})(?:-([0-9a-f]{1,16}))?\.log")
+_SEGMENT_NAME_RE = re.compile(r"(\d{20})-(\d{20})(?:-([0-9a-f]{1,16}))?(?:-c[0-9a-f]{8})?\.log")
 _INCARNATION_RE = re.compile(r"[0-9a-f]{1,16}")
+_CRC_RE = re.compile(r"[0-9a-f]{8}")
 
 
 def validate_topic(topic: str) -> str:
@@ -122,12 +131,14 @@ def segment_key(
     last_offset: int,
     *,
     incarnation: str,
+    compacted: str = "",
 ) -> str:
     """The segment object of offsets ``base_offset..last_offset`` written by ``incarnation``
-    (``""``: the layout of archives written before incarnations existed)."""
+    (``""``: the layout of archives written before incarnations existed); ``compacted`` is the
+    CRC32C (8 hex digits) of a compacted re-upload."""
     return (
         partition_prefix(topic, topic_id, partition)
-        + _segment_stem(base_offset, last_offset, incarnation)
+        + _segment_stem(base_offset, last_offset, incarnation, compacted)
         + SEGMENT_SUFFIX
     )
 
@@ -140,10 +151,11 @@ def segment_index_key(
     last_offset: int,
     *,
     incarnation: str,
+    compacted: str = "",
 ) -> str:
     return (
         partition_prefix(topic, topic_id, partition)
-        + _segment_stem(base_offset, last_offset, incarnation)
+        + _segment_stem(base_offset, last_offset, incarnation, compacted)
         + INDEX_SUFFIX
     )
 
@@ -176,9 +188,15 @@ def cluster_key(name: str) -> str:
     return CLUSTER_PREFIX + name
 
 
-def _segment_stem(base_offset: int, last_offset: int, incarnation: str) -> str:
+def _segment_stem(
+    base_offset: int, last_offset: int, incarnation: str, compacted: str = ""
+) -> str:
     if base_offset < 0 or last_offset < base_offset:
         raise ValueError(f"invalid segment offsets {base_offset}-{last_offset}")
     validate_incarnation(incarnation)
+    if compacted and not _CRC_RE.fullmatch(compacted):
+        raise ValueError(f"invalid compacted token {compacted!r}: 8 lower-case hex digits")
     suffix = f"-{incarnation}" if incarnation else ""
+    if compacted:
+        suffix += f"-c{compacted}"
     return f"{base_offset:020d}-{last_offset:020d}{suffix}"

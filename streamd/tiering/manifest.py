@@ -22,10 +22,11 @@ field; it is verified on read (invariant 6). A manifest with another ``format_ve
 refused with :class:`UnsupportedManifestVersion` rather than guessed at; unknown or missing
 fields are errors too.
 
-The manifest changes only through :func:`add_segment` and :func:`advance_remote_start`, which
-return new frozen values; the uploader writes the result only after the objects it names exist
-(invariant 3), and total retention writes the advanced manifest before deleting the objects it
-returns as removed (invariant 5).
+The manifest changes only through :func:`add_segment`, :func:`replace_segments` (a compacted
+topic's re-uploads) and :func:`advance_remote_start`, which return new frozen values; the
+uploader writes the result only after the objects it names exist (invariant 3), and total
+retention and re-uploads write the new manifest before deleting the objects it no longer names
+(invariant 5).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -251,6 +252,49 @@ def add_segment(manifest: PartitionManifest, meta: SegmentMeta) -> PartitionMani
         segments=(*manifest.segments, meta),
         last_uploaded_offset=meta.last_offset,
         remote_start_offset=start,
+    )
+
+
+def replace_segments(
+    manifest: PartitionManifest, removed: Sequence[SegmentMeta], meta: SegmentMeta
+) -> PartitionManifest:
+    """Put ``meta``, a compacted re-upload, in place of the archived entries ``removed`` (a run
+    of the manifest's segments that starts at ``meta.base_offset``).
+
+    ``meta`` covers exactly the run's offsets or, when the run ends the manifest, may reach
+    past it (a cleaned local segment that also holds offsets not archived yet). Re-admitting a
+    segment already listed with the same objects is a no-op (a retried admission); anything
+    else raises :class:`ManifestConflict`. The objects of ``removed`` may be deleted once the
+    result is stored (nothing names them then)."""
+    segs = manifest.segments
+    if any(s.same_upload(meta) for s in segs):
+        return manifest
+    if not removed:
+        raise ManifestConflict("a compacted re-upload must replace archived segments")
+    try:
+        i = segs.index(removed[0])
+    except ValueError:
+        raise ManifestConflict(
+            f"segment {removed[0].base_offset}-{removed[0].last_offset} is no longer archived "
+            f"for {manifest.topic}/{manifest.partition}"
+        ) from None
+    run = segs[i : i + len(removed)]
+    if tuple(run) != tuple(removed) or meta.base_offset != run[0].base_offset:
+        raise ManifestConflict(
+            f"segment {meta.base_offset}-{meta.last_offset} does not replace a run of archived "
+            f"segments of {manifest.topic}/{manifest.partition}"
+        )
+    last = run[-1].last_offset
+    tail = i + len(run) == len(segs)
+    if meta.last_offset < last or (meta.last_offset > last and not tail):
+        raise ManifestConflict(
+            f"segment {meta.base_offset}-{meta.last_offset} does not cover archived offsets "
+            f"{run[0].base_offset}-{last} of {manifest.topic}/{manifest.partition} exactly"
+        )
+    return replace(
+        manifest,
+        segments=(*segs[:i], meta, *segs[i + len(run) :]),
+        last_uploaded_offset=max(manifest.last_uploaded_offset, meta.last_offset),
     )
 
 

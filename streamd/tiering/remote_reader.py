@@ -3,7 +3,8 @@
 A read for offset ``o`` finds the segment holding ``o`` in the manifest, the index entry whose
 byte range holds it, and pulls ``[entry start, entry end + max_bytes)`` through
 :class:`streamd.tiering.cache.ChunkCache` (1 MiB chunks on local disk, LRU, bounded). It then
-answers whole batches from the one holding ``o``, at most ``max_bytes`` of them unless the first
+answers whole batches from the one holding ``o`` (in a compacted topic, the first one after it
+if ``o`` was cleaned away), at most ``max_bytes`` of them unless the first
 alone is larger (KIP-74 ``min_one``), never past the end of the segment: the same bytes, batch
 for batch, that the local log served before the segment left the disk (invariant 7).
 
@@ -14,7 +15,8 @@ against the index object's block checksums (a batch's own CRC32C does not cover 
 or length). Objects whose index has no block checksums (version 1) are read whole and checked
 against the manifest's ``checksum`` instead. What is served is checked again against the
 offsets the manifest and the index promise: the batch at an index entry's position has that
-entry's base offset, offsets run densely inside the object's range, and a read that reaches the
+entry's base offset, offsets increase inside the object's range (densely but for compaction
+gaps, which the block checksums make safe to accept), and a read that reaches the
 object's end ends at its last offset; plus framing and each batch's CRC32C. Any failure raises
 :class:`RemoteStorageError` (KAFKA_STORAGE_ERROR for that partition), drops the cached chunks of
 the object and logs; wrong bytes are never returned.
@@ -434,8 +436,8 @@ def _locate(
         if pos + HEADER_SIZE > limit:
             return pos + HEADER_SIZE
         base, length = _prefix(data, pos - start, pos, size, seg)
-        if base > offset:
-            raise RemoteStorageError(f"batch at byte {pos} of {seg.key} starts past {offset}")
+        if base >= offset:
+            break  # the batch holding ``offset``, or the first after a compaction gap
         if base + int.from_bytes(data[pos - start + 23 : pos - start + 27], "big") >= offset:
             break
         pos += LOG_OVERHEAD + length
@@ -463,15 +465,16 @@ def _prefix(
 
 
 def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -> None:
-    """Every batch well-formed with a matching CRC32C and offsets inside ``seg``, densely; a
+    """Every batch well-formed with a matching CRC32C and offsets inside ``seg``, increasing (a
+    compacted topic's objects have gaps, and batches holding fewer records than offsets); a
     range that reaches the end of the object ends at the manifest's last offset."""
     pos = 0
     expected: int | None = None
     try:
         while pos < len(data):
-            header = check_batch(data, pos, len(data))
-            if expected is not None and header.base_offset != expected:
-                raise RemoteStorageError(f"offsets jump to {header.base_offset}, not {expected}")
+            header = check_batch(data, pos, len(data), compacted=True)
+            if expected is not None and header.base_offset < expected:
+                raise RemoteStorageError(f"offsets go back to {header.base_offset}")
             if header.base_offset < seg.base_offset or header.last_offset > seg.last_offset:
                 raise RemoteStorageError(
                     f"batch {header.base_offset}-{header.last_offset} lies outside the segment"

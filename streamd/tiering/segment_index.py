@@ -26,7 +26,8 @@ objects (no block checksums) are still read: their segments are verified against
 whole-object checksum in the manifest instead (see :mod:`streamd.tiering.remote_reader`).
 
 The scan validates every batch (framing, CRC32C, dense offsets, also across the files of a
-merged object) before anything is uploaded, so a segment damaged on local disk is never
+merged object; increasing offsets for segments the log cleaner rewrote) before anything is
+uploaded, so a segment damaged on local disk is never
 archived as if it were good.
 """
 
@@ -162,7 +163,10 @@ class _Blocks:
 class _Scanner:
     """The state of one pass over an object's batches, fed in pieces."""
 
-    def __init__(self, base_offset: int, interval_bytes: int, block_size: int) -> None:
+    def __init__(
+        self, base_offset: int, interval_bytes: int, block_size: int, gaps: bool = False
+    ) -> None:
+        self.gaps = gaps
         self.interval = interval_bytes
         self.entries: list[tuple[int, int, int]] = []
         self.expected = base_offset
@@ -184,9 +188,11 @@ class _Scanner:
                 batch_end = pos + LOG_OVERHEAD + PREFIX.unpack_from(data, pos)[1]
                 if end < batch_end <= end + more:
                     break
-            header = check_batch(data, pos, end)
+            header = check_batch(data, pos, end, compacted=self.gaps)
             at = position + pos
-            if header.base_offset != self.expected:
+            if header.base_offset != self.expected and not (
+                self.gaps and header.base_offset > self.expected
+            ):
                 raise CorruptMessage(
                     f"batch at byte {at} has base offset {header.base_offset}, "
                     f"expected {self.expected}"
@@ -261,13 +267,16 @@ def scan_files(
     interval_bytes: int = DEFAULT_INTERVAL_BYTES,
     block: int = SCAN_BLOCK,
     block_size: int = BLOCK_SIZE,
+    gaps: bool = False,
 ) -> tuple[SegmentScan, str]:
     """Scan the object made of the first ``size`` bytes of each ``(fd, size)`` in turn (adjacent
-    segments, merged): offsets must run densely from ``base_offset`` across the files, and no
-    batch may span two files. Returns the scan and the CRC32C of the whole object."""
+    segments, merged): offsets must run densely from ``base_offset`` across the files (with
+    ``gaps``, segments the log cleaner rewrote: only increase, and a batch may hold fewer
+    records than offsets), and no batch may span two files. Returns the scan and the CRC32C of
+    the whole object."""
     if not files or any(size <= 0 for _, size in files):
         raise CorruptMessage("empty segment")
-    scanner = _Scanner(base_offset, interval_bytes, block_size)
+    scanner = _Scanner(base_offset, interval_bytes, block_size, gaps)
     crc = 0
     origin = 0  # object position of the current file's first byte
     for fd, size in files:

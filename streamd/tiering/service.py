@@ -34,7 +34,9 @@ topic that has archived data this session). Decisions recorded here:
   ``uploads_waiting_for_lso`` (sealed segments held back) next to ``pending_uploads``.
 - **Local deletion veto (invariant 4).** ``LogManager.tiering_veto`` is set to
   :meth:`may_delete_local`: a tiered segment may leave local disk only when the stored manifest
-  covers its last offset. Without a loaded manifest nothing is covered.
+  covers its last offset. Without a loaded manifest nothing is covered. A compacted topic's
+  segment must also have been cleaned and its archived copy be the cleaned one
+  (:mod:`streamd.tiering.recompact`).
 - **Total retention (invariant 5)** runs against the manifest: advance the remote start, store
   the manifest, then delete the objects (retried until done; a crash in between leaves
   unreferenced objects, never dangling references). As in Kafka, the partition's log start
@@ -84,6 +86,7 @@ from streamd.tiering.manifest import (
     with_incarnation,
 )
 from streamd.tiering.partition_state import ManifestCopies, PartitionState
+from streamd.tiering.recompact import Compaction, NoCleaner, may_leave_local_disk, stale_units
 from streamd.tiering.remote_reader import RemoteReader
 from streamd.tiering.retention import plan_remote_start
 from streamd.tiering.stats import TieringStats
@@ -150,6 +153,7 @@ class TieringService:
         *,
         manifest_dir: Path,
         settings: TieringSettings | None = None,
+        compaction: Compaction | None = None,
     ) -> None:
         self.store = store
         self.logs = logs
@@ -169,7 +173,11 @@ class TieringService:
             merge_target_bytes=self.settings.merge_target_bytes,
             max_upload_interval_ms=self.settings.segment_max_upload_interval_ms,
             fail_after_segment_upload=self.settings.fail_after_segment_upload,
+            cleaned_offset=(compaction or NoCleaner()).cleaned_offset,
+            invalidate=cache.invalidate,
         )
+        self._compaction: Compaction = compaction or NoCleaner()
+        """The log cleaner's view of compacted topics (see :mod:`streamd.tiering.recompact`)."""
         self._reader = RemoteReader(
             store, cache, self.stats, read_ahead_chunks=self.settings.read_ahead_chunks
         )
@@ -590,7 +598,16 @@ class TieringService:
 
     def may_delete_local(self, topic: str, partition: int, segment: Segment) -> bool:
         state = self._states.get((topic, partition))
-        return state is not None and state.covers(segment.last_offset)
+        if state is None or not state.covers(segment.last_offset):
+            return False
+        local = self.logs.get(topic)
+        if local is None or not local.config.compact or partition >= len(local.partitions):
+            return True
+        plog = local.partitions[partition]
+        compaction = self._compaction
+        return compaction.settled(plog, segment) and may_leave_local_disk(
+            segment, plog.segments, state.manifest, compaction.cleaned_offset(plog)
+        )
 
     # ---- topic events --------------------------------------------------------------------------
 
@@ -817,6 +834,18 @@ class TieringService:
                     "uploads_waiting_for_lso": waiting,
                     "pending_deletes": len(state.pending_deletes) if state else 0,
                     "retention_due_offset": -1 if due is None else due,
+                    "compacted_reuploads_pending": (
+                        len(
+                            stale_units(
+                                plog.segments,
+                                manifest,
+                                self._compaction.cleaned_offset(plog),
+                                plog.high_watermark,
+                            )
+                        )
+                        if manifest is not None and topic.config.compact
+                        else 0
+                    ),
                     "errors": state.errors if state else 0,
                     "last_error": state.last_error if state else None,
                     "notice": state.notice if state else None,
@@ -938,6 +967,9 @@ class TieringService:
                     s.uploaded_bytes),
             counter("streamd_tiering_uploaded_segments_total", "Segments archived.",
                     s.uploaded_segments),
+            counter("streamd_tiering_reuploaded_segments_total", "Compacted segments archived "
+                    "again in place of the objects the log cleaner outdated.",
+                    s.reuploaded_segments),
             counter("streamd_tiering_upload_errors_total", "Failed segment uploads.",
                     s.upload_errors),
             counter("streamd_tiering_manifest_writes_total", "Partition manifests stored.",

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 class TieringStats:
     uploaded_bytes: int = 0
     uploaded_segments: int = 0
+    reuploaded_segments: int = 0
+    """Compacted segments archived again in place of what the cleaner had outdated."""
     upload_errors: int = 0
     manifest_writes: int = 0
     manifest_errors: int = 0

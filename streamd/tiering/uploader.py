@@ -60,8 +60,10 @@ from streamd.tiering.manifest import (
     SegmentMeta,
     add_segment,
     dump_partition_manifest,
+    replace_segments,
 )
 from streamd.tiering.partition_state import PartitionState
+from streamd.tiering.recompact import stale_units
 from streamd.tiering.segment_index import scan_files
 from streamd.tiering.stats import TieringStats
 from streamd.tiering.store import ObjectExists, ObjectStore, StoreError
@@ -94,6 +96,10 @@ class SyncResult:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _cleaned(run: Sequence[Segment], cleaned: int) -> bool:
+    return run[-1].next_offset <= cleaned
 
 
 def group_runs(segments: Sequence[Segment], target_bytes: int) -> list[list[Segment]]:
@@ -133,6 +139,8 @@ class Uploader:
         merge_target_bytes: int = 0,
         max_upload_interval_ms: int = -1,
         fail_after_segment_upload: bool = False,
+        cleaned_offset: Callable[[PartitionLog], int] = lambda plog: 0,
+        invalidate: Callable[[str], None] = lambda key: None,
     ) -> None:
         self._store = store
         self._stats = stats
@@ -142,6 +150,10 @@ class Uploader:
         self.merge_target_bytes = merge_target_bytes
         self.max_upload_interval_ms = max_upload_interval_ms
         self._crash_hook = fail_after_segment_upload
+        self._cleaned_offset = cleaned_offset
+        """Offsets below it were rewritten by the log cleaner (compacted topics)."""
+        self._invalidate = invalidate
+        """Forget the cached chunks of an object that a re-upload replaced."""
 
     async def sync_partition(
         self, state: PartitionState, plog: PartitionLog, *, seal: bool = False
@@ -166,10 +178,18 @@ class Uploader:
         if not state.loaded:
             return SyncResult(Outcome.RETRY, error="manifest not loaded from the bucket yet")
         self._roll_if_due(plog, seal)
+        compacted = plog.config.compact
+        cleaned = self._cleaned_offset(plog)
+        if compacted:
+            redone = await self._reupload_stale(state, plog, cleaned)
+            if redone is not None:
+                return redone
         selection = select(plog, state.manifest)
         state.blocked = selection.blocked
         state.pending_uploads = len(selection.candidates)
-        runs = group_runs(selection.candidates, self.merge_target_bytes)
+        # A compacted topic's objects are single segments: the cleaner merges local segments
+        # itself, and re-uploads need local and archived boundaries to line up.
+        runs = group_runs(selection.candidates, 0 if compacted else self.merge_target_bytes)
         manifest = state.manifest
         uploaded = 0
         stable = manifest  # the last admitted manifest that ends at a stable end
@@ -177,7 +197,10 @@ class Uploader:
         failure: SyncResult | None = None
         for window in range(0, len(runs), self._concurrency):
             batch = runs[window : window + self._concurrency]
-            results = await asyncio.gather(*(self.upload_run(state, run) for run in batch))
+            results = await asyncio.gather(
+                *(self.upload_run(state, run, gaps=compacted or _cleaned(run, cleaned))
+                  for run in batch)
+            )
             for run, result in zip(batch, results, strict=True):
                 if result.outcome is not Outcome.OK or result.meta is None:
                     failure = SyncResult(result.outcome, uploaded, result.error)
@@ -216,13 +239,56 @@ class Uploader:
             return SyncResult(Outcome.FAILED, uploaded, selection.blocked)
         return SyncResult(Outcome.OK, uploaded)
 
+    async def _reupload_stale(
+        self, state: PartitionState, plog: PartitionLog, cleaned: int
+    ) -> SyncResult | None:
+        """Compacted topics: upload again what the log cleaner rewrote since it was archived and
+        switch the manifest to it (:mod:`streamd.tiering.recompact`); the replaced objects are
+        queued for deletion once the new manifest is stored. None when all went well."""
+        stale = stale_units(list(plog.segments), state.manifest, cleaned, plog.high_watermark)
+        for unit in stale:
+            result = await self.upload_run(state, unit.segments, gaps=True, reupload=True)
+            if result.outcome is not Outcome.OK or result.meta is None:
+                return SyncResult(result.outcome, 0, result.error)
+            try:
+                manifest = replace_segments(state.manifest, unit.entries, result.meta)
+            except ManifestConflict as exc:
+                return SyncResult(Outcome.FAILED, 0, str(exc))
+
+            def doom(entries: tuple[SegmentMeta, ...] = unit.entries) -> None:
+                for entry in entries:
+                    self._invalidate(entry.key)
+                    state.pending_deletes += [entry.key, entry.index_key]
+                    if entry.txn_index_key:
+                        state.pending_deletes.append(entry.txn_index_key)
+
+            stored = await self.store_manifest(state, manifest, then=doom)
+            if stored.outcome is not Outcome.OK:
+                return SyncResult(stored.outcome, 0, stored.error)
+            self._stats.reuploaded_segments += 1
+            log.info(
+                "%s-%d: archived the compacted segment %d-%d in place of %d object(s)",
+                state.topic, state.partition, result.meta.base_offset, result.meta.last_offset,
+                len(unit.entries),
+            )
+        return None
+
     async def upload_segment(self, state: PartitionState, segment: Segment) -> UploadResult:
         """Stages 2 and 3 for one segment on its own."""
         return await self.upload_run(state, [segment])
 
-    async def upload_run(self, state: PartitionState, run: Sequence[Segment]) -> UploadResult:
+    async def upload_run(
+        self,
+        state: PartitionState,
+        run: Sequence[Segment],
+        *,
+        gaps: bool = False,
+        reupload: bool = False,
+    ) -> UploadResult:
         """Stages 2 and 3: the object of ``run`` (adjacent segments), then its index object.
-        Nothing in the manifest yet."""
+        Nothing in the manifest yet. ``gaps``: the segments went through the log cleaner (offset
+        gaps and batches with fewer records than offsets are valid). ``reupload``: they replace
+        archived objects (keys with the content's checksum, see :mod:`streamd.tiering.keys`)."""
         first, last = run[0], run[-1]
         where = (
             f"{'segments' if len(run) > 1 else 'segment'} {first.base_offset}-"
@@ -240,19 +306,25 @@ class Uploader:
                 self._stats.upload_errors += 1
                 return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")
             try:
-                return await self._upload(state, run, fds, where)
+                return await self._upload(state, run, fds, where, gaps, reupload)
             finally:
                 for fd in fds:
                     os.close(fd)
 
     async def _upload(
-        self, state: PartitionState, run: Sequence[Segment], fds: list[int], where: str
+        self,
+        state: PartitionState,
+        run: Sequence[Segment],
+        fds: list[int],
+        where: str,
+        gaps: bool = False,
+        reupload: bool = False,
     ) -> UploadResult:
         files = [(fd, segment.size) for fd, segment in zip(fds, run, strict=True)]
         size = sum(n for _, n in files)
         base = run[0].base_offset
         try:
-            scan, checksum = await asyncio.to_thread(scan_files, files, base)
+            scan, checksum = await asyncio.to_thread(scan_files, files, base, gaps=gaps)
         except (StreamdError, OSError) as exc:
             self._stats.upload_errors += 1
             return UploadResult(Outcome.FAILED, error=f"cannot archive {where}: {exc}")
@@ -264,13 +336,14 @@ class Uploader:
                 f"{run[-1].last_offset}",
             )
         incarnation = state.manifest.incarnation
+        token = checksum if reupload else ""
         seg_key = keys.segment_key(
             state.topic, state.topic_id, state.partition, base, scan.last_offset,
-            incarnation=incarnation,
+            incarnation=incarnation, compacted=token,
         )
         index_key = keys.segment_index_key(
             state.topic, state.topic_id, state.partition, base, scan.last_offset,
-            incarnation=incarnation,
+            incarnation=incarnation, compacted=token,
         )
         index_checksum = crc32c_hex(scan.index)
         try:

@@ -1,5 +1,5 @@
-"""``cleanup.policy`` without ``delete``: time and size retention remove nothing (compaction is
-not implemented, so a compacted topic keeps every record instead of losing it to retention)."""
+"""``cleanup.policy`` without ``delete``: time and size retention remove nothing (a compacted
+topic loses superseded records to the log cleaner only, never to retention)."""
 
 from pathlib import Path
 

@@ -141,10 +141,6 @@ def test_precedence_and_describe() -> None:
             "local.retention.ms",
         ),
         (
-            {"remote.storage.enable": "true", "cleanup.policy": "compact,delete"},
-            "remote.storage.enable",
-        ),
-        (
             {
                 "remote.storage.enable": "true",
                 "remote.log.copy.disable": "true",
@@ -254,3 +250,12 @@ async def test_a_topic_stored_with_an_old_spelling_still_opens(tmp_path: Path) -
     topic = again.get("old")
     assert topic is not None and topic.config.log_append_time
     await again.close()
+
+
+def test_a_compacted_topic_may_be_tiered() -> None:
+    """Beyond Kafka (KIP-405 refuses it): compacted topics are archived, see
+    streamd.tiering.recompact."""
+    config = TopicConfig.from_overrides(
+        {}, {"remote.storage.enable": "true", "cleanup.policy": "compact,delete"}
+    )
+    assert config.compact and config.remote_storage_enable
