@@ -268,6 +268,7 @@ def test_three_client_libraries_share_one_group(gbroker: BrokerProcess) -> None:
         wait_for(
             "every partition assigned exactly once, to all three members",
             lambda: covers_exactly_once(members) and all(m.assignment for m in members),
+            detail=lambda: group_state(bootstrap, group, members),
         )
         wait_for("the first round consumed", lambda: first <= seen(members))
 
