@@ -69,13 +69,39 @@ def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 40.0) -> None:
+def wait_for(
+    what: str,
+    check: Callable[[], bool],
+    timeout: float = 40.0,
+    detail: Callable[[], object] | None = None,
+) -> None:
+    """Poll ``check``; on timeout fail naming ``what`` and, if given, ``detail()``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
             return
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what}"
+        + ("" if detail is None else f"; {detail()}")
+    )
+
+
+def group_state(bootstrap: str, group: str, members: list[Member]) -> str:
+    """What a stuck group test needs to say: each member's assignment and error, and the
+    coordinator's view of the group."""
+    mine = [(m.kind, sorted(m.assignment), len(m.seen), m.error) for m in members]
+    try:
+        client = ops.admin(bootstrap)
+        desc = client.describe_consumer_groups([group])[group].result(20)
+        assigned = [
+            (d.member_id, [tp.partition for tp in d.assignment.topic_partitions])
+            for d in desc.members
+        ]
+        theirs = (desc.state.name, assigned)
+    except Exception as exc:  # noqa: BLE001 - a diagnostic, never the failure itself
+        theirs = repr(exc)
+    return f"members {mine}; coordinator {theirs}"
 
 
 def produce_round(bootstrap: str, topic: str, tag: str, per_partition: int) -> set[bytes]:
@@ -242,6 +268,7 @@ def test_three_client_libraries_share_one_group(gbroker: BrokerProcess) -> None:
         wait_for(
             "every partition assigned exactly once, to all three members",
             lambda: covers_exactly_once(members) and all(m.assignment for m in members),
+            detail=lambda: group_state(bootstrap, group, members),
         )
         wait_for("the first round consumed", lambda: first <= seen(members))
 
@@ -446,7 +473,11 @@ def test_committed_offsets_survive_broker_kill(
     first = produce_round(bootstrap, topic, "a", 30)
     members = [Member("confluent", bootstrap, group, topic).start()]
     try:
-        wait_for("first round consumed", lambda: first <= seen(members))
+        wait_for(
+            "first round consumed",
+            lambda: first <= seen(members),
+            detail=lambda: group_state(bootstrap, group, members),
+        )
     finally:
         stop_all(members)
     assert committed(bootstrap, group) == {p: 30 for p in range(PARTITIONS)}
@@ -459,7 +490,11 @@ def test_committed_offsets_survive_broker_kill(
     second = produce_round(bootstrap, topic, "b", 5)
     members = [Member("kafka-python", bootstrap, group, topic).start()]
     try:
-        wait_for("second round consumed", lambda: second <= seen(members))
+        wait_for(
+            "second round consumed",
+            lambda: second <= seen(members),
+            detail=lambda: group_state(bootstrap, group, members),
+        )
         assert seen(members) == second, "resumed from the committed offsets (see above)"
     finally:
         stop_all(members)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka.admin import ConfigResource, ResourceType
@@ -57,13 +57,22 @@ def test_clean_stop_keeps_every_acknowledged_record(
 
 class AckingProducer(threading.Thread):
     """Produces numbered values round-robin to `partitions` with acks=all until stopped,
-    recording (partition, offset, value) for each delivery report that says success."""
+    recording (partition, offset, value) for each delivery report that says success.
 
-    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+    Once `kill_after` records are acknowledged it calls `kill` itself, straight after handing
+    the client a record, which is then still waiting for its linger, its request or its ack: the
+    kill is mid-produce. (Deciding from another thread raced the stream: the check could land
+    just after a delivery-report round had emptied the client's queue, nothing in flight.)"""
+
+    def __init__(
+        self, bootstrap: str, topic: str, partitions: int, kill_after: int, kill: Callable[[], None]
+    ) -> None:
         super().__init__(daemon=True)
         self.bootstrap, self.topic, self.partitions = bootstrap, topic, partitions
+        self.kill_after, self.kill = kill_after, kill
         self.acked: list[tuple[int, int, bytes]] = []
         self.failed = 0
+        self.killed = threading.Event()
         self.stopping = threading.Event()
 
     def on_delivery(self, err, msg) -> None:  # noqa: ANN001
@@ -89,6 +98,10 @@ class AckingProducer(threading.Thread):
                 i += 1
             except BufferError:
                 producer.poll(0.01)
+                continue
+            if not self.killed.is_set() and len(self.acked) >= self.kill_after:
+                self.kill()
+                self.killed.set()
             producer.poll(0)
         producer.flush(15)
 
@@ -99,14 +112,11 @@ def test_kill9_mid_produce_loses_no_acknowledged_record(
 ) -> None:
     broker = broker_factory({"fsync": fsync})
     ops.create_topic(broker.bootstrap, topic_name, 2)
-    producer = AckingProducer(broker.bootstrap, topic_name, 2)
+    producer = AckingProducer(broker.bootstrap, topic_name, 2, kill_after=4000, kill=broker.kill9)
     producer.start()
-    deadline = time.monotonic() + 60
-    while len(producer.acked) < 4000 and time.monotonic() < deadline and producer.is_alive():
-        time.sleep(0.01)
-    assert len(producer.acked) >= 4000, f"only {len(producer.acked)} acks in 60 s"
+    killed = producer.killed.wait(60)
+    assert killed, f"only {len(producer.acked)} acks in 60 s"
 
-    broker.kill9()
     producer.stopping.set()
     producer.join(30)
     assert not producer.is_alive()
