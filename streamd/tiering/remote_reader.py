@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
-from streamd.tiering.cache import ChunkCache
+from streamd.tiering.cache import ChunkCache, ChunkSink, StreamingFetch
 from streamd.tiering.checksum import verify
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta, segment_for_offset
 from streamd.tiering.segment_index import BLOCK_SIZE, RemoteIndex, decode_index
@@ -150,7 +150,7 @@ class RemoteReader:
         if (first, end) != (start, start + len(data)):
             data = memoryview(data)[first - start : end - start]  # a view: no copy
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(_verify_batches, data, seg, first)
+            await self._cache.run(_verify_batches, data, seg, first)
         else:
             _verify_batches(data, seg, first)
         return data
@@ -171,7 +171,7 @@ class RemoteReader:
                 index = await self._index(seg)
                 for start, end in index.ranges_from_timestamp(timestamp):
                     data = await self._range(seg, start, end)
-                    found = await asyncio.to_thread(
+                    found = await self._cache.run(
                         _find_timestamp,
                         data,
                         seg,
@@ -219,17 +219,91 @@ class RemoteReader:
             raise RemoteStorageError(f"short read of {seg.key} [{start}, {end})")
         return data
 
-    def _chunk_fetcher(self, seg: SegmentMeta) -> Callable[[int], Awaitable[bytes]]:
+    def _chunk_fetcher(self, seg: SegmentMeta) -> StreamingFetch:
         chunk_size = self._cache.chunk_size
 
-        async def fetch_chunk(i: int) -> bytes:
+        async def fetch_chunk(i: int, sink: ChunkSink) -> bytes | bytearray:
             lo = i * chunk_size
             hi = min(lo + chunk_size, seg.size_bytes)
             if lo >= hi:
                 return b""
-            return await self._fetch_verified(seg, lo, hi)
+            stream = getattr(self._store, "read_range", None)
+            index = self._indexes.get(seg.index_key)
+            if stream is None or not _streamable(index, lo, hi, seg.size_bytes):
+                return await self._fetch_verified(seg, lo, hi)
+            return await self._stream_verified(seg, lo, hi, sink, stream)
 
-        return fetch_chunk
+        return StreamingFetch(fetch_chunk)
+
+    async def _stream_verified(
+        self,
+        seg: SegmentMeta,
+        lo: int,
+        hi: int,
+        sink: ChunkSink,
+        stream: Callable[[str, tuple[int, int], Callable[[bytes], None]], Awaitable[int]],
+    ) -> bytes | bytearray:
+        """Bytes ``[lo, hi)`` of ``seg`` in one streamed GET, published to ``sink`` block by
+        block as each checksum block arrives and matches the index (a reader waiting for the
+        start of the chunk is served before its end arrives; no byte is published unchecked).
+        ``lo`` is block-aligned and ``hi`` too unless it is the end of the object."""
+        index = self._indexes.get(seg.index_key)
+        index_load = None if index is not None else asyncio.ensure_future(self._index(seg))
+        buf = sink.allocate(hi - lo)
+        view = memoryview(buf)
+        size = len(buf)
+        received = verified = 0
+        what = f"object {seg.key}"
+
+        def check(upto: int) -> None:
+            nonlocal verified
+            assert index is not None
+            if upto > verified:
+                index.verify(view[verified:upto], lo + verified, what=what)
+                verified = upto
+                sink.publish(verified)
+
+        def consume(piece: bytes) -> None:
+            nonlocal received, index
+            n = len(piece)
+            if received + n > size:
+                raise RemoteStorageError(f"{what} sent more than the {size} bytes asked for")
+            view[received : received + n] = piece
+            received += n
+            if index is None and _loaded(index_load):
+                assert index_load is not None
+                loaded = index_load.result()
+                if _streamable(loaded, lo, hi, seg.size_bytes):
+                    index = loaded
+            if index is not None:
+                bs = index.block_size
+                check(received if received == size else received // bs * bs)
+
+        try:
+            received_total = await stream(seg.key, (lo, hi), consume)
+            if index_load is not None:
+                loaded = await index_load
+                index_load = None
+                if index is None:
+                    if not _streamable(loaded, lo, hi, seg.size_bytes):
+                        # Checksums of another shape (a version 1 index): nothing was published.
+                        return await self._fetch_verified(seg, lo, hi)
+                    index = loaded
+        finally:
+            if index_load is not None:
+                index_load.cancel()
+            self._stats.downloaded_bytes += received
+        if received_total != size or received != size:
+            raise RemoteStorageError(
+                f"object {seg.key} is shorter than the {seg.size_bytes} bytes in its manifest"
+            )
+        assert index is not None
+        if size - verified >= VERIFY_IN_THREAD_BYTES:
+            await self._cache.run(index.verify, view[verified:], lo + verified, what=what)
+            verified = size
+            sink.publish(size)
+        check(size)
+        return buf
 
     async def _fetch_verified(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
         """Bytes ``[lo, hi)`` of ``seg``, checked against the index's block checksums (the
@@ -254,7 +328,7 @@ class RemoteReader:
             data = await self._get_range(seg, glo, ghi)
         what = f"object {seg.key}"
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(index.verify, data, glo, what=what)
+            await self._cache.run(index.verify, data, glo, what=what)
         else:
             index.verify(data, glo, what=what)
         if (glo, ghi) == (lo, hi):
@@ -282,7 +356,7 @@ class RemoteReader:
         data = await self._store.get(seg.key)
         self._stats.downloaded_bytes += len(data)
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(verify, data, seg.checksum, what=f"object {seg.key}")
+            await self._cache.run(verify, data, seg.checksum, what=f"object {seg.key}")
         else:
             verify(data, seg.checksum, what=f"object {seg.key}")
         if len(data) != seg.size_bytes:
@@ -443,6 +517,22 @@ def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -
         raise RemoteStorageError(
             f"{seg.key} at byte {position + pos} does not verify: {exc}"
         ) from exc
+
+
+def _loaded(task: asyncio.Future[RemoteIndex] | None) -> bool:
+    return (
+        task is not None and task.done() and not task.cancelled() and task.exception() is None
+    )
+
+
+def _streamable(index: RemoteIndex | None, lo: int, hi: int, size: int) -> bool:
+    """Whether ``[lo, hi)`` can be checked block by block as it streams in: whole blocks of
+    the index (``BLOCK_SIZE`` while the index is not known yet) from ``lo`` to ``hi`` or to the
+    object's end."""
+    if index is not None and index.block_crcs is None:
+        return False
+    bs = BLOCK_SIZE if index is None else index.block_size
+    return lo % bs == 0 and (hi % bs == 0 or hi == size)
 
 
 def _estimate_position(seg: SegmentMeta, offset: int) -> int:
