@@ -286,6 +286,45 @@ class ChunkCache:
                 break  # this chunk ended the object
         return b"".join(parts)
 
+    async def get_ready(
+        self, key: str, start: int, end: int, need: int, fetch_chunk: Fetcher
+    ) -> bytes | memoryview:
+        """Bytes from ``start``: at least to ``need`` (waiting for them, shorter only where the
+        object ends), then as far toward ``end`` as is already here (cached, or published by
+        a streaming load), without waiting for more. A reader that wants up to ``end`` but
+        is content with what has arrived so far is answered sooner; it asks again for the
+        rest."""
+        if not start <= need <= end:
+            raise ValueError(f"invalid range [{start}, {need}, {end})")
+        head = await self.get_range(key, start, need, fetch_chunk)
+        if len(head) < need - start:
+            return head
+        reach = need
+        cs = self.chunk_size
+        while reach < end:
+            index = reach // cs
+            have = self._available((key, index))
+            if have <= reach - index * cs:
+                break
+            reach = min(end, index * cs + have)
+            if have < cs:
+                break  # the chunk is still loading (or ends the object)
+        if reach == need:
+            return head
+        return await self.get_range(key, start, reach, fetch_chunk)
+
+    def _available(self, cid: ChunkId) -> int:
+        """How many leading bytes of chunk ``cid`` can be had without a GET."""
+        with self._lock:
+            hot = self._hot.get(cid)
+            if hot is not None:
+                return len(hot)
+            size = self._index.get(cid)
+            if size is not None:
+                return size - _CRC.size
+        sink = self._partial.get(cid)
+        return sink.ready if sink is not None and sink.size is not None else 0
+
     async def _piece(
         self, key: str, index: int, lo: int, hi: int, fetch_chunk: Fetcher
     ) -> bytes | memoryview:

@@ -49,6 +49,7 @@ log = logging.getLogger("streamd.tiering")
 
 INDEX_CACHE_ENTRIES = 256
 VERIFY_IN_THREAD_BYTES = 256 * 1024
+READY_MIN_BYTES = 1 << 20
 MAX_READ_AHEAD_TASKS = 32
 
 
@@ -131,16 +132,20 @@ class RemoteReader:
         # than that (KIP-74 min_one) needs a second round trip.
         want = min(seg.size_bytes, entry_end + max_bytes)
         # Chunks for this read and the read-ahead after it (into the next segments) all start
-        # loading now, concurrently; the read below then waits only for its own.
+        # loading now, concurrently; the read below then waits only for its own, and only for
+        # its first READY_MIN_BYTES (and the entry holding ``offset``): what else has arrived
+        # by then is answered too, the rest is the next fetch's.
         self._read_ahead_from(manifest, seg, start, want - start, below)
-        data = await self._range(seg, start, want)
+        need = min(want, max(entry_end, start + min(max_bytes, READY_MIN_BYTES)))
+        data = await self._ready(seg, start, want, need)
+        partial = start + len(data) < want
         if len(data) >= HEADER_SIZE and PREFIX.unpack_from(data, 0)[0] != entry_base:
             raise RemoteStorageError(
                 f"the batch at byte {start} of {seg.key} has base offset "
                 f"{PREFIX.unpack_from(data, 0)[0]}, its index object says {entry_base}"
             )
         while True:
-            found = _locate(data, start, seg, offset, max_bytes, min_one)
+            found = _locate(data, start, seg, offset, max_bytes, min_one, partial=partial)
             if isinstance(found, tuple):
                 break
             data = bytes(data) + await self._range(seg, start + len(data), found)
@@ -209,6 +214,20 @@ class RemoteReader:
         while len(self._indexes) > INDEX_CACHE_ENTRIES:
             self._indexes.popitem(last=False)
         return index
+
+    async def _ready(
+        self, seg: SegmentMeta, start: int, end: int, need: int
+    ) -> bytes | memoryview:
+        """``[start, x)`` of ``seg`` for the largest ``x <= end`` that is here now, at least
+        ``need`` (see :meth:`ChunkCache.get_ready`)."""
+        end = min(end, seg.size_bytes)
+        need = min(need, end)
+        if start >= end:
+            return b""
+        data = await self._cache.get_ready(seg.key, start, end, need, self._chunk_fetcher(seg))
+        if len(data) < need - start:
+            raise RemoteStorageError(f"short read of {seg.key} [{start}, {need})")
+        return data
 
     async def _range(self, seg: SegmentMeta, start: int, end: int) -> bytes | memoryview:
         end = min(end, seg.size_bytes)
@@ -446,12 +465,16 @@ def _locate(
     offset: int,
     max_bytes: int,
     min_one: bool,
+    *,
+    partial: bool = False,
 ) -> tuple[int, int] | int:
     """Where the answer for ``offset`` lies in ``data`` (bytes ``[start, ...)`` of ``seg``).
 
     Returns ``(first, end)``: the batch holding ``offset`` and the whole batches after it that
     fit in ``max_bytes`` (the first one regardless when ``min_one``), as segment positions; or,
-    when ``data`` ends too early to decide, the segment position it must reach.
+    when ``data`` ends too early to decide, the segment position it must reach. ``partial``:
+    ``data`` is only what has arrived so far, so the answer may stop at the last whole batch
+    in it (only the batch holding ``offset`` must be completed).
     """
     limit = start + len(data)
     size = seg.size_bytes
@@ -478,6 +501,8 @@ def _locate(
         if end - first + total > max_bytes and not (end == first and min_one):
             break
         if end + total > limit:
+            if partial and end > first:
+                break
             return end + total
         end += total
     return first, end
