@@ -199,6 +199,7 @@ class ChunkCache:
         self._unread_bytes = 0
         self._fetching = 0
         self._write_backlog = 0
+        self._writing: dict[ChunkId, Chunk] = {}  # written behind: still servable from here
         self._write_backlog_max = write_backlog_bytes
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="streamd-cache")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="streamd-cache-write")
@@ -316,7 +317,7 @@ class ChunkCache:
     def _available(self, cid: ChunkId) -> int:
         """How many leading bytes of chunk ``cid`` can be had without a GET."""
         with self._lock:
-            hot = self._hot.get(cid)
+            hot = self._hot.get(cid) or self._writing.get(cid)
             if hot is not None:
                 return len(hot)
             size = self._index.get(cid)
@@ -344,7 +345,7 @@ class ChunkCache:
 
     def _has(self, cid: ChunkId) -> bool:
         with self._lock:
-            return cid in self._hot or cid in self._index
+            return cid in self._hot or cid in self._index or cid in self._writing
 
     def _start(
         self, cid: ChunkId, fetch_chunk: Fetcher, *, ahead: bool = False
@@ -428,6 +429,9 @@ class ChunkCache:
             hot = self._hot.get(cid)
             if hot is not None:
                 self._hot.move_to_end(cid)
+            else:
+                hot = self._writing.get(cid)
+            if hot is not None:
                 self._hits += 1
         if hot is not None:
             self._read_now(cid)
@@ -469,6 +473,8 @@ class ChunkCache:
             for cid in [c for c in self._hot if c[0] == key]:
                 self._hot_bytes -= len(self._hot.pop(cid))
                 self._forget_unread(cid)
+            for cid in [c for c in self._writing if c[0] == key]:
+                del self._writing[cid]
             victims = [cid for cid in self._index if cid[0] == key]
         for cid in victims:
             self._drop(cid)
@@ -533,6 +539,8 @@ class ChunkCache:
                 await loop.run_in_executor(self._writer, self._unlink, victims)
             return
         self._write_backlog += size
+        with self._lock:
+            self._writing[cid] = data
         try:
             await loop.run_in_executor(self._writer, self._write, cid, data, victims)
         except OSError as exc:
@@ -542,6 +550,9 @@ class ChunkCache:
             return
         finally:
             self._write_backlog -= size
+            with self._lock:
+                if self._writing.get(cid) is data:
+                    del self._writing[cid]
         with self._lock:
             self._index[cid] = size
 
