@@ -407,16 +407,9 @@ class RemoteReader:
     ) -> None:
         """Start loading the chunks of ``[pos, pos + needed)`` of ``seg`` and of the
         ``read_ahead`` chunks that follow it, continuing into the next archived segments, but
-        not into offsets at or above ``below`` (they are read locally).
-
-        Chunks past the read's own range are loaded only while everything loaded ahead of
-        its readers fits in half the cache's memory tier (the other half holds the chunks
-        being read): read-ahead that pushes chunks out of memory before they are read costs
-        a second GET or a disk read for each."""
+        not into offsets at or above ``below`` (they are read locally)."""
         cs = self._cache.chunk_size
-        own_end = pos + needed
         budget = needed + self._read_ahead * cs
-        memory = self._cache.memory_bytes
         while seg is not None and budget > 0:
             last = min(seg.size_bytes, pos + budget)
             if below is not None and seg.last_offset >= below and pos > 0:
@@ -428,15 +421,12 @@ class RemoteReader:
             for chunk in range(pos // cs, (last - 1) // cs + 1):
                 if self._cache.loading >= MAX_READ_AHEAD_TASKS:
                     return
-                ahead = own_end <= chunk * cs
-                if ahead and memory and self._cache.ahead_bytes + cs > memory // 2:
-                    return
                 self._prefetch(seg, chunk)
             budget -= seg.size_bytes - pos
             if budget <= 0:
                 return
             seg = segment_for_offset(manifest, seg.last_offset + 1)
-            pos = own_end = 0
+            pos = 0
             if seg is not None and below is not None and seg.base_offset >= below:
                 return
             if seg is not None and seg.index_key not in self._indexes:
