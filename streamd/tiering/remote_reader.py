@@ -38,7 +38,7 @@ from collections.abc import Awaitable, Callable
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
-from streamd.tiering.cache import ChunkCache, ChunkSink, StreamingFetch
+from streamd.tiering.cache import Chunk, ChunkCache, ChunkSink, StreamingFetch
 from streamd.tiering.checksum import verify
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta, segment_for_offset
 from streamd.tiering.segment_index import BLOCK_SIZE, RemoteIndex, decode_index
@@ -241,7 +241,7 @@ class RemoteReader:
     def _chunk_fetcher(self, seg: SegmentMeta) -> StreamingFetch:
         chunk_size = self._cache.chunk_size
 
-        async def fetch_chunk(i: int, sink: ChunkSink) -> bytes | bytearray:
+        async def fetch_chunk(i: int, sink: ChunkSink) -> Chunk:
             lo = i * chunk_size
             hi = min(lo + chunk_size, seg.size_bytes)
             if lo >= hi:
@@ -261,7 +261,7 @@ class RemoteReader:
         hi: int,
         sink: ChunkSink,
         stream: Callable[[str, tuple[int, int], Callable[[bytes], None]], Awaitable[int]],
-    ) -> bytes | bytearray:
+    ) -> Chunk:
         """Bytes ``[lo, hi)`` of ``seg`` in one streamed GET, published to ``sink`` block by
         block as each checksum block arrives and matches the index (a reader waiting for the
         start of the chunk is served before its end arrives; no byte is published unchecked).
