@@ -265,44 +265,60 @@ class RemoteReader:
         """Bytes ``[lo, hi)`` of ``seg`` in one streamed GET, published to ``sink`` block by
         block as each checksum block arrives and matches the index (a reader waiting for the
         start of the chunk is served before its end arrives; no byte is published unchecked).
-        ``lo`` is block-aligned and ``hi`` too unless it is the end of the object."""
+        ``lo`` is block-aligned and ``hi`` too unless it is the end of the object. When the
+        index arrives after the first bytes, what has arrived is checked then, not when the next
+        piece comes (a stalled transfer must not hold back bytes that are here)."""
         index = self._indexes.get(seg.index_key)
         index_load = None if index is not None else asyncio.ensure_future(self._index(seg))
         buf = sink.allocate(hi - lo)
         view = memoryview(buf)
         size = len(buf)
         received = verified = 0
+        failure: StreamdError | None = None
         what = f"object {seg.key}"
 
-        def check(upto: int) -> None:
+        def check() -> None:
             nonlocal verified
             assert index is not None
+            bs = index.block_size
+            upto = received if received == size else received // bs * bs
             if upto > verified:
                 index.verify(view[verified:upto], lo + verified, what=what)
                 verified = upto
                 sink.publish(verified)
 
+        def index_arrived(task: asyncio.Future[RemoteIndex]) -> None:
+            nonlocal index, failure
+            if index is None and failure is None and _loaded(task):
+                loaded = task.result()
+                if _streamable(loaded, lo, hi, seg.size_bytes):
+                    index = loaded
+                    try:
+                        check()
+                    except StreamdError as exc:
+                        failure = exc  # raised by the transfer's next step
+
         def consume(piece: bytes) -> None:
-            nonlocal received, index
+            nonlocal received
+            if failure is not None:
+                raise failure
             n = len(piece)
             if received + n > size:
                 raise RemoteStorageError(f"{what} sent more than the {size} bytes asked for")
             view[received : received + n] = piece
             received += n
-            if index is None and _loaded(index_load):
-                assert index_load is not None
-                loaded = index_load.result()
-                if _streamable(loaded, lo, hi, seg.size_bytes):
-                    index = loaded
             if index is not None:
-                bs = index.block_size
-                check(received if received == size else received // bs * bs)
+                check()
 
+        if index_load is not None:
+            index_load.add_done_callback(index_arrived)
         try:
             received_total = await stream(seg.key, (lo, hi), consume)
             if index_load is not None:
                 loaded = await index_load
                 index_load = None
+                if failure is not None:
+                    raise failure
                 if index is None:
                     if not _streamable(loaded, lo, hi, seg.size_bytes):
                         # Checksums of another shape (a version 1 index): nothing was published.
@@ -321,7 +337,7 @@ class RemoteReader:
             await self._cache.run(index.verify, view[verified:], lo + verified, what=what)
             verified = size
             sink.publish(size)
-        check(size)
+        check()
         return buf
 
     async def _fetch_verified(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
