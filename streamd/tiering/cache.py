@@ -46,9 +46,9 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import mmap
 import os
 import struct
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -69,8 +69,8 @@ _CRC = struct.Struct(">I")
 _SUFFIX = ".chunk"
 
 ChunkId = tuple[str, int]
-Chunk = bytes | bytearray | mmap.mmap
-MAPPED_BYTES = 1 << 20
+Chunk = bytes | bytearray
+SPARE_BUFFERS = 4
 P = ParamSpec("P")
 T = TypeVar("T")
 IO_THREADS = 2
@@ -85,9 +85,10 @@ class ChunkSink:
     allocated once and never resized, so views handed to readers stay valid; bytes below
     ``ready`` are never written again."""
 
-    __slots__ = ("buffer", "size", "ready", "read", "_waiters", "_closed")
+    __slots__ = ("buffer", "size", "ready", "read", "_waiters", "_closed", "_new_buffer")
 
-    def __init__(self) -> None:
+    def __init__(self, new_buffer: Callable[[int], bytearray] = bytearray) -> None:
+        self._new_buffer = new_buffer
         self.buffer: Chunk = b""
         self.size: int | None = None
         self.ready = 0
@@ -95,8 +96,8 @@ class ChunkSink:
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._closed = False
 
-    def allocate(self, size: int) -> bytearray | mmap.mmap:
-        buffer = new_buffer(size)
+    def allocate(self, size: int) -> bytearray:
+        buffer = self._new_buffer(size)
         self.buffer, self.size = buffer, size
         self._wake()
         return buffer
@@ -145,16 +146,6 @@ class ChunkSink:
             else:
                 keep.append((end, future))
         self._waiters = keep
-
-
-def new_buffer(size: int) -> bytearray | mmap.mmap:
-    """A writable buffer of ``size`` bytes for a chunk. From ``MAPPED_BYTES`` on it is an
-    anonymous mapping: its pages are touched as the bytes arrive, piece by piece, instead of
-    all at once (zeroing 16 MiB of fresh memory in one go stalls the event loop for tens of
-    milliseconds on a VM), and they go back to the system when the last view is gone."""
-    if size < MAPPED_BYTES:
-        return bytearray(size)
-    return mmap.mmap(-1, size)
 
 
 @dataclass(frozen=True)
@@ -212,6 +203,8 @@ class ChunkCache:
         self._fetching = 0
         self._write_backlog = 0
         self._writing: dict[ChunkId, Chunk] = {}  # written behind: still servable from here
+        self._spare: list[bytearray] = []  # chunk buffers the cache let go of (maybe in use)
+        self.reused_buffers = 0
         self._write_backlog_max = write_backlog_bytes
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="streamd-cache")
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="streamd-cache-write")
@@ -371,7 +364,7 @@ class ChunkCache:
             self._misses += 1
         sink = None
         if isinstance(fetch_chunk, StreamingFetch):
-            sink = self._partial[cid] = ChunkSink()
+            sink = self._partial[cid] = ChunkSink(self._new_buffer)
         task = asyncio.ensure_future(self._load(cid, fetch_chunk, sink, ahead=ahead))
         self._inflight[cid] = task
         task.add_done_callback(self._load_done(cid, sink))
@@ -476,8 +469,10 @@ class ChunkCache:
                 victim = next((c for c in self._hot if c not in self._unread), None)
                 if victim is None:
                     victim = next(iter(self._hot))
-                self._hot_bytes -= len(self._hot.pop(victim))
+                evicted = self._hot.pop(victim)
+                self._hot_bytes -= len(evicted)
                 self._forget_unread(victim)
+                self._let_go(evicted)
 
     def invalidate(self, key: str) -> None:
         """Forget every chunk of ``key`` (e.g. after its object was deleted)."""
@@ -565,8 +560,43 @@ class ChunkCache:
             with self._lock:
                 if self._writing.get(cid) is data:
                     del self._writing[cid]
+                    self._let_go(data)
         with self._lock:
             self._index[cid] = size
+
+    def _new_buffer(self, size: int) -> bytearray:
+        """A buffer for a chunk of ``size`` bytes: a spare one nothing refers to any more, if
+        any (fresh memory costs page faults: about 1.7 s of CPU per GB on a VM, more than the
+        rest of a replay), else a new one. Contents are stale: the loader overwrites them
+        before anything is published.
+
+        Reuse is safe because it is decided by reference count: a buffer is handed out only
+        when the spare list's is its one reference (``getrefcount`` counts its own argument
+        too). Any view (a response being sent, a checksum running in a thread) holds a
+        reference through its memoryview; a sink or a cache entry holds one too; and nothing
+        can take a new reference to a spare buffer but this method, under the lock."""
+        if size == self.chunk_size:
+            with self._lock:
+                spare = self._spare
+                for i in range(len(spare)):
+                    if sys.getrefcount(spare[i]) == 2:
+                        self.reused_buffers += 1
+                        return spare.pop(i)
+        return bytearray(size)
+
+    def _let_go(self, data: Chunk) -> None:
+        """(under the lock) The cache no longer holds ``data``: a buffer to reuse once nobody
+        else does (it may still be served, written or checked: see :meth:`_new_buffer`)."""
+        if (
+            isinstance(data, bytearray)
+            and len(data) == self.chunk_size
+            and all(data is not held for held in self._hot.values())
+            and all(data is not held for held in self._writing.values())
+            and all(data is not spare for spare in self._spare)
+        ):
+            self._spare.append(data)
+            if len(self._spare) > SPARE_BUFFERS:
+                del self._spare[0]
 
     def _forget_unread(self, cid: ChunkId) -> None:
         """(under the lock) ``cid`` was read or left memory: no longer read-ahead."""
@@ -598,12 +628,12 @@ class ChunkCache:
                 size = os.fstat(f.fileno()).st_size - _CRC.size
                 if size < 0:
                     data: Chunk | None = None
-                elif size < MAPPED_BYTES:
-                    data = f.read(size)
-                else:
-                    data = new_buffer(size)
+                elif size == self.chunk_size:
+                    data = self._new_buffer(size)
                     if f.readinto(data) != size:
                         data = None
+                else:
+                    data = f.read(size)
                 trailer = f.read(_CRC.size)
         except FileNotFoundError:
             return None
@@ -611,7 +641,7 @@ class ChunkCache:
             data is None
             or len(data) != size
             or len(trailer) != _CRC.size
-            or _CRC.unpack(trailer)[0] != crc32c(memoryview(data))
+            or _CRC.unpack(trailer)[0] != crc32c(data)
         ):
             log.warning("cached chunk %d of %r is corrupt; fetching it again", cid[1], cid[0])
             return None
@@ -627,7 +657,7 @@ class ChunkCache:
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
-                f.write(_CRC.pack(crc32c(memoryview(data))))
+                f.write(_CRC.pack(crc32c(data)))
             os.replace(tmp, self._path(cid))
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

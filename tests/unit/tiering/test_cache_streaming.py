@@ -157,3 +157,22 @@ async def test_cache_work_stays_off_the_default_executor(tmp_path: Path) -> None
     assert obj.loads == Counter({0: 1, 1: 1, 2: 1})
     assert default.submitted == 0
     cache.close()
+
+
+async def test_a_buffer_is_reused_only_once_nothing_refers_to_it(tmp_path: Path) -> None:
+    """Chunk buffers the cache let go of are reused (fresh memory costs page faults), but
+    never while a view of them (a response still being sent) exists."""
+    data = bytes(range(256)) * 4  # chunks 0..9 of distinct bytes
+    obj = StreamedObject(data, first=CHUNK)
+    obj.gate.set()
+    cache = ChunkCache(tmp_path, max_bytes=0, chunk_size=CHUNK, memory_bytes=CHUNK)
+    held = await cache.get_range("k", 0, 50, obj.fetch)  # a response still holding chunk 0
+    await cache.get_range("k", 100, 150, obj.fetch)  # chunk 0 leaves memory: let go of
+    await cache.get_range("k", 200, 250, obj.fetch)  # needs a buffer: chunk 0's is in use
+    assert cache.reused_buffers == 0
+    assert held == data[:50], "a view of a buffer in use never sees other bytes"
+    del held
+    got = await cache.get_range("k", 300, 350, obj.fetch)
+    assert cache.reused_buffers >= 1, "a buffer nothing refers to is reused"
+    assert got == data[300:350]
+    assert await cache.get_range("k", 400, 500, obj.fetch) == data[400:500]
