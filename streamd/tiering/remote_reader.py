@@ -137,7 +137,12 @@ class RemoteReader:
         # by then is answered too, the rest is the next fetch's.
         self._read_ahead_from(manifest, seg, start, want - start, below)
         need = min(want, max(entry_end, start + min(max_bytes, READY_MIN_BYTES)))
-        data = await self._ready(seg, start, want, need)
+        # An answer stays inside the chunk it starts in (unless its first batch crosses into
+        # the next): it is then a view of the cached chunk, not a copy of two joined, and the
+        # next fetch starts in the next chunk.
+        chunk_end = (start // self._cache.chunk_size + 1) * self._cache.chunk_size
+        reach = min(want, max(chunk_end, need))
+        data = await self._ready(seg, start, reach, need)
         partial = start + len(data) < want
         if len(data) >= HEADER_SIZE and PREFIX.unpack_from(data, 0)[0] != entry_base:
             raise RemoteStorageError(
