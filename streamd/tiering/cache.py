@@ -148,6 +148,17 @@ class ChunkSink:
         self._waiters = keep
 
 
+BACKGROUND_NICE = 10
+
+
+def _background_thread() -> None:
+    """The cache's threads run at a lower CPU priority than the event loop and the log's
+    flush threads (Linux applies ``setpriority`` to a thread id): on a busy machine a replay's
+    checksums and cache files wait, a producer's fsync and the loop do not."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
 @dataclass(frozen=True)
 class StreamingFetch:
     """A chunk fetcher that fills a :class:`ChunkSink` as the bytes arrive and returns the
@@ -206,8 +217,12 @@ class ChunkCache:
         self._spare: list[bytearray] = []  # chunk buffers the cache let go of (maybe in use)
         self.reused_buffers = 0
         self._write_backlog_max = write_backlog_bytes
-        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="streamd-cache")
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="streamd-cache-write")
+        self._io = ThreadPoolExecutor(
+            IO_THREADS, thread_name_prefix="streamd-cache", initializer=_background_thread
+        )
+        self._writer = ThreadPoolExecutor(
+            1, thread_name_prefix="streamd-cache-write", initializer=_background_thread
+        )
 
     @property
     def memory_bytes(self) -> int:
