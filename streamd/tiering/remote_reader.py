@@ -81,9 +81,15 @@ class RemoteReader:
         min_one: bool,
         *,
         below: int | None = None,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
         """Whole batches from the one holding ``offset``. Read-ahead stops before ``below``
-        (the local log start: what lies above is read from local disk, never fetched)."""
+        (the local log start: what lies above is read from local disk, never fetched).
+
+        The answer may hold less than ``max_bytes`` while the object is still arriving from
+        the bucket: it is given as soon as at least ``max(ready_bytes, READY_MIN_BYTES)`` of
+        it (capped by ``max_bytes``) are here and checked (``ready_bytes``: what the Fetch
+        still needs for its ``min_bytes``)."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -93,7 +99,7 @@ class RemoteReader:
         self._stats.remote_reads += 1
         try:
             return await self._read_batches(
-                manifest, segment, offset, max(0, max_bytes), min_one, below
+                manifest, segment, offset, max(0, max_bytes), min_one, below, ready_bytes
             )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
@@ -121,6 +127,7 @@ class RemoteReader:
         max_bytes: int,
         min_one: bool,
         below: int | None = None,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
         if seg.index_key not in self._indexes:
             # Cold: the chunk GET runs alongside the index GET instead of after it.
@@ -133,10 +140,12 @@ class RemoteReader:
         want = min(seg.size_bytes, entry_end + max_bytes)
         # Chunks for this read and the read-ahead after it (into the next segments) all start
         # loading now, concurrently; the read below then waits only for its own, and only for
-        # its first READY_MIN_BYTES (and the entry holding ``offset``): what else has arrived
-        # by then is answered too, the rest is the next fetch's.
+        # its first ``at_least`` bytes (READY_MIN_BYTES, or the Fetch's min_bytes still
+        # missing, and the entry holding ``offset``): what else has arrived by then is
+        # answered too, the rest is the next fetch's.
         self._read_ahead_from(manifest, seg, start, want - start, below)
-        need = min(want, max(entry_end, start + min(max_bytes, READY_MIN_BYTES)))
+        at_least = min(max_bytes, max(ready_bytes, READY_MIN_BYTES))
+        need = min(want, max(entry_end, start + at_least))
         # An answer stays inside the chunk it starts in (unless its first batch crosses into
         # the next): it is then a view of the cached chunk, not a copy of two joined, and the
         # next fetch starts in the next chunk.
@@ -150,7 +159,9 @@ class RemoteReader:
                 f"{PREFIX.unpack_from(data, 0)[0]}, its index object says {entry_base}"
             )
         while True:
-            found = _locate(data, start, seg, offset, max_bytes, min_one, partial=partial)
+            found = _locate(
+                data, start, seg, offset, max_bytes, min_one, partial=partial, at_least=at_least
+            )
             if isinstance(found, tuple):
                 break
             data = bytes(data) + await self._range(seg, start + len(data), found)
@@ -488,14 +499,16 @@ def _locate(
     min_one: bool,
     *,
     partial: bool = False,
+    at_least: int = 0,
 ) -> tuple[int, int] | int:
     """Where the answer for ``offset`` lies in ``data`` (bytes ``[start, ...)`` of ``seg``).
 
     Returns ``(first, end)``: the batch holding ``offset`` and the whole batches after it that
     fit in ``max_bytes`` (the first one regardless when ``min_one``), as segment positions; or,
     when ``data`` ends too early to decide, the segment position it must reach. ``partial``:
-    ``data`` is only what has arrived so far, so the answer may stop at the last whole batch
-    in it (only the batch holding ``offset`` must be completed).
+    ``data`` is only what has arrived so far (or what lies in one chunk), so the answer may
+    stop at the last whole batch in it once it holds ``at_least`` bytes (a shorter one asks
+    for the rest of the batch that gets it there).
     """
     limit = start + len(data)
     size = seg.size_bytes
@@ -516,13 +529,15 @@ def _locate(
     first = end = pos
     while end < size:
         if end + LOG_OVERHEAD > limit:
+            if partial and end - first < at_least:
+                return end + LOG_OVERHEAD
             break  # ``data`` reaches first + max_bytes (or the end): no batch here can fit
         _, length = _prefix(data, end - start, end, size, seg)
         total = length + LOG_OVERHEAD
         if end - first + total > max_bytes and not (end == first and min_one):
             break
         if end + total > limit:
-            if partial and end > first:
+            if partial and end > first and end - first >= at_least:
                 break
             return end + total
         end += total

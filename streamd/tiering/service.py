@@ -619,8 +619,17 @@ class TieringService:
         return -1 if state is None else state.manifest.last_uploaded_offset
 
     async def read(
-        self, topic: str, partition: int, offset: int, max_bytes: int, min_one: bool
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+        *,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
+        """Archived batches from ``offset`` (see :meth:`RemoteReader.read`; ``ready_bytes``:
+        what the Fetch still needs for its ``min_bytes``)."""
         state = self._states.get((topic, partition))
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")
@@ -628,7 +637,9 @@ class TieringService:
         below = None
         if local is not None and partition < len(local.partitions):
             below = local.partitions[partition].log_start_offset
-        return await self._reader.read(state.manifest, offset, max_bytes, min_one, below=below)
+        return await self._reader.read(
+            state.manifest, offset, max_bytes, min_one, below=below, ready_bytes=ready_bytes
+        )
 
     def prefetch(self, topic: str, partition: int, offset: int) -> None:
         """Start loading what a remote read of ``offset`` needs, without waiting (a Fetch over

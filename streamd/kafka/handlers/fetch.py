@@ -42,7 +42,14 @@ def _partition_of(ctx: Any, name: str, index: int) -> Any:
 
 
 async def _read_partition(
-    ctx: Any, name: str, index: int, plog: Any, offset: int, max_bytes: int, min_one: bool
+    ctx: Any,
+    name: str,
+    index: int,
+    plog: Any,
+    offset: int,
+    max_bytes: int,
+    min_one: bool,
+    ready: int = 0,
 ) -> tuple[dict[str, Any], int]:
     entry: dict[str, Any] = {"partition_index": index}
     if plog is None:
@@ -62,7 +69,9 @@ async def _read_partition(
         return entry, 0
     try:
         if offset < plog.log_start_offset:
-            data = await tiering.read(name, index, offset, max_bytes, min_one)
+            # ``ready``: an archived range still arriving is answered once the bytes the
+            # fetch still needs for min_bytes are here, not all of max_bytes.
+            data = await tiering.read(name, index, offset, max_bytes, min_one, ready_bytes=ready)
         else:
             # A local record set stays a file range until the response is final (see
             # _materialize): a long poll may read a partition several times.
@@ -137,7 +146,8 @@ async def fetch(req: Request) -> dict[str, Any]:
                 entry, size = cached[1], cached[2]
             else:
                 entry, size = await _read_partition(
-                    ctx, name, index, plog, offset, limit, min_one=(total == 0)
+                    ctx, name, index, plog, offset, limit, min_one=(total == 0),
+                    ready=max(0, min_bytes - total),
                 )
                 previous[i] = (stamp, entry, size)
             entries.append((name, entry))
