@@ -89,7 +89,9 @@ class RemoteReader:
         The answer may hold less than ``max_bytes`` while the object is still arriving from
         the bucket: it is given as soon as at least ``max(ready_bytes, READY_MIN_BYTES)`` of
         it (capped by ``max_bytes``) are here and checked (``ready_bytes``: what the Fetch
-        still needs for its ``min_bytes``)."""
+        still needs for its ``min_bytes``). An answer that ends with its object short of that
+        continues into the next archived object (else the Fetch would wait out its max_wait
+        for a few bytes)."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -97,12 +99,31 @@ class RemoteReader:
                 f"(remote [{manifest.remote_start_offset}, {manifest.last_uploaded_offset}])"
             )
         self._stats.remote_reads += 1
+        max_bytes = max(0, max_bytes)
         try:
-            return await self._read_batches(
-                manifest, segment, offset, max(0, max_bytes), min_one, below, ready_bytes
+            data = await self._read_batches(
+                manifest, segment, offset, max_bytes, min_one, below, ready_bytes
             )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
+        enough = min(max_bytes, max(ready_bytes, READY_MIN_BYTES))
+        if not 0 < len(data) < enough or _next_offset(data) != segment.last_offset + 1:
+            return data
+        following = segment.last_offset + 1
+        if below is not None and following >= below:
+            return data
+        try:
+            more = await self.read(
+                manifest,
+                following,
+                max_bytes - len(data),
+                False,
+                below=below,
+                ready_bytes=enough - len(data),
+            )
+        except StreamdError:
+            return data  # what was read stands; the next fetch meets the error
+        return b"".join((data, more)) if more else data
 
     def prefetch(self, manifest: PartitionManifest, offset: int) -> None:
         """Start loading what a read of ``offset`` will need (index object and the chunk the
@@ -542,6 +563,16 @@ def _locate(
             return end + total
         end += total
     return first, end
+
+
+def _next_offset(data: bytes | memoryview) -> int:
+    """The offset after the last of the (checked) batches in ``data``."""
+    pos = following = 0
+    while pos + HEADER_SIZE <= len(data):
+        base, length = PREFIX.unpack_from(data, pos)
+        following = base + int.from_bytes(data[pos + 23 : pos + 27], "big") + 1
+        pos += LOG_OVERHEAD + length
+    return following
 
 
 def _prefix(
