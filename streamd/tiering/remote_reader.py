@@ -1,11 +1,11 @@
 """Reads archived offsets back: manifest -> index object -> ranged GETs through the chunk cache.
 
 A read for offset ``o`` finds the segment holding ``o`` in the manifest, the index entry whose
-byte range holds it, and pulls ``[entry start, entry end + max_bytes)`` through
-:class:`streamd.tiering.cache.ChunkCache` (1 MiB chunks on local disk, LRU, bounded). It then
-answers whole batches from the one holding ``o``, at most ``max_bytes`` of them unless the first
-alone is larger (KIP-74 ``min_one``), never past the end of the segment: the same bytes, batch
-for batch, that the local log served before the segment left the disk (invariant 7).
+byte range holds it, and pulls bytes from there through :class:`streamd.tiering.cache.ChunkCache`
+(chunks in memory and on local disk, LRU, bounded). It then answers whole batches from the one
+holding ``o``, at most ``max_bytes`` of them unless the first alone is larger (KIP-74
+``min_one``): the same bytes, batch for batch, that the local log served before the segment
+left the disk (invariant 7).
 
 Integrity (invariants 6 and 10): index objects are read whole and checked against the store's
 CRC32C stamp and the manifest's ``index_checksum``. Every chunk is checked when it is loaded,
@@ -25,8 +25,20 @@ the manifest) at once; a chunk's checksum check waits for the index, not its GET
 read the next ``read_ahead`` chunks are fetched in background tasks, continuing into the next
 objects (their index objects too), so a consumer replaying history mostly hits the cache, and
 :meth:`RemoteReader.prefetch` lets a Fetch start every partition's loads before it reads the
-first one. All I/O is asynchronous or in worker threads (cache files, CRC checks of large
-reads, record decoding for timestamp lookups); the event loop only slices bytes.
+first one.
+
+Streaming: a chunk is one GET whose bytes are checked block by block as they arrive (each 64 KiB
+checksum block is published to the cache only once it matches the index) when the store can
+stream (``read_range``; the S3 store can, the local-directory store reads whole ranges). A read
+then waits only for the bytes it must answer with: its first ``READY_MIN_BYTES`` or what the
+Fetch still needs for ``min_bytes`` (whole batches; at least the one holding the offset), and
+answers with whatever else of its range has arrived by then, never more than ``max_bytes`` and
+never past the chunk it starts in unless it must: the next fetch follows the download instead
+of waiting for a 16 MiB chunk to be complete, and an answer inside one chunk is a view of it,
+not a copy. An answer that ends with its object short of that minimum continues into the next
+object. All I/O is asynchronous or on the cache's worker threads (cache files, CRC checks of
+large reads, record decoding for timestamp lookups), which run at a lower CPU priority than the
+event loop; the event loop copies arriving pieces and checks their blocks, and slices bytes.
 """
 
 from __future__ import annotations
