@@ -136,6 +136,79 @@ def produce(spec: dict) -> dict:
     }
 
 
+def txn_produce(spec: dict) -> dict:
+    """A transactional producer: ``records_per_txn`` records per transaction (begin, produce,
+    commit_transaction, which flushes and waits for the commit), one after the other."""
+    from confluent_kafka import Producer
+
+    n = int(spec["records"])
+    per = int(spec.get("records_per_txn", 100))
+    size = int(spec["record_size"])
+    topic = spec["topic"]
+    conf = {
+        "bootstrap.servers": spec["bootstrap"],
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.size": 1 << 20,
+        "compression.type": "none",
+        "transactional.id": f"bench-txn-{topic}-{os.getpid()}",
+        "log_level": 3,
+    }
+    conf.update(spec.get("config", {}))
+    p = Producer(conf)
+    p.list_topics(topic, timeout=30)
+    p.init_transactions(30)
+    payload = os.urandom(size)
+    state = {"ok": 0, "err": 0, "first_err": None}
+
+    def on_delivery(err, _msg) -> None:
+        if err is None:
+            state["ok"] += 1
+        else:
+            state["err"] += 1
+            state["first_err"] = state["first_err"] or str(err)
+
+    progress = Progress()
+    partition = int(spec.get("partition", 0))
+    committed = 0
+    aborted = 0
+    wait_go(spec)
+    cpu0 = _cpu()
+    t0 = time.monotonic()
+    for start in range(0, n, per):
+        count = min(per, n - start)
+        p.begin_transaction()
+        for _ in range(count):
+            while True:
+                try:
+                    p.produce(topic, payload, partition=partition, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    p.poll(0.005)
+        try:
+            p.commit_transaction(60)
+            committed += count
+        except Exception as exc:  # noqa: BLE001  (a failed commit is counted, not fatal)
+            state["first_err"] = state["first_err"] or f"commit: {exc}"
+            aborted += count
+            p.abort_transaction(60)
+        progress(committed)
+    t1 = time.monotonic()
+    progress(committed, force=True)
+    cpu1 = _cpu()
+    return {
+        "kind": "txn_produce",
+        "t_start": t0,
+        "t_end": t1,
+        "records": committed,
+        "bytes": committed * size,
+        "errors": state["err"] + aborted,
+        "first_error": state["first_err"],
+        "transactions": (n + per - 1) // per,
+        "client_cpu_s": cpu1 - cpu0,
+    }
+
+
 def consume(spec: dict) -> dict:
     from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -429,6 +502,7 @@ def latency_consume(spec: dict) -> dict:
 
 JOBS = {
     "produce": produce,
+    "txn_produce": txn_produce,
     "consume": consume,
     "latency_produce": latency_produce,
     "latency_consume": latency_consume,

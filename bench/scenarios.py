@@ -288,6 +288,58 @@ class Consume1000P(Produce1000P):
 
 
 @register
+class Transactions(Scenario):
+    """Transactional produce (issue 16): 100 records of 1 KiB per transaction, acks=all, one
+    producer, against an idempotent producer sending the same records in the same round (run
+    first, during setup). Reports both rates and txn/idempotent (target >= 0.7)."""
+
+    name = "txn"
+    title = "transactional produce, 100 x 1 KiB per txn, acks=all, 1 partition (vs idempotent)"
+    records_per_txn = 100
+    extra_columns = [
+        ("idempotent_mb_s", "idempotent MB/s", ".1f"),
+        ("txn_mb_s", "txn MB/s", ".1f"),
+        ("txn_per_s", "txn/s", ",.0f"),
+        ("txn_vs_idempotent", "txn/idempotent", ".2f"),
+    ]
+
+    def setup(self, ctx: Ctx) -> None:
+        self.topic = f"bench-txn-r{ctx.round}"
+        idem = f"bench-idempotent-r{ctx.round}"
+        ctx.create_topic(self.topic, 1)
+        ctx.create_topic(idem, 1)
+        res = ctx.run_jobs(
+            [ctx.job("produce", topic=idem, partition=0, config={"enable.idempotence": True})],
+            "idempotent",
+        )
+        r = res[0]
+        if r["records"] != ctx.records:
+            raise RuntimeError(f"idempotent produce: {r['records']}/{ctx.records} acknowledged")
+        self.idempotent_mb_s = r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9)
+
+    def jobs(self, ctx: Ctx) -> list[dict]:
+        return [
+            ctx.job(
+                "txn_produce",
+                topic=self.topic,
+                partition=0,
+                records_per_txn=self.records_per_txn,
+            )
+        ]
+
+    def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
+        out = super().summarize(ctx, results)
+        txn_mb_s = out["bytes"] / MiB / out["seconds"]
+        out["extra"] = {
+            "idempotent_mb_s": self.idempotent_mb_s,
+            "txn_mb_s": txn_mb_s,
+            "txn_per_s": out["records"] / self.records_per_txn / out["seconds"],
+            "txn_vs_idempotent": txn_mb_s / max(self.idempotent_mb_s, 1e-9),
+        }
+        return out
+
+
+@register
 class Latency(Scenario):
     name = "latency"
     title = "end-to-end latency at a fixed rate, 1 partition (producer process -> consumer process)"

@@ -8,6 +8,9 @@ so a typo stops startup instead of being silently ignored.
 Broker-wide topic defaults use Kafka's topic config names under ``defaults.`` (e.g.
 ``defaults.segment.bytes``); they are validated by the log layer's topic-config table.
 Relative paths (``data_dir``, ``file://`` stores) are resolved against the working directory.
+Without ``tiering.store`` the bucket is the directory ``<data_dir>-bucket`` next to data_dir
+(not inside it: wiping data_dir and restoring from the bucket must leave the bucket alone),
+so two brokers with different data_dirs never share a bucket by accident.
 
 Keys marked ``dynamic`` (and every ``defaults.*``) can also be changed while the broker runs,
 through Kafka's AlterConfigs / IncrementalAlterConfigs on the BROKER resource (``streamd cluster
@@ -90,7 +93,7 @@ def _fsync(v: Any) -> str:
 
 def _store(v: Any) -> str:
     s = str(v)
-    if s.startswith("file://") or s.startswith("s3://"):
+    if s == "" or s.startswith("file://") or s.startswith("s3://"):
         return s
     raise ValueError("expected file:///abs/dir or s3://bucket[/prefix]")
 
@@ -155,12 +158,10 @@ def _iterations(v: Any) -> int:
 
 
 def _principals(v: Any) -> str:
-    items = _csv(v)
-    for p in items:
-        kind, sep, name = p.partition(":")
-        if not (sep and kind and name):
-            raise ValueError(f"{p!r}: expected Type:name, e.g. User:admin")
-    return ",".join(items)
+    from streamd.security.service import parse_principals
+
+    items = parse_principals(";".join(v) if isinstance(v, list) else str(v))
+    return ";".join(items)
 
 
 def _bootstrap_users(v: Any) -> str:
@@ -199,6 +200,12 @@ KEYS: tuple[Key, ...] = (
     Key("kafka.listen", _hostport, "127.0.0.1:9092", "Kafka listener HOST:PORT."),
     Key("kafka.advertised", _opt_hostport, "", "Address given to clients; default: listen."),
     Key("admin.listen", _opt_hostport, "127.0.0.1:9644", "Admin HTTP API + /metrics; '' = off."),
+    Key(
+        "admin.require_auth",
+        _bool,
+        False,
+        "Admin API needs HTTP basic auth with a SCRAM user (Redpanda's admin_api_require_auth).",
+    ),
     Key("fsync", _fsync, "always", "always (group commit before ack), never, or interval ms."),
     Key(
         "auto_create_topics",
@@ -278,7 +285,39 @@ KEYS: tuple[Key, ...] = (
         "Largest metadata string of a commit.",
         dynamic=True,
     ),
-    Key("tiering.store", _store, "file://./data/bucket", "Object store URL."),
+    # --- transactions (streamd/txn) ---
+    Key("transaction.max.timeout.ms", _positive, 900000, "Largest transaction.timeout.ms allowed."),
+    Key(
+        "transactional.id.expiration.ms",
+        _positive,
+        604800000,
+        "Forget a transactional id idle this long.",
+    ),
+    Key(
+        "transaction.abort.timed.out.transaction.cleanup.interval.ms",
+        _positive,
+        10000,
+        "How often transactions past their timeout are aborted.",
+    ),
+    Key(
+        "transaction.remove.expired.transaction.cleanup.interval.ms",
+        _positive,
+        3600000,
+        "How often expired transactional ids are removed.",
+    ),
+    Key(
+        "transaction.debug.exit_after_markers",
+        _int,
+        -1,
+        "Test hook: exit after this many markers of a commit are written (crash simulation).",
+    ),
+    # --- end transactions ---
+    Key(
+        "tiering.store",
+        _store,
+        "",
+        "Object store URL; '' = file:// directory '<data_dir>-bucket' next to data_dir.",
+    ),
     Key("tiering.s3.endpoint_url", _str, "", "S3 endpoint (MinIO, moto); '' = AWS."),
     Key("tiering.s3.region", _str, "us-east-1", "S3 region."),
     Key("tiering.s3.access_key_id", _str, "", "S3 access key; '' = AWS_* environment."),
@@ -356,6 +395,41 @@ KEYS: tuple[Key, ...] = (
     Key("security.bootstrap_users", _bootstrap_users, "", "user:password:MECHANISM created once."),
     Key("security.scram_iterations", _iterations, 4096, "Iterations of bootstrap credentials."),
     Key("allow.everyone.if.no.acl.found", _bool, False, "Allow when no ACL matches a resource."),
+    Key(
+        "kafka.connections_max_idle_ms",
+        _positive,
+        600000,
+        "Close a connection that sent no request and had no answer pending this long.",
+    ),
+    Key(
+        "kafka.max_connections",
+        _non_negative,
+        0,
+        "Open Kafka connections; 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "kafka.max_connections_per_ip",
+        _non_negative,
+        0,
+        "Connections per address; 0 = no limit.",
+        dynamic=True,
+    ),
+    Key(
+        "kafka.connections_max_reauth_ms",
+        _non_negative,
+        0,
+        "KIP-368: SASL sessions last this long, then must re-authenticate; 0 = forever.",
+    ),
+    Key("sasl.max_receive_bytes", _positive, 16384, "Largest request frame before authentication."),
+    Key(
+        "sasl.authentication_timeout_ms",
+        _non_negative,
+        30000,
+        "Close a SASL connection not authenticated within this time; 0 = no limit.",
+    ),
+    Key("sasl.auth_threads", _positive, 1, "Threads that verify passwords (PBKDF2), apart."),
+    Key("fetch.max.bytes", _positive, 57671680, "Largest Fetch response (Kafka's 55 MiB default)."),
     # --- end security ---
 )
 SENSITIVE_KEYS = frozenset({"security.bootstrap_users"})
@@ -403,6 +477,8 @@ class BrokerConfig:
     explicit: frozenset[str] = frozenset()
     """Keys the file, the environment or ``--set`` gave a value (STATIC_BROKER_CONFIG)."""
     dynamic: Dynamic = field(default_factory=Dynamic)
+    defaulted: frozenset[str] = frozenset()
+    """Keys whose value was derived from another (``tiering.store`` from ``data_dir``)."""
 
     def __post_init__(self) -> None:
         if not self.dynamic.static_values:
@@ -713,14 +789,24 @@ def load(
     except Exception as exc:
         raise ConfigError(f"invalid topic default (defaults.*): {exc}") from None
     values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    defaulted = set()
     store = values["tiering.store"]
+    if not store:
+        data_dir = Path(values["data_dir"])
+        store = values["tiering.store"] = f"file://{data_dir.parent / (data_dir.name + '-bucket')}"
+        defaulted.add("tiering.store")
     if store.startswith("file://"):
         values["tiering.store"] = "file://" + str(Path(store[7:]).expanduser().resolve())
     if not values["tiering.cache_dir"]:
         values["tiering.cache_dir"] = str(Path(values["data_dir"]) / "cache")
     _check_security(values)
     explicit = frozenset(k for k in raw if k in KEYS_BY_NAME)
-    return BrokerConfig(values=values, topic_defaults=topic_defaults, explicit=explicit)
+    return BrokerConfig(
+        values=values,
+        topic_defaults=topic_defaults,
+        explicit=explicit,
+        defaulted=frozenset(defaulted),
+    )
 
 
 _KAFKA_BROKER_NAMES = {

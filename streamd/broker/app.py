@@ -20,26 +20,60 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from streamd.broker.admin_api import AdminServer, json_reply, text_reply
+from aiohttp import web
+
+from streamd.broker import admin_routes, console
+from streamd.broker.admin_api import AdminServer, BasicAuth, error, json_response, require_cluster
 from streamd.broker.allocator import tune_allocator
 from streamd.broker.health import Health
+from streamd.broker.lock import DataDirLock
+from streamd.broker.metered_store import MeteredStore
+from streamd.broker.scheduler import Jobs
+from streamd.broker.transactions import describe_json, transaction_service, transactions_json
 from streamd.config import DEFAULTS_PREFIX, BrokerConfig, split_hostport
 from streamd.errors import ConfigError, StreamdError
 from streamd.groups.service import GroupService, group_config
-from streamd.kafka.context import KafkaContext
+from streamd.kafka.apis import REGISTRY
+from streamd.kafka.codec import api_name
+from streamd.kafka.context import AppendWaiters, KafkaContext
 from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
-from streamd.kafka.server import start_kafka_server
+from streamd.kafka.server import ConnectionRegistry, start_kafka_server
+from streamd.kafka.zerocopy import FileBudget
 from streamd.log.manager import FsyncPolicy, LogManager
+from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.log.topic_config import TopicConfig
 from streamd.metrics import Metrics
+from streamd.security.sasl import new_mechanism
+from streamd.security.scram import AuthenticationFailed
 from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.txn.service import TransactionService
 
 log = logging.getLogger("streamd")
+DRAIN_TIMEOUT_S = 2.0
+"""Shutdown: how long connections may take to answer what they already read."""
+
+
+def kafka_api_name(api_key: int) -> str | None:
+    """Kafka's name of an API ("Produce", "CreateTopics"), for metrics labels."""
+    spec = REGISTRY.get(api_key)
+    if spec is not None:
+        return spec.name
+    raw = api_name(api_key)
+    return "".join(part.title() for part in raw.split("_")) if raw else None
+
+
+def streamd_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("streamd")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _cluster_id(data_dir: Path, configured: str) -> str:
@@ -60,7 +94,10 @@ def _cluster_id(data_dir: Path, configured: str) -> str:
 class Broker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.metrics = Metrics()
+        self.metrics = Metrics(kafka_api_name, version=streamd_version())
+        self.lock = DataDirLock(config.data_dir)
+        self.jobs: Jobs | None = None
+        self.ready = False
         self.stopping = asyncio.Event()
         self.servers: list[asyncio.Server] = []
         self.tasks: list[asyncio.Task[None]] = []
@@ -70,6 +107,8 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.txn: TransactionService | None = None
+        self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
         self._startup_log_level = logging.INFO
 
@@ -77,8 +116,10 @@ class Broker:
         cfg = self.config
         data_dir = cfg.data_dir
         data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
         for warning in cfg.load_dynamic():
             log.warning("%s", warning)
+        self.connections.configure(cfg)
         self._startup_log_level = logging.getLogger().level
         self._apply_log_level()
         started = time.monotonic()
@@ -96,53 +137,68 @@ class Broker:
         )
         import streamd.kafka.handlers  # noqa: F401  (registers the APIs)
 
-        host, port = cfg.advertised
-        self.ctx = KafkaContext(
-            logs=self.logs,
-            config=cfg,
-            node_id=cfg["node_id"],
-            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
-            advertised_host=host,
-            advertised_port=port,
-            metrics=self.metrics,
-        )
+        waiters = AppendWaiters()
         # --- group coordinator (streamd/groups) ---
         gconfig = group_config(cfg.values)
-        offsets_topic = OffsetsTopic(self.logs, self.ctx.waiters, gconfig.offsets_retention_ms)
+        offsets_topic = OffsetsTopic(self.logs, waiters, gconfig.offsets_retention_ms)
         self.groups = GroupService(data_dir, gconfig, observer=offsets_topic)
         await self.groups.open()
-        self.ctx.groups = self.groups
         self.tasks.append(self.groups.start())
         if await asyncio.to_thread(offsets_topic.open):
             offsets_topic.seed(self.groups)
         self.tasks.append(asyncio.create_task(offsets_topic.refresh_loop(self.groups)))
         # --- end group coordinator ---
+        # --- transaction coordinator (streamd/txn) ---
+        producer_ids = ProducerIdAllocator(data_dir)
+        self.txn = transaction_service(
+            data_dir, cfg.values, producer_ids, self.logs, waiters, self.groups
+        )
+        await self.txn.open()
+        self.tasks.append(self.txn.start())
+        # --- end transaction coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
-        self.ctx.tiering = self.tiering
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
         await asyncio.to_thread(self.security.open)
-        self.ctx.security = self.security
-        self.ctx.authorizer = self.security.authorizer
+        first = cfg.listeners[0]
+        self.ctx = KafkaContext(
+            logs=self.logs,
+            config=cfg,
+            node_id=cfg["node_id"],
+            cluster_id=_cluster_id(data_dir, cfg["cluster_id"]),
+            advertised_host=first.advertised_host,
+            advertised_port=first.advertised_port,
+            waiters=waiters,
+            metrics=self.metrics,
+            groups=self.groups,
+            tiering=self.tiering,
+            authorizer=self.security.authorizer,
+            security=self.security,
+            producer_ids=producer_ids,
+            txn=self.txn,
+            file_budget=FileBudget(_sendfile_descriptor_budget()),
+        )
+        log.info("cluster id %s, node id %d", self.ctx.cluster_id, self.ctx.node_id)
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
-            admin = self._admin_routes()
+            admin = self._admin_server()
             ahost, aport = split_hostport(cfg["admin.listen"])
-            self.servers.append(await admin.start(ahost, aport))
-            log.info("admin API on http://%s", cfg["admin.listen"])
+            self.servers.append(await admin.start(ahost, aport))  # type: ignore[arg-type]
+            log.info(
+                "admin API on http://%s (console: /console, authentication %s)",
+                cfg["admin.listen"], "required" if cfg["admin.require_auth"] else "optional",
+            )
         await self._start_listeners()
         # --- end security and listeners ---
         # --- cluster metadata archive (streamd/tiering/cluster_archive.py) ---
         self.archive = self._start_archive()
         # --- end cluster metadata archive ---
         self._wire_dynamic_config()
-        self.tasks.append(asyncio.create_task(self._housekeeping()))
-        policy = FsyncPolicy.parse(cfg["fsync"])
-        if policy.interval_ms:
-            self.tasks.append(asyncio.create_task(self._flusher(policy.interval_ms)))
+        self.jobs = self._start_jobs()
+        self.ready = True
 
     # ---- security and listeners ------------------------------------------------------------------
 
@@ -151,11 +207,6 @@ class Broker:
         assert self.ctx is not None
         cfg = self.config
         listeners = cfg.listeners
-        first = listeners[0]
-        self.ctx.advertised_host, self.ctx.advertised_port = (
-            first.advertised_host,
-            first.advertised_port,
-        )
         tls = None
         if any(spec.protocol in ("SSL", "SASL_SSL") for spec in listeners):
             tls = server_context(
@@ -167,7 +218,7 @@ class Broker:
         for spec in listeners:
             ssl = tls if spec.protocol in ("SSL", "SASL_SSL") else None
             server = await start_kafka_server(
-                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl
+                self.ctx, spec.host, spec.port, listener=spec, ssl=ssl, registry=self.connections
             )
             self.servers.append(server)
             log.info(
@@ -176,33 +227,68 @@ class Broker:
                 spec.advertised_host, spec.advertised_port,
             )
 
-    def _admin_routes(self) -> AdminServer:
-        admin = AdminServer()
+    def _admin_server(self) -> AdminServer:
+        """The admin API (see :mod:`streamd.broker.admin_api`): routes read the broker through
+        :class:`~streamd.broker.admin_routes.AdminSources`."""
+        assert self.ctx is not None and self.logs is not None and self.security is not None
+        ctx, security = self.ctx, self.security
 
-        async def health(query: Any) -> Any:
-            status, doc = self.health.report()
-            return json_reply(doc, status)
+        def check_password(user: str, password: str) -> bool:
+            plain = new_mechanism("PLAIN", security.credentials.get)
+            try:
+                plain.step(f"\0{user}\0{password}".encode())
+            except AuthenticationFailed:
+                return False
+            return True
 
-        async def metrics(query: Any) -> Any:
-            return text_reply(self.metrics.render(), content_type="text/plain; version=0.0.4")
+        server = AdminServer(
+            BasicAuth(check_password, required=self.config["admin.require_auth"]),
+            security.authorizer,
+        )
+        sources = admin_routes.AdminSources(
+            node_id=self.config["node_id"],
+            cluster_id=lambda: ctx.cluster_id,
+            kafka_address=lambda: f"{ctx.advertised_host}:{ctx.advertised_port}",
+            logs=self.logs,
+            metrics=self.metrics,
+            health=lambda: self.health.report()[1],
+            ready=lambda: self.ready,
+            tiering=lambda: self.tiering,
+            archive=lambda: self.archive,
+            log_dirs=self.log_dirs_report,
+        )
+        admin_routes.install(server, sources)
+        kafka = console.kafka_access(
+            self.config, lambda user, mech: security.credentials.get(user, mech) is not None
+        )
+        console.install(server, sources, self.groups, kafka)
+        self._transaction_routes(server)
+        return server
 
-        async def cluster(query: Any) -> Any:
-            assert self.ctx is not None and self.logs is not None
-            return json_reply(
-                {
-                    "cluster_id": self.ctx.cluster_id,
-                    "node_id": self.ctx.node_id,
-                    "kafka": f"{self.ctx.advertised_host}:{self.ctx.advertised_port}",
-                    "topics": len(self.logs.topics()),
-                }
-            )
+    def _transaction_routes(self, server: AdminServer) -> None:
+        """``/v1/transactions[?state=S,...]`` and ``/v1/transactions/{id}`` (``streamd
+        transaction list|describe``); DESCRIBE on the cluster, as the Kafka listings need."""
 
-        admin.route("GET", "/v1/health", health)
-        admin.route("GET", "/metrics", metrics)
-        admin.route("GET", "/v1/cluster", cluster)
-        self._tiering_routes(admin)
-        self.admin = admin
-        return admin
+        async def listing(request: web.Request) -> web.Response:
+            require_cluster(request)
+            assert self.txn is not None
+            states = [s for s in request.query.get("state", "").split(",") if s]
+            try:
+                return json_response(transactions_json(self.txn, states))
+            except ValueError as exc:
+                return error(400, str(exc))
+
+        async def one(request: web.Request) -> web.Response:
+            require_cluster(request)
+            assert self.txn is not None
+            transactional_id = request.match_info["transactional_id"]
+            d = self.txn.describe(transactional_id)
+            if d is None:
+                return error(404, f"unknown transactional id {transactional_id!r}")
+            return json_response(describe_json(d, int(time.time() * 1000)))
+
+        server.get("/v1/transactions", listing)
+        server.get("/v1/transactions/{transactional_id}", one)
 
     # ---- tiered storage -------------------------------------------------------------------------
 
@@ -214,7 +300,10 @@ class Broker:
 
         cfg = self.config
         assert self.logs is not None
-        store = open_configured_store(cfg)
+        inner = open_configured_store(cfg)
+        store = MeteredStore(inner, self.metrics)
+        if cfg["tiering.store"].startswith("s3://"):
+            self.metrics.add_collector(_s3_retry_counter(inner))
         cache = ChunkCache(
             cfg["tiering.cache_dir"],
             max_bytes=cfg["tiering.cache_max_bytes"],
@@ -239,31 +328,14 @@ class Broker:
         )
         await service.start()  # probes the bucket: an unusable one shows in /v1/health at once
         if service.store_error is None:
-            log.info("tiered storage: object store %s", store.description)
+            log.info(
+                "tiered storage: object store %s%s", store.description,
+                " (tiering.store not set: next to data_dir)"
+                if "tiering.store" in cfg.defaulted else "",
+            )
         self.metrics.add_collector(service.metric_families)
         self.health.register("tiering", service.health)
         return service
-
-    def _tiering_routes(self, admin: AdminServer) -> None:
-        async def storage(query: Any, topic: str) -> Any:
-            report = self.tiering.storage_report(topic) if self.tiering is not None else None
-            if report is None:
-                return json_reply({"error": f"unknown topic {topic!r}"}, 404)
-            return json_reply(report)
-
-        admin.route("GET", "/v1/topics/{topic}/storage", storage)
-
-        async def archive(query: Any) -> Any:
-            if self.archive is None:
-                return json_reply({"error": "cluster metadata archive not running"}, 404)
-            return json_reply(self.archive.status())
-
-        admin.route("GET", "/v1/cluster/archive", archive)
-
-        async def logdirs(query: Any) -> Any:
-            return json_reply(await self.log_dirs_report())
-
-        admin.route("GET", "/v1/logdirs", logdirs)
 
     async def log_dirs_report(self) -> dict[str, Any]:
         """``GET /v1/logdirs``: what DescribeLogDirs answers, plus what the archive holds per
@@ -375,6 +447,9 @@ class Broker:
                 self.security.failed_auth_delay_s = delay / 1000
             if "log.level" in changed:
                 self._apply_log_level()
+            if "log.housekeeping_interval_ms" in changed and self.jobs is not None:
+                self.jobs.reschedule("housekeeping", values["log.housekeeping_interval_ms"])
+            self.connections.configure(cfg)
             log.info("dynamic broker configs changed: %s", ", ".join(sorted(changed)))
 
         cfg.dynamic.checks.append(check_topics)
@@ -384,27 +459,48 @@ class Broker:
         level = self.config["log.level"] or self._startup_log_level
         logging.getLogger().setLevel(level)
 
-    async def _housekeeping(self) -> None:
-        assert self.logs is not None
-        while True:
-            await asyncio.sleep(self.config["log.housekeeping_interval_ms"] / 1000)
-            try:
-                await self.logs.run_housekeeping(int(time.time() * 1000))
-            except Exception:
-                log.exception("housekeeping failed; will retry")
+    def _start_jobs(self) -> Jobs:
+        """Housekeeping (segment roll, retention) and, with an interval fsync policy, the
+        periodic flush run on one apscheduler (see :mod:`streamd.broker.scheduler`)."""
+        logs = self.logs
+        assert logs is not None
+        jobs = Jobs()
 
-    async def _flusher(self, interval_ms: int) -> None:
-        assert self.logs is not None
-        while True:
-            await asyncio.sleep(interval_ms / 1000)
-            try:
-                await self.logs.flush_all()
-            except Exception:
-                log.exception("periodic fsync failed; will retry")
+        async def housekeeping() -> None:
+            removed = await logs.run_housekeeping(int(time.time() * 1000))
+            for name, segments in sorted(removed.items()):
+                log.info(
+                    "%s: local retention removed %d segment(s), offsets %d-%d (%d bytes)",
+                    name, len(segments), segments[0].base_offset,
+                    segments[-1].next_offset - 1, sum(s.size for s in segments),
+                )
+
+        jobs.every(
+            "housekeeping", self.config["log.housekeeping_interval_ms"], housekeeping,
+            on_error="housekeeping failed; will retry",
+        )
+        policy = FsyncPolicy.parse(self.config["fsync"])
+        if policy.interval_ms:
+            jobs.every(
+                "interval-fsync", policy.interval_ms, logs.flush_all,
+                on_error="periodic fsync failed; will retry",
+            )
+        jobs.start()
+        return jobs
 
     async def stop(self) -> None:
+        if self.jobs is not None:
+            self.jobs.shutdown()
         for server in self.servers:
             server.close()
+        self.connections.stop_reading()
+        busy = await self.connections.drain(DRAIN_TIMEOUT_S)
+        if busy:
+            log.warning(
+                "%d connections still had requests in flight after %.0f s; closing them "
+                "unanswered", busy, DRAIN_TIMEOUT_S,
+            )
+        self.connections.close()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -417,13 +513,34 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
+        if self.txn is not None:
+            await self.txn.close()
         if self.groups is not None:
             await self.groups.close()
         if self.tiering is not None:
             await self.tiering.close()
         if self.logs is not None:
             await self.logs.close()
+        if self.security is not None:
+            self.security.close()
+        self.lock.release()
         log.info("streamd stopped")
+
+
+def _s3_retry_counter(store: Any) -> Any:
+    """Retries the S3 backend counts itself (requests by verb are the tiering layer's
+    ``streamd_tiering_bucket_requests_total``)."""
+    from streamd.tiering.s3_store import S3Store
+
+    assert isinstance(store, S3Store)
+
+    def families() -> list[Any]:
+        return [
+            ("streamd_s3_retries_total", "S3 requests retried after a transient failure.",
+             "counter", [({}, store.retries)]),
+        ]
+
+    return families
 
 
 def _raise_open_file_limit() -> None:
@@ -438,6 +555,20 @@ def _raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     except (ImportError, ValueError, OSError) as exc:
         log.warning("could not raise the open file limit: %s", exc)
+
+
+def _sendfile_descriptor_budget() -> int:
+    """A quarter of the open-file limit for descriptors held by unsent fetch responses (see
+    streamd.kafka.zerocopy): a client that stops reading cannot exhaust the rest."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, ValueError, OSError):
+        return 1024
+    if soft == resource.RLIM_INFINITY:
+        return 65536
+    return max(256, soft // 4)
 
 
 GC_THRESHOLD = (20_000, 20, 20)

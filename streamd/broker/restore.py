@@ -23,12 +23,14 @@ Decisions:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from streamd.broker.lock import LOCK_NAME, DataDirLock
 from streamd.config import BrokerConfig
 from streamd.groups.model import OffsetInfo
 from streamd.groups.service import GroupService
@@ -46,6 +48,7 @@ from streamd.tiering.restore import (
 from streamd.tiering.store import ObjectStore, open_store
 
 CLUSTER_FILE = "cluster.json"
+log = logging.getLogger("streamd.restore")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,6 +92,8 @@ def describe_contents(data_dir: Path, limit: int = 5) -> str:
         return ""
     parts = []
     for entry in sorted(data_dir.iterdir()):
+        if entry.name == LOCK_NAME:
+            continue  # left by a broker that stopped: not data
         if entry.is_dir():
             if not _has_file(entry):
                 continue
@@ -116,8 +121,36 @@ async def run_restore(
     allow_missing_manifest: bool = False,
     progress: Progress | None = None,
 ) -> RestoreResult:
-    """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket."""
+    """Plan, and unless ``dry_run`` write, the restore of ``cfg.data_dir`` from the bucket.
+    A real run holds the data_dir lock (see :mod:`streamd.broker.lock`) throughout, so it
+    never writes under a running broker."""
     progress = progress or NoProgress()
+    if dry_run:
+        return await _plan(
+            cfg, topics, dry_run=True, force=force,
+            allow_missing_manifest=allow_missing_manifest, progress=progress,
+        )
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(cfg.data_dir)  # never write under a running broker
+    lock.acquire()
+    try:
+        return await _plan(
+            cfg, topics, dry_run=False, force=force,
+            allow_missing_manifest=allow_missing_manifest, progress=progress,
+        )
+    finally:
+        lock.release()
+
+
+async def _plan(
+    cfg: BrokerConfig,
+    topics: Iterable[str],
+    *,
+    dry_run: bool,
+    force: bool,
+    allow_missing_manifest: bool,
+    progress: Progress,
+) -> RestoreResult:
     data_dir = cfg.data_dir
     present = describe_contents(data_dir)
     if present and not (force or dry_run):
@@ -140,21 +173,48 @@ async def run_restore(
             plan=plan, data_dir=data_dir, written=False, present=present, notes=tuple(notes)
         )
 
-    data_dir.mkdir(parents=True, exist_ok=True)
+    return await _write(cfg, plan, data_dir, present, wanted, notes, progress)
+
+
+async def _write(
+    cfg: BrokerConfig,
+    plan: RestorePlan,
+    data_dir: Path,
+    present: str,
+    wanted: list[str] | None,
+    notes: list[str],
+    progress: Progress,
+) -> RestoreResult:
+    log.info(
+        "restore from %s into %s: %d topic(s), %d segment(s) archived, %d group(s)",
+        plan.store, data_dir, len(plan.topics), sum(t.segments for t in plan.topics),
+        len(plan.offsets),
+    )
     failures = await write_topics(plan, data_dir, cfg.topic_defaults, progress)
     failed = {f.what.removeprefix("topic ") for f in failures}
+    for topic in plan.topics:
+        if topic.name not in failed:
+            log.info(
+                "restored topic %s (%d partition(s), %d archived segment(s))",
+                topic.name, len(topic.partitions), topic.segments,
+            )
+    for failure in failures:
+        log.warning("not restored: %s: %s", failure.what, failure.why)
     offsets = {
         group: [e for e in entries if e["topic"] not in failed]
         for group, entries in plan.offsets.items()
     }
     restored = {t.name for t in plan.topics} - failed
     groups, count = await _write_offsets(data_dir, offsets, restored)
+    log.info("restored %d committed offset(s) of %d group(s)", count, groups)
     if plan.acls is not None and plan.credentials is not None:
         security = SecurityService(data_dir, cfg.values)
         security.acls.replace_all(plan.acls)
         security.credentials.replace_all(plan.credentials)
+        log.info("restored ACLs and SCRAM users")
     if plan.cluster_id:
         notes += _write_cluster_id(data_dir, plan.cluster_id, cfg, full=wanted is None)
+        log.info("cluster id %s", plan.cluster_id)
     return RestoreResult(
         plan=plan,
         data_dir=data_dir,

@@ -1,10 +1,13 @@
-"""``streamd cluster``: info, health and broker config.
+"""``streamd cluster``: info, health (``--watch``), log directories and broker config.
 
 ``health`` runs every check even when one fails and exits 1 when any is unhealthy: Kafka
 reachable (DescribeCluster), the admin API's ``/v1/health`` status, and, when that document has
 a ``tiering`` section, its status, upload lag and errors. ``config get|set`` use DescribeConfigs
 and IncrementalAlterConfigs on the BROKER resource (default: the first broker the cluster
 reports); a key the broker marks read-only is refused before anything is sent.
+``logdirs describe`` sends DescribeLogDirs through kafka-python's admin client (confluent-kafka's
+Python AdminClient has no call for it) and prints each partition's size per broker and directory,
+plus, from streamd's admin API (``/v1/logdirs``) when it answers, the bytes archived in the bucket.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from streamd.cli.common import (
     emit,
     format_option,
     guard,
+    human_bytes,
+    kafka_python_admin,
     render_fields,
     render_table,
     result,
@@ -103,14 +108,44 @@ def _tiering_check(doc: dict[str, Any]) -> dict[str, Any]:
 
 @cluster.command()
 @client_command
+@click.option("-w", "--watch", is_flag=True, help="Re-check until Ctrl-C.")
+@click.option("--interval", default=2.0, show_default=True, type=click.FloatRange(min=0.1),
+              help="Seconds between checks with --watch.")
 @format_option
-def health(fmt: str) -> None:
-    """Check that Kafka and the admin API answer, and tiering's status; exit 1 if unhealthy.
+def health(watch: bool, interval: float, fmt: str) -> None:
+    """Check that Kafka and the admin API answer, and tiering's status; exit 1 if unhealthy
+    (with --watch: re-check every --interval seconds until Ctrl-C, then exit 0).
 
     \b
-    Example:
+    Examples:
       streamd --admin-url http://127.0.0.1:9644 cluster health
+      streamd cluster health --watch --interval 5
     """
+    if watch:
+        from streamd.cli.topic import run_watch
+
+        def render() -> str:
+            settings()._session_ok = False
+            data, text = _health()
+            if fmt == "text":
+                return text()
+            import io
+            from contextlib import redirect_stdout
+
+            buffer = io.StringIO()
+            with redirect_stdout(buffer):
+                emit(fmt, data, text)
+            return buffer.getvalue()
+
+        run_watch(interval, render)
+        return
+    data, text = _health()
+    emit(fmt, data, text)
+    if not data["healthy"]:
+        raise click.exceptions.Exit(1)
+
+
+def _health() -> tuple[dict[str, Any], Any]:
     checks: list[dict[str, Any]] = []
     try:
         data = cluster_info()
@@ -152,9 +187,100 @@ def health(fmt: str) -> None:
         verdict = "cluster is healthy" if healthy else "cluster is UNHEALTHY"
         return render_table(["check", "status", "detail"], rows) + f"\n\n{verdict}"
 
-    emit(fmt, data, text)
-    if not healthy:
-        raise click.exceptions.Exit(1)
+    return data, text
+
+
+def _archive_sizes() -> dict[tuple[str, int], int] | None:
+    """streamd's admin API adds the bytes each partition has in the bucket; None when the
+    admin API does not serve ``/v1/logdirs`` (another Kafka broker): the column is left out."""
+    try:
+        doc = admin_get("/v1/logdirs")
+    except CliError:
+        return None
+    parts = doc.get("partitions", []) if isinstance(doc, dict) else []
+    return {(str(p["topic"]), int(p["partition"])): int(p.get("archive_bytes", 0)) for p in parts}
+
+
+@cluster.group()
+def logdirs() -> None:
+    """Broker log directories (DescribeLogDirs).
+
+    \b
+    Example:
+      streamd cluster logdirs describe
+    """
+
+
+@logdirs.command(name="describe")
+@client_command
+@click.option("--topics", multiple=True, metavar="T[,T...]", help="Only these topics.")
+@click.option("--broker", "brokers", multiple=True, type=int, metavar="ID",
+              help="Only this broker (repeatable).")
+@click.option("-H", "--human-readable", is_flag=True, help="Sizes as KiB, MiB, GiB.")
+@format_option
+def describe_logdirs(
+    topics: tuple[str, ...], brokers: tuple[int, ...], human_readable: bool, fmt: str
+) -> None:
+    """Show each broker's log directories and the size of every partition in them.
+
+    \b
+    Examples:
+      streamd cluster logdirs describe
+      streamd cluster logdirs describe --topics orders -H
+    """
+    from kafka.errors import KafkaError as PyKafkaError
+
+    names = [t.strip() for item in topics for t in item.split(",") if t.strip()]
+    client = kafka_python_admin()
+    try:
+        answers = client.describe_log_dirs(
+            topic_partitions=names or None, brokers=list(brokers) or None
+        )
+    except PyKafkaError as exc:
+        raise CliError(f"DescribeLogDirs failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+    rows = []
+    errors = []
+    for answer in answers:
+        for d in answer["log_dirs"]:
+            if d.get("error_code"):
+                errors.append(f"broker {answer['broker']} {d.get('log_dir')}: "
+                              f"error {d['error_code']}")
+            for t in d.get("topics", []):
+                for p in t.get("partitions", []):
+                    rows.append(
+                        {
+                            "broker": answer["broker"],
+                            "dir": d.get("log_dir"),
+                            "topic": t.get("name"),
+                            "partition": p.get("partition_index"),
+                            "size": p.get("partition_size"),
+                            "offset_lag": p.get("offset_lag"),
+                        }
+                    )
+    rows.sort(key=lambda r: (r["broker"], r["dir"] or "", r["topic"] or "", r["partition"] or 0))
+    archived = _archive_sizes()
+    columns = ["broker", "dir", "topic", "partition", "size", "offset_lag"]
+    if archived is not None:
+        for r in rows:
+            r["archive_size"] = archived.get((r["topic"], r["partition"]), 0)
+        columns.append("archive_size")
+
+    def text() -> str:
+        shown = [
+            dict(r, size=human_bytes(r["size"]),
+                 **({"archive_size": human_bytes(r["archive_size"])} if "archive_size" in r
+                    else {}))
+            if human_readable else r
+            for r in rows
+        ]
+        out = table_dicts(shown, columns)
+        return out + ("\n\n" + "\n".join(errors) if errors else "")
+
+    emit(fmt, rows, text)
+    if errors:
+        raise CliError(errors[0])
 
 
 @cluster.group()

@@ -15,6 +15,7 @@ Decisions:
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import re
@@ -23,6 +24,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -90,11 +92,12 @@ def client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
 def format_option(
     fn: Callable[..., Any] | None = None, *, help: str = "Output format."
 ) -> Any:
-    """``--format text|json`` as ``fmt``: ``@format_option`` or ``@format_option(help=...)``."""
+    """``--format text|json|yaml`` as ``fmt``: ``@format_option`` or
+    ``@format_option(help=...)``."""
     option = click.option(
         "--format",
         "fmt",
-        type=click.Choice(["text", "json"]),
+        type=click.Choice(["text", "json", "yaml"]),
         default="text",
         show_default=True,
         help=help,
@@ -114,6 +117,35 @@ def config_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file."
     )(fn)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    """Broker-side commands log to stderr as text lines or, with ``json``, one JSON object per
+    line (``ts``, ``level``, ``logger``, ``message`` and ``error`` with the traceback)."""
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["error"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -317,6 +349,38 @@ def _await_session(client: AdminClient, s: Settings) -> None:
             raise CliError(describe_kafka_error(last))
 
 
+def kafka_python_admin() -> Any:
+    """A kafka-python admin client, for the Kafka APIs confluent-kafka's Python AdminClient
+    does not offer (OffsetDelete, DescribeLogDirs), with the same connection settings."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError as PyKafkaError
+
+    s = settings()
+    check_reachable(s)
+    conf: dict[str, Any] = {
+        "bootstrap_servers": [f"{h}:{p}" for h, p in bootstrap_addresses(s.brokers)],
+        "client_id": "streamd-cli",
+        "request_timeout_ms": int(s.timeout * 1000) + 5000,
+    }
+    tls = s.tls or s.tls_ca is not None
+    if s.user is not None:
+        conf.update(
+            sasl_mechanism=s.mechanism,
+            sasl_plain_username=s.user,
+            sasl_plain_password=s.password,
+            security_protocol="SASL_SSL" if tls else "SASL_PLAINTEXT",
+        )
+    elif tls:
+        conf["security_protocol"] = "SSL"
+    if s.tls_ca:
+        conf["ssl_cafile"] = s.tls_ca
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        return KafkaAdminClient(**conf)
+    except PyKafkaError as exc:
+        raise CliError(f"cannot talk to {s.brokers}: {exc}") from None
+
+
 def producer(**extra: Any) -> Producer:
     s = settings()
     check_reachable(s)
@@ -358,8 +422,13 @@ def admin_get(path: str) -> Any:
     if "://" not in base:
         base = "http://" + base
     url = base + path
+    request = urllib.request.Request(url)
+    s = settings()
+    if s.user is not None and s.password is not None:
+        token = base64.b64encode(f"{s.user}:{s.password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
     try:
-        with urllib.request.urlopen(url, timeout=settings().timeout) as resp:
+        with urllib.request.urlopen(request, timeout=settings().timeout) as resp:
             raw = resp.read()
     except urllib.error.HTTPError as exc:
         raw = exc.read()
@@ -369,6 +438,8 @@ def admin_get(path: str) -> Any:
             body = raw.decode(errors="replace")
         detail = body.get("error") if isinstance(body, dict) else body
         message = f"admin API {url}: HTTP {exc.code}: {detail}"
+        if exc.code == 401:
+            message += " (give --user and --password of a SCRAM user)"
         raise AdminHTTPError(exc.code, message, body) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
@@ -403,6 +474,35 @@ def render_table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def kafka_topic_id(topic_id: Any) -> str:
+    """Kafka's text form of a topic id (URL-safe base64 of its 16 bytes, no padding), as the
+    admin API and console print it. Takes a confluent-kafka ``Uuid`` (whose own ``str`` uses
+    the other base64 alphabet), a ``uuid.UUID`` or its canonical string; any other string is
+    returned as given."""
+    if isinstance(topic_id, str):
+        try:
+            topic_id = uuid.UUID(topic_id)
+        except ValueError:
+            return topic_id
+    if isinstance(topic_id, uuid.UUID):
+        raw = topic_id.bytes
+    else:
+        msb = topic_id.get_most_significant_bits() & ((1 << 64) - 1)
+        lsb = topic_id.get_least_significant_bits() & ((1 << 64) - 1)
+        raw = ((msb << 64) | lsb).to_bytes(16, "big")
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def human_bytes(n: int | float) -> str:
+    """``1536`` -> ``1.5 KiB`` (binary units, as rpk prints sizes)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} PiB"
+
+
 def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
     """``key  value`` lines with the values aligned."""
     pairs = [(k, cell(v)) for k, v in pairs]
@@ -428,9 +528,20 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
-    if fmt == "json":
+def echo_structured(fmt: str, data: Any) -> None:
+    """``json`` or ``yaml`` (the same document either way)."""
+    if fmt == "yaml":
+        import yaml
+
+        plain = json.loads(json.dumps(data, default=str))
+        click.echo(yaml.safe_dump(plain, sort_keys=False, allow_unicode=True).rstrip("\n"))
+    else:
         echo_json(data)
+
+
+def emit(fmt: str, data: Any, text: Callable[[], str]) -> None:
+    if fmt in ("json", "yaml"):
+        echo_structured(fmt, data)
     else:
         out = text()
         if out:

@@ -4,16 +4,21 @@ delete consumer groups through the Kafka admin APIs.
 Lag is the partition's high watermark minus the committed offset; a partition that is
 assigned but has no commit shows no current offset and no lag (as ``kafka-consumer-groups``).
 ``seek`` rewrites committed offsets, which Kafka only allows while the group has no members; it
-moves the partitions the group has committed, or every partition of ``--topics``.
+moves the partitions the group has committed, or every partition of ``--topics``, to an offset
+spec (``--to``), to another group's committed offsets (``--to-group``) or to the offsets listed
+in a file (``--to-file``: ``topic partition offset`` per line, as rpk reads it).
+``offset-delete`` removes committed offsets (OffsetDelete) through kafka-python's admin client,
+the one Python client that sends it.
 A group the coordinator does not know (state Dead, no members, no offsets) is "not found".
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import click
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from streamd.cli.common import (
@@ -23,6 +28,7 @@ from streamd.cli.common import (
     emit,
     format_option,
     guard,
+    kafka_python_admin,
     render_fields,
     result,
     section,
@@ -49,19 +55,41 @@ def _state(value: Any) -> str:
     return name.title()
 
 
+STATES = ("Stable", "PreparingRebalance", "CompletingRebalance", "Empty", "Dead")
+
+
 @group.command(name="list")
 @client_command
+@click.option(
+    "-s",
+    "--states",
+    "states",
+    multiple=True,
+    metavar="STATE[,STATE...]",
+    help=f"Only groups in these states ({', '.join(STATES)}; case-insensitive).",
+)
 @format_option
-def list_(fmt: str) -> None:
+def list_(states: tuple[str, ...], fmt: str) -> None:
     """List consumer groups and their states.
 
     \b
-    Example:
+    Examples:
       streamd group list --format json
+      streamd group list --states stable,empty
     """
+    wanted = set()
+    by_name = {s.lower(): s for s in STATES}
+    for item in states:
+        for name in filter(None, (x.strip().lower() for x in item.split(","))):
+            if name not in by_name:
+                raise CliError(f"unknown group state {name!r} (use {', '.join(STATES)})")
+            wanted.add(getattr(ConsumerGroupState, _STATE_ENUM[by_name[name]]))
     admin = admin_client()
     with guard():
-        listing = result(admin.list_consumer_groups(request_timeout=settings().timeout))
+        kwargs: dict[str, Any] = {"request_timeout": settings().timeout}
+        if wanted:
+            kwargs["states"] = wanted
+        listing = result(admin.list_consumer_groups(**kwargs))
     rows = [
         {
             "group": g.group_id,
@@ -71,6 +99,15 @@ def list_(fmt: str) -> None:
         for g in sorted(listing.valid, key=lambda g: g.group_id)
     ]
     emit(fmt, rows, lambda: table_dicts(rows, ["group", "state", "type"]))
+
+
+_STATE_ENUM = {
+    "Stable": "STABLE",
+    "PreparingRebalance": "PREPARING_REBALANCING",
+    "CompletingRebalance": "COMPLETING_REBALANCING",
+    "Empty": "EMPTY",
+    "Dead": "DEAD",
+}
 
 
 def _end_offsets(
@@ -240,10 +277,36 @@ def _targets(
     return out
 
 
+def _read_offsets_file(path: Path) -> dict[tuple[str, int], int]:
+    """``topic partition offset`` per line (blank lines and ``#`` comments skipped)."""
+    out: dict[tuple[str, int], int] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.replace(",", " ").split()
+        if len(parts) != 3 or not parts[1].isdigit() or not parts[2].lstrip("-").isdigit():
+            raise CliError(f"{path}:{number}: expected 'topic partition offset', got {line!r}")
+        out[(parts[0], int(parts[1]))] = int(parts[2])
+    if not out:
+        raise CliError(f"{path} lists no offsets")
+    return out
+
+
 @group.command()
 @client_command
 @click.argument("group_id", metavar="GROUP")
-@click.option("--to", "to", required=True, metavar="OFFSET", help=f"{OFFSET_HELP}.")
+@click.option("--to", "to", metavar="OFFSET", help=f"{OFFSET_HELP}.")
+@click.option("--to-group", metavar="GROUP", help="Copy another group's committed offsets.")
+@click.option(
+    "--to-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Offsets from a file: 'topic partition offset' per line.",
+)
 @click.option(
     "--topics",
     multiple=True,
@@ -252,15 +315,27 @@ def _targets(
 )
 @click.option("--dry-run", is_flag=True, help="Show the new offsets without committing them.")
 @format_option
-def seek(group_id: str, to: str, topics: tuple[str, ...], dry_run: bool, fmt: str) -> None:
+def seek(
+    group_id: str,
+    to: str | None,
+    to_group: str | None,
+    to_file: Path | None,
+    topics: tuple[str, ...],
+    dry_run: bool,
+    fmt: str,
+) -> None:
     """Move a group's committed offsets (the group must have no active members).
 
     \b
     Examples:
       streamd group seek billing --to start
       streamd group seek billing --to @2024-01-01T00:00:00Z --topics orders,payments
+      streamd group seek billing --to-group billing-backup
+      streamd group seek billing --to-file offsets.txt
     """
-    spec = parse_offset(to)
+    if sum(x is not None for x in (to, to_group, to_file)) != 1:
+        raise CliError("give exactly one of --to OFFSET, --to-group GROUP, --to-file FILE")
+    spec = parse_offset(to) if to is not None else None
     names = [t.strip() for item in topics for t in item.split(",") if t.strip()]
     admin = admin_client()
     with guard(group_id):
@@ -272,15 +347,32 @@ def seek(group_id: str, to: str, topics: tuple[str, ...], dry_run: bool, fmt: st
             "stop its consumers before seeking"
         )
     committed = _committed(admin, group_id)
-    if names:
-        tps = [(t, p) for t in names for p in topic_partitions(admin, t)]
+    if spec is None:
+        source = (
+            _read_offsets_file(to_file) if to_file is not None
+            else _committed(admin, str(to_group))
+        )
+        if not source:
+            raise CliError(f"group {to_group} has no committed offsets to copy")
+        targets = {
+            tp: off for tp, off in sorted(source.items()) if not names or tp[0] in names
+        }
+        for topic_name in sorted({t for t, _ in targets}):
+            known = topic_partitions(admin, topic_name)
+            bad = [p for t, p in targets if t == topic_name and p not in known]
+            if bad:
+                raise CliError(f"topic {topic_name} has no partition {bad[0]}")
     else:
-        tps = sorted(committed)
-        if not tps:
-            raise CliError(
-                f"group {group_id} has no committed offsets; name the topics to move with --topics"
-            )
-    targets = _targets(admin, spec, tps)
+        if names:
+            tps = [(t, p) for t in names for p in topic_partitions(admin, t)]
+        else:
+            tps = sorted(committed)
+            if not tps:
+                raise CliError(
+                    f"group {group_id} has no committed offsets; name the topics to move with "
+                    "--topics"
+                )
+        targets = _targets(admin, spec, tps)
     if not dry_run:
         request = ConsumerGroupTopicPartitions(
             group_id, [TopicPartition(t, p, off) for (t, p), off in targets.items()]
@@ -298,6 +390,61 @@ def seek(group_id: str, to: str, topics: tuple[str, ...], dry_run: bool, fmt: st
         for (t, p), off in sorted(targets.items())
     ]
     emit(fmt, rows, lambda: table_dicts(rows, ["topic", "partition", "prior_offset", "new_offset"]))
+
+
+@group.command(name="offset-delete")
+@client_command
+@click.argument("group_id", metavar="GROUP")
+@click.option(
+    "--topic",
+    "topic_args",
+    multiple=True,
+    required=True,
+    metavar="TOPIC[:P,P...]",
+    help="Delete the group's offsets of this topic (all partitions, or those listed).",
+)
+@format_option
+def offset_delete(group_id: str, topic_args: tuple[str, ...], fmt: str) -> None:
+    """Delete a group's committed offsets for topics or partitions (OffsetDelete); the group
+    must not be consuming them.
+
+    \b
+    Examples:
+      streamd group offset-delete billing --topic orders
+      streamd group offset-delete billing --topic orders:0,1 --topic payments
+    """
+    from kafka import TopicPartition as PyTopicPartition
+    from kafka.errors import KafkaError as PyKafkaError
+
+    admin = admin_client()
+    tps: list[tuple[str, int]] = []
+    for arg in topic_args:
+        name, _, plist = arg.partition(":")
+        known = topic_partitions(admin, name)
+        chosen = [int(p) for p in plist.split(",") if p.strip()] if plist else known
+        bad = [p for p in chosen if p not in known]
+        if bad:
+            raise CliError(f"topic {name} has no partition {bad[0]} (it has {len(known)})")
+        tps += [(name, p) for p in chosen]
+    client = kafka_python_admin()
+    try:
+        answers = client.delete_group_offsets(
+            group_id, [PyTopicPartition(t, p) for t, p in tps]
+        )
+    except PyKafkaError as exc:
+        raise CliError(f"group {group_id}: {type(exc).__name__}: {exc}") from None
+    finally:
+        client.close()
+    rows, failures = [], []
+    for tp, err in sorted(answers.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):
+        name = getattr(err, "__name__", str(err))
+        ok = name == "NoError"
+        rows.append({"topic": tp.topic, "partition": tp.partition, "status": "OK" if ok else name})
+        if not ok:
+            failures.append(f"{tp.topic}/{tp.partition}: {name}")
+    emit(fmt, rows, lambda: table_dicts(rows, ["topic", "partition", "status"]))
+    if failures:
+        raise CliError(f"could not delete every offset of group {group_id}: {failures[0]}")
 
 
 @group.command()

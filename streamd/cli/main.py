@@ -11,18 +11,19 @@ to stop tailing (exit 0, as rpk).
 from __future__ import annotations
 
 import logging
-import sys
 from typing import Any
 
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, cluster, group, restore, topic, user
+from streamd.cli import acl, archive, cluster, group, restore, topic, transaction, user
+from streamd.cli import profile as profiles
 from streamd.cli.common import (
     MECHANISMS,
     CliError,
     Settings,
     config_options,
+    configure_logging,
     describe_kafka_error,
 )
 from streamd.cli.specs import SpecError
@@ -77,6 +78,14 @@ class StreamdGroup(click.Group):
     help="CA bundle to verify the broker's certificate (implies --tls).",
 )
 @click.option(
+    "--profile",
+    "profile_name",
+    envvar="STREAMD_PROFILE",
+    metavar="NAME",
+    help="Connection profile (env STREAMD_PROFILE; default: the current one, see "
+    "`streamd profile`).",
+)
+@click.option(
     "--timeout",
     default=10.0,
     show_default=True,
@@ -93,6 +102,7 @@ def cli(
     mechanism: str,
     tls: bool,
     tls_ca: str | None,
+    profile_name: str | None,
     timeout: float,
 ) -> None:
     """streamd: a Kafka-API-compatible broker with tiered storage to S3.
@@ -108,6 +118,8 @@ def cli(
     obj.brokers, obj.admin_url = brokers, admin_url
     obj.user, obj.password, obj.mechanism = user, password, mechanism.upper()
     obj.tls, obj.tls_ca, obj.timeout = tls, tls_ca, timeout
+    if ctx.invoked_subcommand not in ("profile", "serve", "restore", "archive", None):
+        profiles.apply(ctx, obj, profile_name)
 
 
 @cli.command()
@@ -118,41 +130,54 @@ def cli(
     show_default=True,
     type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
 )
-def serve(config_path: str | None, overrides: tuple[str, ...], log_level: str) -> None:
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON object per line (time, level, logger, message).",
+)
+def serve(
+    config_path: str | None, overrides: tuple[str, ...], log_level: str, log_format: str
+) -> None:
     """Run the broker in the foreground until SIGINT/SIGTERM.
 
     \b
     Example:
       streamd serve --set data_dir=/tmp/streamd --set kafka.listen=127.0.0.1:9092
+      streamd serve --config config/streamd.toml --log-format json
     """
     from streamd import config as config_mod
-    from streamd.errors import ConfigError
+    from streamd.errors import ConfigError, StreamdError
 
-    logging.basicConfig(
-        level=log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(log_level, log_format)
     try:
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
-    from streamd.broker.app import run
+    from streamd.broker.app import run, streamd_version
 
+    logging.getLogger("streamd").info(
+        "streamd %s starting: config %s, data_dir %s",
+        streamd_version(), config_path or "(none: defaults, environment, --set)", cfg.data_dir,
+    )
     try:
         run(cfg)
-    except OSError as exc:
+    except (OSError, StreamdError) as exc:
         raise click.ClickException(f"cannot start: {exc}") from None
 
 
 # Offline broker-side commands (``restore``) register here, next to ``serve``.
 cli.add_command(restore.restore)
+cli.add_command(archive.archive)
 
 cli.add_command(topic.topic)
 cli.add_command(group.group)
 cli.add_command(acl.acl)
 cli.add_command(user.user)
 cli.add_command(cluster.cluster)
+cli.add_command(profiles.profile)
+cli.add_command(transaction.transaction)
 
 
 def main() -> None:

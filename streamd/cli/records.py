@@ -11,8 +11,14 @@ With ``-g`` it joins the group: the committed offsets win and ``-o start|end`` o
 to begin without one; the offsets of exactly the records printed are committed on exit, so
 ``-n 10`` advances the group by ten. Ctrl-C (or SIGTERM) stops consuming cleanly with exit
 code 0 (as rpk).
-Keys, values and header values are shown as UTF-8 (invalid bytes replaced); in JSON the headers
-are one object (a repeated header key keeps its last value).
+Templates use rpk's verbs (see :mod:`streamd.cli.specs`): ``%t`` is the topic. In
+``--format json`` keys, values and header values are UTF-8 text, or base64 (marked with an
+``*_encoding`` field) when they are not valid UTF-8 (``--json-binary`` picks always-base64 or
+always-text); headers are an array, so repeated keys keep every value. ``-o A:B`` ranges stop at
+B (exclusive) and exit when every partition got there.
+
+``--read-committed`` reads with isolation level read_committed (only committed transactional
+records, up to the last stable offset); the default is read_uncommitted, as rpk's.
 """
 
 from __future__ import annotations
@@ -43,11 +49,12 @@ from streamd.cli.common import (
 from streamd.cli.specs import (
     OFFSET_HELP,
     InputTemplate,
-    OffsetSpec,
+    OffsetRange,
     OutputTemplate,
     Record,
-    parse_key_values,
-    parse_offset,
+    SpecError,
+    parse_header_pairs,
+    parse_offset_range,
     parse_partitions,
     record_json,
 )
@@ -73,6 +80,26 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes]:
             yield raw[:-1]
         else:
             yield raw
+
+
+def _records(stream: IO[bytes], lines_per_record: int) -> Iterator[tuple[bytes, int]]:
+    """Input records of ``lines_per_record`` lines each, joined by newlines, with the number
+    of input bytes they took (for the progress bar)."""
+    if lines_per_record == 1:
+        for line in _lines(stream):
+            yield line, len(line) + 1
+        return
+    group: list[bytes] = []
+    for line in _lines(stream):
+        group.append(line)
+        if len(group) == lines_per_record:
+            yield b"\n".join(group), sum(len(x) + 1 for x in group)
+            group = []
+    if group and any(group):
+        raise CliError(
+            f"the input ends inside a record: the template reads {lines_per_record} lines per "
+            f"record, the last record has {len(group)}"
+        )
 
 
 class _Reporter:
@@ -125,7 +152,8 @@ class _Reporter:
     "-f",
     "--template",
     metavar="TEMPLATE",
-    help="Split each line into key and value, e.g. '%k %v' or '%k:%v'.",
+    help="Split input into records: %k key, %v value, %t topic, %p partition, %h headers "
+    "(k=v,...), e.g. '%k %v' or '%t:%k:%v'; \\n inside makes a record span lines.",
 )
 @click.option(
     "-p",
@@ -157,12 +185,15 @@ def produce(
     Examples:
       echo 'hello' | streamd topic produce orders
       printf 'k1 v1\\nk2 v2\\n' | streamd topic produce orders -f '%k %v'
+      printf 'k1\\nv1\\n' | streamd topic produce orders -f '%k\\n%v\\n'
       streamd topic produce orders --file events.txt -z zstd -H source=import -q
     """
     parser = InputTemplate(template) if template else None
     if parser is not None and parser.has_key and key is not None:
         raise CliError("give the key either with -k or with %k in -f, not both")
-    header_list = list(parse_key_values(headers, "header").items())
+    if parser is not None and "partition" in parser.names and partition is not None:
+        raise CliError("give the partition either with -p or with %p in -f, not both")
+    header_list = parse_header_pairs(headers)
     admin = admin_client()
     parts = topic_partitions(admin, name)
     if partition is not None and partition not in parts:
@@ -184,23 +215,28 @@ def produce(
     try:
         if progress is not None:
             progress.start()
-        for line in _lines(stream):
+        for line, consumed in _records(stream, parser.lines if parser is not None else 1):
             rec_key: str | bytes | None = key
             value: str | bytes = line
+            rec_topic, rec_partition, rec_headers = name, partition, list(header_list)
             if parser is not None:
-                text_key, text_value = parser.parse(line.decode("utf-8", "surrogateescape"))
-                value = text_value.encode("utf-8", "surrogateescape")
+                parsed = parser.parse_record(line.decode("utf-8", "surrogateescape"))
+                value = _raw(parsed.value)
                 if parser.has_key:
-                    rec_key = (text_key or "").encode("utf-8", "surrogateescape")
+                    rec_key = _raw(parsed.key or "")
+                rec_topic = parsed.topic or name
+                if parsed.partition is not None:
+                    rec_partition = parsed.partition
+                rec_headers += [(k, v) for k, v in parsed.headers]
             kwargs: dict[str, Any] = {"key": rec_key, "value": value, "on_delivery": report}
-            if header_list:
-                kwargs["headers"] = header_list
-            if partition is not None:
-                kwargs["partition"] = partition
-            _send(prod, name, kwargs)
+            if rec_headers:
+                kwargs["headers"] = [(k, _raw(v)) for k, v in rec_headers]
+            if rec_partition is not None:
+                kwargs["partition"] = rec_partition
+            _send(prod, rec_topic, kwargs)
             sent += 1
             if progress is not None:
-                progress.advance(len(line) + 1)
+                progress.advance(consumed)
         _flush(prod, sent, report)
     except KeyboardInterrupt:
         prod.flush(5)
@@ -215,6 +251,10 @@ def produce(
         raise CliError(f"{report.failed} of {sent} records failed: {report.first_error}")
     if path is not None or quiet:
         click.echo(f"Produced {report.acked} records to {name}", err=True)
+
+
+def _raw(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _send(prod: Any, topic: str, kwargs: dict[str, Any]) -> None:
@@ -276,7 +316,8 @@ def _progress(path: Path) -> Any:
     "offset_spec",
     default="start",
     show_default=True,
-    help=f"Where to start: {OFFSET_HELP}.",
+    help=f"Where to start: {OFFSET_HELP}; or a range A:B (B exclusive: an offset, end, or a "
+    "time after @), e.g. 10:20, :end, @-1h:end.",
 )
 @click.option(
     "-p",
@@ -298,8 +339,22 @@ def _progress(path: Path) -> Any:
     "-f",
     "--template",
     metavar="TEMPLATE",
-    help="Output template: %k key, %v value, %o offset, %p partition, "
-    "%t timestamp ms, %h headers, %T topic (default '%v').",
+    help="Output template (rpk verbs): %t topic, %k key, %v value, %h headers, %p partition, "
+    "%o offset, %d timestamp ms, %e leader epoch, %x/%y producer id/epoch, %T %K %V %H "
+    "lengths/count; %v{hex} %k{base64} encode (default '%v').",
+)
+@click.option(
+    "--read-committed",
+    is_flag=True,
+    help="Read only committed transactional records (isolation level read_committed).",
+)
+@click.option(
+    "--json-binary",
+    type=click.Choice(["auto", "base64", "text"]),
+    default="auto",
+    show_default=True,
+    help="--format json: keys/values/headers that are not UTF-8 as base64 (auto), always "
+    "base64, or always text with invalid bytes replaced.",
 )
 @format_option(help="json: one object per record and line.")
 def consume(
@@ -310,6 +365,8 @@ def consume(
     group: str | None,
     exit_at_end: bool,
     template: str | None,
+    read_committed: bool,
+    json_binary: str,
     fmt: str,
 ) -> None:
     """Print records of a topic until -n records, the end (-e) or Ctrl-C.
@@ -319,16 +376,27 @@ def consume(
       streamd topic consume orders -n 10 -f '%p/%o %k=%v'
       streamd topic consume orders -o @2024-01-01T00:00:00Z --format json -e
       streamd topic consume orders -o -5 -p 0,1
-      streamd topic consume orders -g billing
+      streamd topic consume orders -o 100:200 -f '%p/%o %k{hex} %v'
+      streamd topic consume orders -o :end --format json
+      streamd topic consume orders -g billing --read-committed
     """
-    if template is not None and fmt == "json":
-        raise CliError("give either -f TEMPLATE or --format json, not both")
+    if template is not None and fmt != "text":
+        raise CliError(f"give either -f TEMPLATE or --format {fmt}, not both")
     render = OutputTemplate(template if template is not None else "%v")
-    spec = parse_offset(offset_spec)
+    if render.fields & {"producer_id", "producer_epoch"}:
+        raise CliError(
+            "%x and %y (producer id and epoch) are not available from this client "
+            "(librdkafka does not expose them per record)"
+        )
+    try:
+        offsets = parse_offset_range(offset_spec)
+    except SpecError as exc:
+        raise CliError(str(exc)) from None
+    spec = offsets.start
     chosen = parse_partitions(partition_args)
     if group is not None and chosen:
         raise CliError("-p cannot be combined with -g: the group assigns partitions")
-    if group is not None and spec.kind not in ("start", "end"):
+    if group is not None and (spec.kind not in ("start", "end") or offsets.bounded):
         raise CliError(
             "with -g, -o must be start or end (it applies only where the group has no "
             "committed offset; move a group with `streamd group seek`)"
@@ -340,13 +408,21 @@ def consume(
         raise CliError(f"topic {name} has no partition {missing[0]} (it has {len(parts)})")
 
     def write(rec: Record) -> None:
-        text = json.dumps(record_json(rec)) + "\n" if fmt == "json" else render.render(rec)
+        if fmt == "json":
+            text = json.dumps(record_json(rec, json_binary)) + "\n"
+        elif fmt == "yaml":
+            import yaml
+
+            text = "---\n" + yaml.safe_dump(record_json(rec, json_binary), sort_keys=False)
+        else:
+            text = render.render(rec)
         sys.stdout.write(text)
 
     signal.signal(signal.SIGTERM, _interrupt)
-    session = _Session(name, group, exit_at_end)
+    isolation = "read_committed" if read_committed else "read_uncommitted"
+    session = _Session(name, group, exit_at_end, isolation)
     if group is None:
-        session.assign(spec, chosen or parts)
+        session.assign(offsets, chosen or parts)
     else:
         session.subscribe("earliest" if spec.kind == "start" else "latest")
     try:
@@ -367,20 +443,25 @@ def _interrupt(_signum: int, _frame: Any) -> None:
 
 
 class _Session:
-    def __init__(self, topic: str, group: str | None, exit_at_end: bool) -> None:
+    def __init__(self, topic: str, group: str | None, exit_at_end: bool, isolation: str) -> None:
         self.topic, self.group, self.exit_at_end = topic, group, exit_at_end
+        self.isolation = isolation
         self.assigned: set[int] = set()
         self.at_end: set[int] = set()
+        self.stops: dict[int, int] = {}
+        """partition -> offset to stop before (ranges); a partition there is done."""
         self.stored = False
         self.consumer: Any = None
 
-    def assign(self, spec: OffsetSpec, partitions: list[int]) -> None:
+    def assign(self, offsets: OffsetRange, partitions: list[int]) -> None:
+        spec = offsets.start
         c = self.consumer = consumer(
             **{
                 "group.id": PLACEHOLDER_GROUP,
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
                 "auto.offset.reset": "earliest",
+                "isolation.level": self.isolation,
             }
         )
         timeout = settings().timeout
@@ -400,9 +481,30 @@ class _Session:
                 for p, (low, high) in marks.items():
                     resolved = spec.resolve(low, high)
                     starts[p] = high if resolved is None else resolved
+            if offsets.end_kind == "end":
+                self.stops = {p: marks[p][1] for p in partitions}
+            elif offsets.end_kind == "exact":
+                self.stops = {p: offsets.end_value for p in partitions}
+            elif offsets.end_kind == "timestamp":
+                found = c.offsets_for_times(
+                    [TopicPartition(self.topic, p, offsets.end_value) for p in partitions],
+                    timeout=timeout,
+                )
+                self.stops = {
+                    tp.partition: tp.offset if tp.offset >= 0 else marks[tp.partition][1]
+                    for tp in found
+                }
+        if self.stops:
+            self.exit_at_end = True
         self.assigned = set(partitions)
-        self.at_end = {p for p in partitions if starts[p] >= marks[p][1]}
-        c.assign([TopicPartition(self.topic, p, starts[p]) for p in partitions])
+        self.at_end = {
+            p for p in partitions
+            if starts[p] >= marks[p][1] or starts[p] >= self.stops.get(p, starts[p] + 1)
+        }
+        live = [p for p in partitions if p not in self.at_end]
+        c.assign([TopicPartition(self.topic, p, starts[p]) for p in live])
+        if not live:
+            self.assigned = set(partitions)
 
     def subscribe(self, reset: str) -> None:
         c = self.consumer = consumer(
@@ -413,6 +515,7 @@ class _Session:
                 "auto.commit.interval.ms": 1000,
                 "enable.partition.eof": True,
                 "auto.offset.reset": reset,
+                "isolation.level": self.isolation,
             }
         )
 
@@ -443,19 +546,28 @@ class _Session:
                     if err.fatal() or err.code() in _FATAL_CONSUME:
                         raise CliError(describe_kafka_error(err, self.topic))
                     continue
-                self.at_end.discard(msg.partition())
+                partition = msg.partition()
+                stop = self.stops.get(partition)
+                if stop is not None and msg.offset() >= stop:
+                    self.at_end.add(partition)
+                    continue
+                self.at_end.discard(partition)
                 ts = msg.timestamp()[1]
+                epoch = msg.leader_epoch()
                 write(
                     Record(
                         topic=msg.topic(),
-                        partition=msg.partition(),
+                        partition=partition,
                         offset=msg.offset(),
                         timestamp=ts,
                         key=msg.key(),
                         value=msg.value(),
                         headers=tuple(msg.headers() or ()),
+                        leader_epoch=-1 if epoch is None else epoch,
                     )
                 )
+                if stop is not None and msg.offset() + 1 >= stop:
+                    self.at_end.add(partition)
                 if self.group is not None:
                     c.store_offsets(message=msg)
                     self.stored = True

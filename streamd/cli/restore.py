@@ -12,7 +12,6 @@ the prefix, unknown manifest format, non-empty data_dir without ``--force``...).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from typing import Any
@@ -21,8 +20,10 @@ import click
 
 from streamd.cli.common import (
     config_options,
-    echo_json,
+    configure_logging,
+    echo_structured,
     format_option,
+    kafka_topic_id,
     render_fields,
     render_table,
     section,
@@ -82,6 +83,16 @@ class _RichProgress:
 )
 @format_option(help="Summary format.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option(
+    "--log-level",
+    default="WARNING",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="INFO logs each restore step on stderr.",
+)
+@click.option(
+    "--log-format", default="text", show_default=True, type=click.Choice(["text", "json"])
+)
 def restore(
     config_path: str | None,
     overrides: tuple[str, ...],
@@ -91,6 +102,8 @@ def restore(
     allow_missing_manifest: bool,
     fmt: str,
     no_progress: bool,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Rebuild data_dir from tiering.store: topics (same ids and configs), every archived
     record (served from the bucket), committed group offsets, ACLs and users.
@@ -109,9 +122,7 @@ def restore(
     from streamd import config as config_mod
     from streamd.errors import ConfigError, StreamdError
 
-    logging.basicConfig(
-        level=logging.WARNING, stream=sys.stderr, format="%(levelname)s: %(message)s"
-    )
+    configure_logging(log_level, log_format)
     try:
         cfg = config_mod.load(config_path, overrides)
     except ConfigError as exc:
@@ -136,8 +147,8 @@ def restore(
     except OSError as exc:
         raise click.ClickException(f"cannot write {cfg.data_dir}: {exc}") from None
     elapsed = time.monotonic() - started
-    if fmt == "json":
-        echo_json(summary_json(result, elapsed))
+    if fmt != "text":
+        echo_structured(fmt, summary_json(result, elapsed))
     else:
         click.echo(summary_text(result, elapsed).rstrip("\n"))
     if not result.complete:
@@ -190,7 +201,7 @@ def summary_text(result: Any, elapsed: float) -> str:
     rows = [
         (
             t.name,
-            t.topic_id,
+            kafka_topic_id(t.topic_id),
             len(t.partitions),
             t.segments,
             t.bucket_bytes,
@@ -248,7 +259,7 @@ def summary_json(result: Any, elapsed: float) -> dict[str, Any]:
         "topics": [
             {
                 "name": t.name,
-                "topic_id": t.topic_id,
+                "topic_id": kafka_topic_id(t.topic_id),
                 "configs": t.overrides,
                 "bucket_bytes": t.bucket_bytes,
                 "partitions": [

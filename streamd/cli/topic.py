@@ -1,5 +1,10 @@
-"""``streamd topic``: create, list, describe, delete, alter-config, add-partitions and
-describe-storage; ``produce`` and ``consume`` live in :mod:`streamd.cli.records`.
+"""``streamd topic``: create, list, describe, delete, alter-config, add-partitions,
+trim-prefix and describe-storage; ``produce`` and ``consume`` live in
+:mod:`streamd.cli.records`.
+
+``list`` and ``delete`` take names or, with ``-r``, regular expressions (searched anywhere in
+the name, as rpk does; anchor with ``^...$``). Topic ids are printed in Kafka's own form
+(URL-safe base64 of the 16 bytes, no padding), as the admin API and console print them.
 
 ``describe`` shows each partition's log start and high watermark from ListOffsets (earliest /
 latest), so on streamd the log start includes archived data. ``describe-storage`` is streamd's
@@ -9,6 +14,9 @@ of objects as tables, so new fields in the admin API show up without a CLI chang
 
 from __future__ import annotations
 
+import re
+import sys
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -35,6 +43,8 @@ from streamd.cli.common import (
     emit,
     format_option,
     guard,
+    human_bytes,
+    kafka_topic_id,
     render_fields,
     render_table,
     result,
@@ -43,7 +53,7 @@ from streamd.cli.common import (
     table_dicts,
     topic_partitions,
 )
-from streamd.cli.specs import parse_key_values
+from streamd.cli.specs import OFFSET_HELP, parse_key_values, parse_offset, parse_partitions
 
 
 @click.group()
@@ -121,22 +131,37 @@ def create(
     _fail_if_any(failures)
 
 
+def _matching(names: list[str], patterns: tuple[str, ...], regex: bool) -> list[str]:
+    if not patterns:
+        return names
+    if not regex:
+        return [n for n in names if n in patterns]
+    try:
+        compiled = [re.compile(p) for p in patterns]
+    except re.error as exc:
+        raise CliError(f"invalid regular expression: {exc}") from None
+    return [n for n in names if any(c.search(n) for c in compiled)]
+
+
 @topic.command(name="list")
 @client_command
+@click.argument("patterns", nargs=-1)
+@click.option("-r", "--regex", is_flag=True, help="PATTERNS are regular expressions.")
 @click.option("-i", "--internal", is_flag=True, help="Include internal topics (__*).")
 @format_option
-def list_(internal: bool, fmt: str) -> None:
-    """List topics with their partition and replica counts.
+def list_(patterns: tuple[str, ...], regex: bool, internal: bool, fmt: str) -> None:
+    """List topics with their partition and replica counts (all, or those named or matching).
 
     \b
-    Example:
+    Examples:
       streamd topic list --format json
+      streamd topic list -r '^orders-' 'payments$'
     """
     admin = admin_client()
     with guard():
         md = admin.list_topics(timeout=settings().timeout)
     rows = []
-    for name in sorted(md.topics):
+    for name in _matching(sorted(md.topics), patterns, regex):
         info = md.topics[name]
         if name.startswith("__") and not internal:
             continue
@@ -194,7 +219,7 @@ def describe_data(name: str) -> dict[str, Any]:
     ]
     return {
         "name": desc.name,
-        "topic_id": str(desc.topic_id) if desc.topic_id else None,
+        "topic_id": kafka_topic_id(desc.topic_id) if desc.topic_id else None,
         "internal": desc.is_internal,
         "partitions": partitions,
         "configs": configs,
@@ -203,49 +228,84 @@ def describe_data(name: str) -> dict[str, Any]:
 
 @topic.command()
 @client_command
-@click.argument("name")
+@click.argument("names", metavar="TOPIC...", nargs=-1, required=True)
+@click.option("-s", "--print-summary", "summary", is_flag=True, help="Print the summary.")
+@click.option("-c", "--print-configs", "configs", is_flag=True, help="Print the configs.")
+@click.option("-p", "--print-partitions", "partitions", is_flag=True,
+              help="Print the partitions.")
+@click.option("-a", "--print-all", "all_", is_flag=True, help="Print every section (default).")
 @format_option
-def describe(name: str, fmt: str) -> None:
-    """Show a topic's partitions (leader, log start, high watermark) and configs with sources.
+def describe(
+    names: tuple[str, ...], summary: bool, configs: bool, partitions: bool, all_: bool, fmt: str
+) -> None:
+    """Show topics' summary, configs with sources, and partitions (leader, log start, high
+    watermark); -s/-c/-p pick sections (default: all).
 
     \b
-    Example:
+    Examples:
       streamd topic describe orders
+      streamd topic describe orders payments -p
     """
-    data = describe_data(name)
+    wanted = {"summary": summary, "configs": configs, "partitions": partitions}
+    if all_ or not any(wanted.values()):
+        wanted = dict.fromkeys(wanted, True)
+    data = [describe_data(name) for name in dict.fromkeys(names)]
 
     def text() -> str:
-        summary = render_fields(
-            [
-                ("name", data["name"]),
-                ("topic-id", data["topic_id"]),
-                ("internal", data["internal"]),
-                ("partitions", len(data["partitions"])),
-            ]
-        )
-        configs = table_dicts(data["configs"], ["name", "value", "source"])
-        parts = table_dicts(
-            data["partitions"], ["partition", "leader", "replicas", "log_start", "high_watermark"]
-        )
-        return "\n".join(
-            [section("summary", summary), section("configs", configs), section("partitions", parts)]
-        )
+        out = []
+        for d in data:
+            if len(data) > 1:
+                out.append(f"=== {d['name']} ===")
+            if wanted["summary"]:
+                fields = render_fields(
+                    [
+                        ("name", d["name"]),
+                        ("topic-id", d["topic_id"]),
+                        ("internal", d["internal"]),
+                        ("partitions", len(d["partitions"])),
+                    ]
+                )
+                out.append(section("summary", fields))
+            if wanted["configs"]:
+                configs_table = table_dicts(d["configs"], ["name", "value", "source"])
+                out.append(section("configs", configs_table))
+            if wanted["partitions"]:
+                out.append(section("partitions", table_dicts(
+                    d["partitions"],
+                    ["partition", "leader", "replicas", "log_start", "high_watermark"],
+                )))
+        return "\n".join(out)
 
-    emit(fmt, data, text)
+    shown = [
+        {k: v for k, v in d.items() if k not in ("configs", "partitions") or wanted[k]}
+        for d in data
+    ]
+    emit(fmt, shown[0] if len(shown) == 1 else shown, text)
 
 
 @topic.command()
 @client_command
-@click.argument("names", nargs=-1, required=True)
+@click.argument("names", metavar="TOPIC...", nargs=-1, required=True)
+@click.option("-r", "--regex", is_flag=True,
+              help="Delete every topic matching these regular expressions (not internal ones).")
 @format_option
-def delete(names: tuple[str, ...], fmt: str) -> None:
+def delete(names: tuple[str, ...], regex: bool, fmt: str) -> None:
     """Delete one or more topics and all their data.
 
     \b
-    Example:
+    Examples:
       streamd topic delete orders payments
+      streamd topic delete -r '^tmp-'
     """
     admin = admin_client()
+    if regex:
+        with guard():
+            md = admin.list_topics(timeout=settings().timeout)
+        public = sorted(t for t in md.topics if not t.startswith("__"))
+        names = tuple(_matching(public, names, True))
+        if not names:
+            emit(fmt, [], lambda: "no topic matches")
+            return
     with guard():
         futures = admin.delete_topics(list(names), request_timeout=settings().timeout)
     rows, failures = [], []
@@ -270,22 +330,48 @@ def delete(names: tuple[str, ...], fmt: str) -> None:
     metavar="KEY",
     help="Remove an override (back to the default).",
 )
+@click.option("--append", "appends", multiple=True, metavar="KEY=VALUE",
+              help="Add VALUE to a list config (e.g. cleanup.policy=compact).")
+@click.option("--subtract", "subtracts", multiple=True, metavar="KEY=VALUE",
+              help="Remove VALUE from a list config.")
 @click.option("--dry-run", is_flag=True, help="Let the broker validate without applying.")
-def alter_config(name: str, sets: tuple[str, ...], deletes: tuple[str, ...], dry_run: bool) -> None:
-    """Set or remove topic config overrides (IncrementalAlterConfigs).
+def alter_config(
+    name: str,
+    sets: tuple[str, ...],
+    deletes: tuple[str, ...],
+    appends: tuple[str, ...],
+    subtracts: tuple[str, ...],
+    dry_run: bool,
+) -> None:
+    """Set, remove, append to or subtract from topic config overrides
+    (IncrementalAlterConfigs SET / DELETE / APPEND / SUBTRACT).
 
     \b
-    Example:
+    Examples:
       streamd topic alter-config orders --set retention.ms=3600000 --delete segment.bytes
+      streamd topic alter-config orders --append cleanup.policy=compact
     """
-    if not sets and not deletes:
-        raise CliError("nothing to change: give --set KEY=VALUE and/or --delete KEY")
+    if not (sets or deletes or appends or subtracts):
+        raise CliError(
+            "nothing to change: give --set KEY=VALUE, --delete KEY, --append KEY=VALUE "
+            "or --subtract KEY=VALUE"
+        )
     values = parse_key_values(sets, "--set")
+    appended = parse_key_values(appends, "--append")
+    subtracted = parse_key_values(subtracts, "--subtract")
     entries = [
         ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET) for k, v in values.items()
     ]
     entries += [
         ConfigEntry(k, None, incremental_operation=AlterConfigOpType.DELETE) for k in deletes
+    ]
+    entries += [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.APPEND)
+        for k, v in appended.items()
+    ]
+    entries += [
+        ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SUBTRACT)
+        for k, v in subtracted.items()
     ]
     resource = ConfigResource(ResourceType.TOPIC, name, incremental_configs=entries)
     admin = admin_client()
@@ -295,6 +381,8 @@ def alter_config(name: str, sets: tuple[str, ...], deletes: tuple[str, ...], dry
         )
     result(futures[resource], name)
     done = [f"set {k}={v}" for k, v in values.items()] + [f"deleted {k}" for k in deletes]
+    done += [f"appended {v} to {k}" for k, v in appended.items()]
+    done += [f"subtracted {v} from {k}" for k, v in subtracted.items()]
     prefix = "Validated (dry run)" if dry_run else "Altered"
     click.echo(f"{prefix} topic {name}: {', '.join(done)}")
 
@@ -325,6 +413,73 @@ def add_partitions(name: str, num: int) -> None:
         )
     result(futures[name], name)
     click.echo(f"Topic {name} now has {num} partitions (was {current})")
+
+
+@topic.command(name="trim-prefix")
+@client_command
+@click.argument("name")
+@click.option("-o", "--offset", "offset_spec", required=True, metavar="OFFSET",
+              help=f"Delete every record before this offset ({OFFSET_HELP}).")
+@click.option("-p", "--partitions", "partition_args", multiple=True, metavar="P[,P...]",
+              help="Only these partitions (default: all).")
+@click.option("--no-confirm", is_flag=True, help="Do not ask before deleting.")
+@format_option
+def trim_prefix(
+    name: str, offset_spec: str, partition_args: tuple[str, ...], no_confirm: bool, fmt: str
+) -> None:
+    """Delete the records before an offset (DeleteRecords); the log start moves there.
+
+    \b
+    Examples:
+      streamd topic trim-prefix orders -o 1000 -p 0 --no-confirm
+      streamd topic trim-prefix orders -o @-7d --no-confirm
+    """
+    from confluent_kafka.admin import OffsetSpec as KafkaOffset
+
+    spec = parse_offset(offset_spec)
+    admin = admin_client()
+    parts = topic_partitions(admin, name)
+    chosen = parse_partitions(partition_args) or parts
+    missing = [p for p in chosen if p not in parts]
+    if missing:
+        raise CliError(f"topic {name} has no partition {missing[0]} (it has {len(parts)})")
+
+    def offsets(kind: Any) -> dict[int, int]:
+        futures = admin.list_offsets(
+            {TopicPartition(name, p): kind for p in chosen}, request_timeout=settings().timeout
+        )
+        return {tp.partition: result(f, name).offset for tp, f in futures.items()}
+
+    low, high = offsets(KafkaOffset.earliest()), offsets(KafkaOffset.latest())
+    if spec.kind == "timestamp":
+        stamps = offsets(KafkaOffset.for_timestamp(spec.value))
+        targets = {p: stamps[p] if stamps[p] >= 0 else high[p] for p in chosen}
+    else:
+        targets = {p: spec.resolve(low[p], high[p]) or 0 for p in chosen}
+    if not no_confirm and not click.confirm(
+        f"Delete records of {name} before "
+        + ", ".join(f"{p}:{o}" for p, o in sorted(targets.items()))
+        + "?",
+        err=True,
+    ):
+        raise CliError("aborted: nothing deleted")
+    with guard(name):
+        futures = admin.delete_records(
+            [TopicPartition(name, p, o) for p, o in sorted(targets.items())],
+            request_timeout=settings().timeout,
+        )
+    rows, failures = [], []
+    for tp, fut in futures.items():
+        try:
+            done = result(fut, name)
+            rows.append(
+                {"topic": name, "partition": tp.partition, "new_start_offset": done.low_watermark}
+            )
+        except CliError as exc:
+            failures.append(f"partition {tp.partition}: {exc.format_message()}")
+    rows.sort(key=lambda r: r["partition"])
+    emit(fmt, rows, lambda: table_dicts(rows, ["topic", "partition", "new_start_offset"]))
+    _fail_if_any(failures)
 
 
 def _render_document(data: Any) -> str:
@@ -386,7 +541,15 @@ def render_storage(data: Any) -> str:
     parts = data.get("partitions") if isinstance(data, dict) else None
     if not (isinstance(parts, list) and parts and all(isinstance(p, dict) for p in parts)):
         return _render_document(data)
-    rows = [{**p, "last_upload": _utc(p.get("last_upload_ms"))} for p in parts]
+    rows = [
+        {
+            **p,
+            "last_upload": _utc(p.get("last_upload_ms")),
+            **{k: human_bytes(p[k]) for k in ("local_bytes", "remote_bytes")
+               if isinstance(p.get(k), int)},
+        }
+        for p in parts
+    ]
     columns = [c for c in STORAGE_COLUMNS if any(c in r for r in rows)]
     if "last_upload_ms" not in parts[0]:
         columns = [c for c in columns if c != "last_upload"]
@@ -401,18 +564,61 @@ def render_storage(data: Any) -> str:
     return "\n".join(out)
 
 
+def run_watch(interval: float, render: Any) -> None:
+    """Re-render every ``interval`` seconds until Ctrl-C (exit 0); on a terminal the screen
+    is cleared between renders, elsewhere renders are separated by a blank line."""
+    try:
+        while True:
+            text = render()
+            if sys.stdout.isatty():
+                click.clear()
+            click.echo(f"{time.strftime('%H:%M:%S')} (every {interval:g}s, Ctrl-C to stop)")
+            click.echo(text.rstrip("\n") + "\n", nl=True)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        pass
+
+
+def watch_options(fn: Any) -> Any:
+    fn = click.option("--interval", default=2.0, show_default=True,
+                      type=click.FloatRange(min=0.1), help="Seconds between refreshes.")(fn)
+    return click.option("-w", "--watch", is_flag=True, help="Refresh until Ctrl-C.")(fn)
+
+
 @topic.command(name="describe-storage")
 @client_command
 @click.argument("name")
+@watch_options
 @format_option
-def describe_storage(name: str, fmt: str) -> None:
+def describe_storage(name: str, watch: bool, interval: float, fmt: str) -> None:
     """Show a topic's tiered storage from the admin API: local and remote offsets, sizes,
-    last upload, pending uploads and errors (streamd only).
+    last upload, pending uploads and errors (streamd only); --watch refreshes it.
 
     \b
-    Example:
+    Examples:
       streamd --admin-url http://127.0.0.1:9644 topic describe-storage orders
+      streamd topic describe-storage orders --watch --interval 5
     """
+    if watch:
+        run_watch(interval, lambda: _storage_text(name, fmt))
+        return
+    data = _storage_doc(name)
+    emit(fmt, data, lambda: render_storage(data))
+
+
+def _storage_text(name: str, fmt: str) -> str:
+    import io
+    from contextlib import redirect_stdout
+
+    data = _storage_doc(name)
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        emit(fmt, data, lambda: render_storage(data))
+    return buffer.getvalue()
+
+
+def _storage_doc(name: str) -> Any:
     try:
         data = admin_get(f"/v1/topics/{name}/storage")
     except AdminHTTPError as exc:
@@ -426,4 +632,4 @@ def describe_storage(name: str, fmt: str) -> None:
         if exc.status == 404:
             raise CliError(detail if "topic" in detail else f"unknown topic {name}") from None
         raise
-    emit(fmt, data, lambda: render_storage(data))
+    return data

@@ -612,6 +612,45 @@ class GroupCoordinator:
         group.members[member_id].last_heartbeat_ms = now_ms
         return E.NONE
 
+    def validate_txn_commit(
+        self, group_id: str, generation: int, member_id: str, instance_id: str | None
+    ) -> ErrorCode:
+        """KIP-447 checks of a TxnOffsetCommit (Kafka's ``doTxnCommitOffsets``): unlike a plain
+        commit, an empty member id with generation -1 is accepted whatever the group's state."""
+        if not group_id:
+            return E.INVALID_GROUP_ID
+        group = self.groups.get(group_id)
+        if group is None:
+            return E.NONE
+        if group.state is S.DEAD:
+            return E.COORDINATOR_NOT_AVAILABLE
+        if instance_id is not None:
+            current = group.static_members.get(instance_id)
+            if current is not None and current != member_id:
+                return E.FENCED_INSTANCE_ID
+        if member_id and member_id not in group.members:
+            return E.UNKNOWN_MEMBER_ID
+        if generation >= 0 and generation != group.generation:
+            return E.ILLEGAL_GENERATION
+        return E.NONE
+
+    def apply_offsets(
+        self, group_id: str, offsets: list[CommitOffset], now_ms: int
+    ) -> list[OffsetRecord]:
+        """Offsets of a committed transaction: applied as they are (they were validated when
+        committed into the transaction); returns the records to make durable."""
+        if group_id not in self.groups:
+            self.groups[group_id] = Group(group_id, state_since_ms=now_ms)
+        committed = self.offsets.setdefault(group_id, {})
+        records = []
+        for o in offsets:
+            info = OffsetInfo(o.offset, o.leader_epoch, o.metadata or "", now_ms)
+            committed[(o.topic, o.partition)] = info
+            records.append(OffsetRecord(group_id, o.topic, o.partition, info))
+        if not committed:
+            del self.offsets[group_id]
+        return records
+
     def fetch(
         self, group_id: str, partitions: list[TopicPartition] | None
     ) -> dict[TopicPartition, OffsetInfo | None]:

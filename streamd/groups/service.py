@@ -251,6 +251,17 @@ class GroupService:
     ) -> dict[TopicPartition, OffsetInfo | None]:
         return self.coordinator.fetch(group_id, partitions)
 
+    def validate_txn_commit(
+        self, group_id: str, generation: int, member_id: str, instance_id: str | None
+    ) -> ErrorCode:
+        return self.coordinator.validate_txn_commit(group_id, generation, member_id, instance_id)
+
+    async def commit_txn_offsets(self, group_id: str, offsets: list[CommitOffset]) -> None:
+        """Apply and persist the offsets of a committed transaction (raises StreamdError)."""
+        records = self.coordinator.apply_offsets(group_id, offsets, wall_ms())
+        if records:
+            await self._persist(records)
+
     async def delete_offsets(
         self, group_id: str, partitions: list[TopicPartition]
     ) -> tuple[ErrorCode, list[ErrorCode]]:

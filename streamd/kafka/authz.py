@@ -5,6 +5,10 @@ without touching the ACLs, so the PLAINTEXT default costs one attribute lookup p
 Handlers answer a refused check with TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED; for topics a
 principal may not DESCRIBE they answer TOPIC_AUTHORIZATION_FAILED whether or not the topic
 exists, so existence does not leak.
+
+A refused check is recorded on the audit logger (``streamd.audit``), except where a listing is
+only being filtered (``audit=False``: Metadata for all topics, ListGroups), as Kafka's
+authorizer does with ``logIfDenied=false``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from streamd.kafka.context import Request
+from streamd.security import audit as audit_log
 from streamd.security.acl import CLUSTER_NAME, Operation, ResourceType
 
 READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE = (
@@ -39,18 +44,27 @@ def client_host(peer: str) -> str:
 
 
 def authorize(
-    req: Request, operation: Operation, resource_type: ResourceType, name: str = CLUSTER_NAME
+    req: Request,
+    operation: Operation,
+    resource_type: ResourceType,
+    name: str = CLUSTER_NAME,
+    *,
+    audit: bool = True,
 ) -> bool:
     authorizer = req.ctx.authorizer
     if authorizer is None:
         return True
-    return bool(
-        authorizer.authorize(req.principal, client_host(req.peer), operation, resource_type, name)
-    )
+    host = client_host(req.peer)
+    allowed = bool(authorizer.authorize(req.principal, host, operation, resource_type, name))
+    if audit:
+        audit_log.authorization(
+            req.principal, host, operation.name, resource_type.name, name, allowed
+        )
+    return allowed
 
 
-def authorize_cluster(req: Request, operation: Operation) -> bool:
-    return authorize(req, operation, CLUSTER, CLUSTER_NAME)
+def authorize_cluster(req: Request, operation: Operation, *, audit: bool = True) -> bool:
+    return authorize(req, operation, CLUSTER, CLUSTER_NAME, audit=audit)
 
 
 def filter_authorized(
@@ -59,7 +73,7 @@ def filter_authorized(
     """The names the principal may perform ``operation`` on, in their original order."""
     if req.ctx.authorizer is None:
         return list(names)
-    return [n for n in names if authorize(req, operation, resource_type, n)]
+    return [n for n in names if authorize(req, operation, resource_type, n, audit=False)]
 
 
 def may_create_topic(req: Request, name: str) -> bool:

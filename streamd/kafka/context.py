@@ -1,18 +1,34 @@
 """What a Kafka handler sees: the broker's services and the request being answered.
 
-The broker layer builds one :class:`KafkaContext` and hands it to the server; handlers reach
-the log manager, the fetch waiters and (as they land) groups, tiering and security through it,
-so the Kafka front never imports the broker's wiring.
+The broker layer builds one :class:`KafkaContext`, complete and frozen, before the first
+listener opens, and hands it to the servers; handlers reach every service through it by the
+protocols of :mod:`streamd.kafka.services`, so the Kafka front never imports the broker's wiring
+and nothing is attached to the context later. Optional services are None when the broker runs
+without them (``authorizer`` when ``security.authorization`` is off).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from streamd.config import BrokerConfig, ListenerSpec
 from streamd.kafka.codec import RequestHeader
+from streamd.kafka.services import (
+    Authorizer,
+    Groups,
+    Logs,
+    Metrics,
+    ProducerIds,
+    Security,
+    Tiering,
+    Transactions,
+)
+from streamd.kafka.zerocopy import FileBudget
+from streamd.security.sasl import SaslSession
 
 
 class AppendWaiters:
@@ -47,21 +63,32 @@ class AppendWaiters:
                         del self._waiters[key]
 
 
-@dataclass
+@dataclass(frozen=True, kw_only=True)
 class KafkaContext:
-    logs: Any
-    config: Any
+    logs: Logs
+    config: BrokerConfig
     node_id: int
     cluster_id: str
     advertised_host: str
+    """The first listener's advertised address (a request answers with its own listener's)."""
     advertised_port: int
     waiters: AppendWaiters = field(default_factory=AppendWaiters)
-    metrics: Any = None
-    groups: Any = None
-    tiering: Any = None
-    authorizer: Any = None
-    security: Any = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    groups: Groups
+    metrics: Metrics | None = None
+    tiering: Tiering | None = None
+    authorizer: Authorizer | None = None
+    security: Security | None = None
+    producer_ids: ProducerIds | None = None
+    txn: Transactions | None = None
+    """The transaction coordinator; None answers transactional requests with
+    COORDINATOR_NOT_AVAILABLE."""
+    file_budget: FileBudget = field(default_factory=lambda: FileBudget(1024))
+    """Descriptors all unsent fetch responses together may hold (see zerocopy)."""
+    read_pool: Executor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="streamd-read")
+    )
+    """Where fetched record sets too large to read on the event loop are read (not the default
+    executor, whose fsync jobs acknowledgements wait for)."""
 
 
 @dataclass(slots=True)
@@ -71,10 +98,12 @@ class Request:
     body: Any
     peer: str
     principal: str = "User:ANONYMOUS"
-    session: Any = None
-    listener: Any = None
-    zero_copy: bool = False
-    """The response may carry segment file ranges (``streamd.kafka.zerocopy.FileRecords``)."""
+    session: SaslSession | None = None
+    listener: ListenerSpec | None = None
+    files: FileBudget | None = None
+    """Set when the response may carry segment file ranges
+    (``streamd.kafka.zerocopy.FileRecords``) sent with sendfile: the connection's budget of
+    descriptors for them."""
 
     @property
     def version(self) -> int:

@@ -1,8 +1,14 @@
 """Kafka request framing as a pure state machine: bytes in, whole request frames out.
 
 A frame is a 4-byte big-endian size followed by that many bytes. A negative size or one above
-``max_bytes`` (``socket.request.max.bytes``) is a protocol violation: the decoder raises before
-allocating anything for it, and the connection is closed by the caller.
+``max_bytes`` (``socket.request.max.bytes``, or the smaller pre-authentication bound) is a
+protocol violation: the decoder raises before allocating anything for it, and the connection is
+closed by the caller.
+
+Frames are taken out one at a time (:meth:`FrameDecoder.next_frame`), so a caller that must not
+look at the next request yet (a connection that is still authenticating) leaves its bytes here,
+unparsed; the size limit in force is checked when a frame is taken, so a frame received before
+authentication but taken after it is judged by the limit of that moment.
 
 Received chunks are kept as they arrive and each frame is assembled with at most one copy (none
 when a chunk is exactly one frame), since produce frames are often a megabyte or more.
@@ -42,24 +48,33 @@ class FrameDecoder:
         """Raised once a SASL connection is authenticated (it starts at the pre-auth bound)."""
         self._max = value
 
-    def feed(self, data: bytes) -> list[bytes]:
-        """Add received bytes; return every complete frame (without its size prefix)."""
+    def receive(self, data: bytes) -> None:
+        """Add received bytes; take frames out with :meth:`next_frame`."""
         if data:
             self._chunks.append(bytes(data))
             self._have += len(data)
+
+    def next_frame(self) -> bytes | None:
+        """The next complete frame (without its size prefix), or None until more bytes come."""
+        if self._need < 0:
+            if self._have < 4:
+                return None
+            size = int.from_bytes(self._take(4), "big", signed=True)
+            if size < 0 or size > self._max:
+                raise FrameTooLarge(f"invalid request size {size} (limit {self._max})")
+            self._need = size
+        if self._have < self._need:
+            return None
+        frame = self._take(self._need)
+        self._need = -1
+        return frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Add received bytes; return every complete frame."""
+        self.receive(data)
         frames: list[bytes] = []
-        while True:
-            if self._need < 0:
-                if self._have < 4:
-                    break
-                size = int.from_bytes(self._take(4), "big", signed=True)
-                if size < 0 or size > self._max:
-                    raise FrameTooLarge(f"invalid request size {size} (limit {self._max})")
-                self._need = size
-            if self._have < self._need:
-                break
-            frames.append(self._take(self._need))
-            self._need = -1
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         return frames
 
     def _take(self, n: int) -> bytes:

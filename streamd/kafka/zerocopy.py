@@ -11,6 +11,13 @@ descriptor, with the event loop telling it when the socket is writable again, an
 the responses after it; the transport's own buffer is empty at that point, so the bytes of all
 responses stay in request order. The file descriptor is duplicated when the response is built,
 so deleting or closing the segment meanwhile cannot redirect the send to another file.
+
+Each duplicate is a descriptor held until the response is sent, which a client decides by
+reading or not. So they are counted (:class:`FileBudget`): per connection and for the whole
+broker. A record set that would exceed either count is read into memory instead, where the
+connection's in-flight byte bound applies (see :mod:`streamd.kafka.connection`); a client that
+stops reading therefore pins a bounded number of descriptors, and never makes the broker run
+out of them.
 """
 
 from __future__ import annotations
@@ -25,12 +32,54 @@ from streamd.log.files import pread_exactly
 from streamd.log.segment import FileSlice
 
 
+class FileBudget:
+    """How many descriptors unsent responses may hold: ``limit`` here, and within ``parent``.
+
+    Used from the event loop thread only.
+    """
+
+    __slots__ = ("limit", "used", "parent")
+
+    def __init__(self, limit: int, parent: FileBudget | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+        self.parent = parent
+
+    def take(self) -> bool:
+        if self.used >= self.limit:
+            return False
+        if self.parent is not None and not self.parent.take():
+            return False
+        self.used += 1
+        return True
+
+    def give(self) -> None:
+        self.used -= 1
+        if self.parent is not None:
+            self.parent.give()
+
+
 class FileRecords:
     """``length`` bytes at ``position`` of a segment file, owned by one response."""
 
-    __slots__ = ("fd", "position", "length", "uncached_below")
+    __slots__ = ("fd", "position", "length", "uncached_below", "budget")
+
+    @classmethod
+    def pin(cls, piece: FileSlice, budget: FileBudget) -> FileRecords | None:
+        """The range as a :class:`FileRecords` counted in ``budget``; None when it is spent."""
+        if not budget.take():
+            return None
+        try:
+            records = cls(piece)
+        except BaseException:
+            budget.give()
+            raise
+        records.budget = budget
+        return records
 
     def __init__(self, piece: FileSlice) -> None:
+        self.fd = -1
+        self.budget: FileBudget | None = None
         if piece.fd < 0:
             raise StorageError(f"{piece.path} is closed")
         self.fd = os.dup(piece.fd)
@@ -60,6 +109,8 @@ class FileRecords:
         if self.fd < 0:
             return
         fd, self.fd = self.fd, -1
+        if self.budget is not None:
+            self.budget.give()
         try:
             end = min(self.position + self.length, self.uncached_below)
             if end > self.position:
@@ -76,20 +127,6 @@ def close_files(parts: Iterable[Any] | None) -> None:
     for part in parts or ():
         if isinstance(part, FileRecords):
             part.close()
-
-
-def read_files(parts: list[Any]) -> list[Any]:
-    """``parts`` with every :class:`FileRecords` replaced by its bytes (and closed)."""
-    out = []
-    for part in parts:
-        if isinstance(part, FileRecords):
-            try:
-                out.append(part.read())
-            finally:
-                part.close()
-        else:
-            out.append(part)
-    return out
 
 
 async def send_parts(loop: asyncio.AbstractEventLoop, sock_fd: int, parts: list[Any]) -> int:

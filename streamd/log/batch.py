@@ -164,6 +164,18 @@ def validate_produce_batches(
     return headers
 
 
+def check_client_batches(headers: Sequence[BatchHeader]) -> None:
+    """What a client may not write: control batches are the transaction coordinator's
+    (markers), and a transactional batch needs a producer id, or no transaction could ever end
+    it. One attribute test per batch."""
+    for header in headers:
+        if header.attributes & (CONTROL | TRANSACTIONAL):
+            if header.attributes & CONTROL:
+                raise InvalidRecord("clients may not write control batches (transaction markers)")
+            if header.producer_id < 0:
+                raise InvalidRecord("a transactional batch needs a producer id")
+
+
 def patch_for_append(
     buf: bytearray,
     headers: Sequence[BatchHeader],

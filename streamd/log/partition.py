@@ -23,6 +23,14 @@ A rejected payload writes nothing.
 
 Segments wholly below the log start are deleted by retention without asking ``may_delete``
 (that data is gone for every reader, local or remote).
+
+Transactions: ``last_stable_offset`` (LSO) = the first offset of the oldest transaction still
+open on this partition, else the high watermark; never below the log start. read_committed
+readers stop there. Transaction markers are appended by :meth:`append_marker` (the coordinator's
+path, never a client's); an ABORT marker adds an entry to the aborted-transaction index of the
+segment it lands in (:mod:`streamd.log.txn_index`), which read_committed fetches return.
+A marker ends its transaction here when it is staged, before it is durable: the decision it
+carries is already durable at the coordinator, which writes it again after a crash.
 """
 
 from __future__ import annotations
@@ -36,22 +44,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError
+from streamd.errors import InvalidRecord, OffsetOutOfRange, StorageError, StreamdError
 from streamd.log.batch import (
+    CONTROL,
     BatchHeader,
+    check_client_batches,
     iter_record_timestamps,
+    parse_header,
     patch_for_append,
     validate_produce_batches,
 )
 from streamd.log.conform import check_timestamps, conform_batches
+from streamd.log.control import ABORT, marker_batch, marker_type
 from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
-from streamd.log.producer_state import ProducerStateTable
+from streamd.log.producer_state import SNAPSHOT_FILE, ProducerStateTable
 from streamd.log.recovery import recover_partition, write_clean_marker
 from streamd.log.segment import FileSlice, Segment, SegmentFile
 from streamd.log.syncfs import FilesystemSync
 from streamd.log.topic_config import TopicConfig
+from streamd.log.txn_index import AbortedTxn, TxnIndex, collect
 
 log = logging.getLogger("streamd.log")
 
@@ -99,6 +112,8 @@ class PartitionLog:
         self.flusher: SharedFlusher | None = None
         """Set by the log manager: one group commit across all its partitions."""
         self._page_cache_window = -1
+        self._snapshot: bytes | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
         self.producers = self._load_producer_state()
 
     @property
@@ -118,23 +133,53 @@ class PartitionLog:
                 segment.file.uncached_below = max(0, segment.size - window)
 
     def _load_producer_state(self) -> ProducerStateTable:
-        """Snapshot plus a header scan of what was appended after it (or, with no usable
-        snapshot, of the last two segments: enough for the last five batches per producer)."""
+        """Snapshot plus a header scan of what was appended after it; with no usable snapshot
+        (or a transaction index that does not load), a scan of every segment, since an open
+        transaction may have begun anywhere. The scan also rebuilds the aborted-transaction
+        index entries of the offsets it covers (markers whose type it reads)."""
         table = ProducerStateTable.load(self.directory)
-        end = self.log_end_offset
-        if table.scanned_to > end or table.scanned_to < self._segments[0].base_offset:
+        trusted = True
+        for segment in self._segments:
+            loaded = TxnIndex.load(segment.txn_index.path, segment.base_offset, segment.next_offset)
+            if loaded is None:
+                log.warning("%s is unreadable; rebuilding it", segment.txn_index.path)
+                trusted = False
+                loaded = TxnIndex(segment.txn_index.path)
+            segment.txn_index = loaded
+        first = self._segments[0].base_offset
+        if not trusted or not first <= table.scanned_to <= self.log_end_offset:
             table = ProducerStateTable()
-        start = table.scanned_to if table.scanned_to else self._segments[-2:][0].base_offset
+        start = max(table.scanned_to, first)
         for segment in self._segments:
             if segment.next_offset <= start:
                 continue
             found = segment.find_position(max(start, segment.base_offset))
             if found is None:
                 continue
-            for _, header in segment.iter_headers(found[0]):
-                if header.base_offset >= start:
-                    table.apply(header)
+            aborted = [e for e in segment.txn_index.entries if e.last_offset < start]
+            for pos, header in segment.iter_headers(found[0]):
+                if header.base_offset < start:
+                    continue
+                table.apply(header)
+                if header.attributes & CONTROL and header.producer_id >= 0:
+                    entry = self._replay_marker(table, segment, pos, header)
+                    if entry is not None:
+                        aborted.append(entry)
+            segment.txn_index.replace(aborted)
         return table
+
+    def _replay_marker(
+        self, table: ProducerStateTable, segment: Segment, pos: int, header: BatchHeader
+    ) -> AbortedTxn | None:
+        try:
+            kind = marker_type(segment.read_batch(pos, header))
+        except StreamdError as exc:
+            log.warning("%s: unreadable marker at %d: %s", segment.path, header.base_offset, exc)
+            return None
+        ended = table.end_txn(header.producer_id, header.base_offset)
+        if ended is None or kind != ABORT:
+            return None
+        return AbortedTxn(header.producer_id, ended[0], header.base_offset, ended[1])
 
     @classmethod
     def open(
@@ -213,6 +258,21 @@ class PartitionLog:
         return self.log_end_offset
 
     @property
+    def last_stable_offset(self) -> int:
+        """read_committed readers see offsets below this (see the module docstring)."""
+        hw = self.high_watermark
+        first = self.producers.first_unstable_offset()
+        if first is None or first >= hw:
+            return hw
+        return max(first, self._log_start)
+
+    def aborted_transactions(self, fetch_offset: int, upper: int) -> list[AbortedTxn]:
+        """Aborted transactions with data in ``[fetch_offset, upper)`` (read_committed Fetch)."""
+        i = max(0, bisect.bisect_right(self._bases, fetch_offset) - 1)
+        found, _ = collect((s.txn_index.entries for s in self._segments[i:]), fetch_offset, upper)
+        return found
+
+    @property
     def size_bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
@@ -238,6 +298,7 @@ class PartitionLog:
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
         self._check_open()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
+        check_client_batches(headers)
         check_timestamps(headers, self.config, now_ms)
         producers = self.producers
         for header in headers:
@@ -250,10 +311,39 @@ class PartitionLog:
                 )
         count = sum(h.last_offset_delta + 1 for h in headers)
         buf, headers = conform_batches(payload, headers, self.config)
+        return self._stage(buf, headers, count, now_ms)
+
+    async def append_marker(
+        self,
+        producer_id: int,
+        producer_epoch: int,
+        commit: bool,
+        coordinator_epoch: int = 0,
+        *,
+        now_ms: int,
+    ) -> AppendResult:
+        """Append a COMMIT or ABORT marker ending the producer's transaction here; returns once
+        it is as durable as the fsync policy requires. Only the transaction coordinator calls
+        this (clients cannot write control batches)."""
+        self._check_open()
+        marker = marker_batch(producer_id, producer_epoch, commit, coordinator_epoch, now_ms)
+        buf = bytearray(marker)
+        result = self._stage(buf, [parse_header(buf)], 1, now_ms)
+        ended = self.producers.end_txn(producer_id, result.base_offset)
+        if ended is not None and not commit:
+            entry = AbortedTxn(producer_id, ended[0], result.base_offset, ended[1])
+            self.active.txn_index.append(entry)
+        await self.wait_durable(result)
+        return result
+
+    def _stage(
+        self, buf: bytearray, headers: list[BatchHeader], count: int, now_ms: int
+    ) -> AppendResult:
         self._maybe_roll(len(buf), count, now_ms)
         base = self.log_end_offset
         append_time = now_ms if self.config.log_append_time else None
         patched = patch_for_append(buf, headers, base, append_time)
+        producers = self.producers
         for header in patched:
             producers.apply(header)
         segment = self.active
@@ -298,6 +388,35 @@ class PartitionLog:
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._dir_dirty = True
+        self._save_producer_state_later()
+
+    def _save_producer_state_later(self) -> None:
+        """Snapshot the producer state at every roll, written off the loop, so that restart
+        after a crash scans about one segment, not the whole log (open transactions).
+
+        Written and renamed without fsync: a crash may leave the previous snapshot or an
+        unreadable one (then the scan starts further back), never a wrong one."""
+        self._snapshot = self.producers.to_json()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_snapshot_now()
+            return
+        if self._snapshot_task is None or self._snapshot_task.done():
+            self._snapshot_task = loop.create_task(self._write_snapshots())
+
+    async def _write_snapshots(self) -> None:
+        while self._snapshot is not None:
+            data, self._snapshot = self._snapshot, None
+            try:
+                await asyncio.to_thread(_replace_file, self.directory / SNAPSHOT_FILE, data)
+            except OSError as exc:
+                log.warning("%s: producer state snapshot not written: %s", self.directory, exc)
+
+    def _write_snapshot_now(self) -> None:
+        data, self._snapshot = self._snapshot, None
+        if data is not None:
+            _replace_file(self.directory / SNAPSHOT_FILE, data)
 
     def roll_if_due(self, now: int) -> bool:
         """Roll a non-empty active segment older than ``segment.ms``."""
@@ -515,6 +634,7 @@ class PartitionLog:
         self._pending.clear()
         self._durable_offset = offset
         self._dir_dirty = True
+        self.producers.ongoing.clear()
 
     def _set_log_start(self, offset: int) -> None:
         atomic_write(self.directory / LOG_START_FILE, b"%d\n" % offset)
@@ -547,6 +667,8 @@ class PartitionLog:
         if self.fsync_policy.mode == "never":
             self._unsynced = [s.file for s in self._segments]
         await self.flush()
+        if self._snapshot_task is not None:
+            await self._snapshot_task
         touched = [*self._sealed_this_session, self.active]
         await asyncio.get_running_loop().run_in_executor(None, self._finish_close, touched)
         self._closed = True
@@ -554,6 +676,7 @@ class PartitionLog:
     def _finish_close(self, touched: list[Segment]) -> None:
         self.producers.save(self.directory)
         for segment in touched:
+            segment.txn_index.fsync()
             for path in (segment.index_path, segment.timeindex_path):
                 if path.exists():
                     fd = os.open(path, os.O_RDONLY)
@@ -568,6 +691,9 @@ class PartitionLog:
     def discard(self) -> None:
         """Release descriptors without syncing (the partition is being deleted)."""
         self._closed = True
+        self._snapshot = None
+        if self._snapshot_task is not None:
+            self._snapshot_task.cancel()
         for segment in self._segments:
             segment.close()
 
@@ -650,6 +776,13 @@ def _fsync_all(files: list[SegmentFile], directory: Path | None, keep: int) -> N
             file.drop_synced(keep)
     if directory is not None:
         fsync_dir(directory)
+
+
+def _replace_file(path: Path, data: bytes) -> None:
+    """Write a temporary file and rename it over ``path`` (no fsync: see the caller)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _read_log_start(directory: Path) -> int | None:

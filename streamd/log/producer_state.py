@@ -10,8 +10,14 @@ Kafka's rules, applied to each batch header that carries a producer id (>= 0):
   OUT_OF_ORDER_SEQUENCE_NUMBER;
 - a producer id with no state here (new, or its batches were deleted) is accepted as is.
 
-State is derived from batch headers only, so it can be rebuilt by scanning headers of the log;
-a snapshot written on clean close and on segment roll bounds that scan.
+Transactions (KIP-98): the first transactional batch of a producer opens its transaction on this
+partition (``ongoing[pid]`` = that batch's base offset) until the coordinator's marker ends it
+(:meth:`end_txn`). The smallest open first offset bounds the last stable offset. Control batches
+never enter the sequence history: a marker carries no sequence, and a marker with a newer epoch
+(a fenced producer's abort) only raises the epoch.
+
+State is derived from batch headers (plus the type of each marker), so it can be rebuilt by
+scanning the log; a snapshot written on clean close and on segment roll bounds that scan.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamd.errors import ErrorCode, StreamdError
-from streamd.log.batch import BatchHeader
+from streamd.log.batch import CONTROL, TRANSACTIONAL, BatchHeader
 from streamd.log.files import atomic_write
 
 SNAPSHOT_FILE = "producer-state.json"
@@ -66,6 +72,8 @@ class ProducerStateTable:
         self.producers: dict[int, ProducerEntry] = {}
         self.scanned_to = 0
         """Log offset up to which batches have been applied."""
+        self.ongoing: dict[int, int] = {}
+        """Producer id -> first offset of its open transaction on this partition."""
 
     def check(self, header: BatchHeader) -> BatchRecord | None:
         """Validate an incoming batch. Returns the original batch when it is a duplicate."""
@@ -106,10 +114,27 @@ class ProducerStateTable:
         entry = self.producers.get(pid)
         if entry is None or header.producer_epoch > entry.epoch:
             entry = self.producers[pid] = ProducerEntry(header.producer_epoch)
+        if header.attributes & CONTROL:
+            return
+        if header.attributes & TRANSACTIONAL and pid not in self.ongoing:
+            self.ongoing[pid] = header.base_offset
         entry.batches.append(
             BatchRecord(header.base_sequence, _last_seq(header), header.base_offset,
                         header.last_offset)
         )
+
+    def end_txn(self, producer_id: int, marker_offset: int) -> tuple[int, int] | None:
+        """Close the producer's open transaction at its marker: (first offset, last stable
+        offset right after the marker), or None when it had none open here."""
+        first = self.ongoing.pop(producer_id, None)
+        if first is None:
+            return None
+        return first, min(self.ongoing.values(), default=marker_offset + 1)
+
+    def first_unstable_offset(self) -> int | None:
+        """First offset of the oldest open transaction (None: every transaction has ended)."""
+        ongoing = self.ongoing
+        return min(ongoing.values()) if ongoing else None
 
     def forget_below(self, offset: int) -> None:
         """Drop producers whose every remembered batch is below ``offset`` (deleted data)."""
@@ -132,6 +157,7 @@ class ProducerStateTable:
                     ]}
                     for pid, e in self.producers.items()
                 },
+                "ongoing": {str(pid): first for pid, first in self.ongoing.items()},
             }
         ).encode()
 
@@ -147,6 +173,7 @@ class ProducerStateTable:
             for first, last, base, last_off in e["batches"]:
                 entry.batches.append(BatchRecord(first, last, base, last_off))
             table.producers[int(pid)] = entry
+        table.ongoing = {int(pid): int(first) for pid, first in doc.get("ongoing", {}).items()}
         return table
 
     def save(self, directory: Path) -> None:

@@ -29,7 +29,7 @@ from streamd.log.segment import NO_TIMESTAMP, Segment, SegmentFile, segment_path
 log = logging.getLogger("streamd.log")
 
 CLEAN_SHUTDOWN_MARKER = "clean-shutdown"
-_SEGMENT_FILE = re.compile(r"(\d{20})\.(log|index|timeindex)")
+_SEGMENT_FILE = re.compile(r"(\d{20})\.(log|index|timeindex|txnindex)")
 
 
 def segment_bases(directory: Path) -> list[int]:
@@ -232,5 +232,5 @@ def recover_partition(directory: Path, *, index_interval_bytes: int, now_ms: int
 def _drop_from(directory: Path, bases: list[int], reason: str) -> None:
     for base in bases:
         log.warning("deleting segment %s: %s", segment_path(directory, base, ".log"), reason)
-        for suffix in (".log", ".index", ".timeindex"):
+        for suffix in (".log", ".index", ".timeindex", ".txnindex"):
             segment_path(directory, base, suffix).unlink(missing_ok=True)

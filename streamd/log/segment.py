@@ -22,6 +22,8 @@ from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, BatchHeader, it
 from streamd.log.batch import parse_header as _parse_header
 from streamd.log.files import pread_exactly
 from streamd.log.index import OffsetIndex, TimeIndex
+from streamd.log.txn_index import SUFFIX as TXN_INDEX_SUFFIX
+from streamd.log.txn_index import TxnIndex
 
 NO_TIMESTAMP = -1
 _DROP_STEP = 1 << 20
@@ -121,6 +123,8 @@ class Segment:
         self.file = file or SegmentFile(self.path)
         self.offset_index = offset_index or OffsetIndex(self.index_path, base_offset)
         self.time_index = time_index or TimeIndex(self.timeindex_path, base_offset)
+        self.txn_index = TxnIndex(segment_path(directory, base_offset, TXN_INDEX_SUFFIX))
+        """Aborted transactions whose marker is in this segment (loaded by the partition)."""
         self.index_interval_bytes = index_interval_bytes
         self.size = 0
         self.readable_size = 0
@@ -285,4 +289,5 @@ class Segment:
         """Remove the files; open slices keep reading from the unlinked file until dropped."""
         self.offset_index.delete()
         self.time_index.delete()
+        self.txn_index.delete()
         self.path.unlink(missing_ok=True)

@@ -3,18 +3,28 @@
 :class:`SaslSession` is sans-IO. The Kafka front asks it whether a request may be served yet
 (``authenticated``) and feeds it SaslHandshake / SaslAuthenticate; it answers with mechanism
 bytes or raises. States on a SASL listener: ``handshake`` -> ``authenticate`` ->
-``authenticated``, or ``failed`` (the connection is closed after the answer). On PLAINTEXT and
-SSL listeners the session starts authenticated, as ``User:ANONYMOUS`` or, with a TLS client
-certificate, as ``User:<subject DN>`` (Kafka's default principal builder).
+``authenticated``, or ``failed`` (the connection is answered once more, then closed; nothing
+after the failing frame is evaluated). On PLAINTEXT and SSL listeners the session starts
+authenticated, as ``User:ANONYMOUS`` or, with a TLS client certificate, as the certificate's
+principal (:mod:`streamd.security.principal`).
 
-Re-authentication (KIP-368) is not offered: SaslAuthenticate answers session_lifetime 0, so
-clients never attempt it, and a second handshake on an authenticated connection is an illegal
-state.
+One exchange at a time: the front hands a connection's SASL frames over strictly one after the
+other, and the session refuses a step that starts while another is running (the exchange fails
+rather than letting two messages share one mechanism state).
+
+Re-authentication (KIP-368): with ``reauth_ms`` > 0 a successful login is valid for that long
+(``session_lifetime_ms`` tells v1+ clients), ``expired(now)`` says when it ran out, and a
+SaslHandshake on an authenticated session starts a new exchange that must use the same
+mechanism and prove the same principal; anything else fails it. A deleted user or a changed
+password therefore ends a session at its expiry at the latest. With ``reauth_ms`` = 0 (Kafka's
+default) sessions never expire and a second handshake is an illegal state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from streamd.errors import ErrorCode
@@ -37,7 +47,8 @@ class IllegalSaslState(Exception):
 
 
 class Mechanism(Protocol):
-    username: str | None
+    @property
+    def username(self) -> str | None: ...
 
     @property
     def complete(self) -> bool: ...
@@ -84,27 +95,6 @@ def new_mechanism(name: str, lookup: CredentialLookup) -> Mechanism:
     return ScramServer(MECHANISMS[name], lookup)
 
 
-def principal_from_cert(peercert: dict[str, object] | None) -> str | None:
-    """``User:CN=..,OU=..,O=..`` from a verified peer certificate (most specific RDN first)."""
-    if not peercert:
-        return None
-    subject = peercert.get("subject")
-    if not isinstance(subject, tuple):
-        return None
-    parts = [f"{_RDN_NAMES.get(k, k)}={v}" for rdn in reversed(subject) for k, v in rdn]
-    return "User:" + ",".join(parts) if parts else None
-
-
-_RDN_NAMES = {
-    "commonName": "CN",
-    "organizationalUnitName": "OU",
-    "organizationName": "O",
-    "localityName": "L",
-    "stateOrProvinceName": "ST",
-    "countryName": "C",
-}
-
-
 class SaslSession:
     def __init__(
         self,
@@ -112,6 +102,9 @@ class SaslSession:
         mechanisms: Iterable[str],
         lookup: CredentialLookup,
         principal: str = ANONYMOUS,
+        *,
+        reauth_ms: int = 0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.protocol = protocol
         self.mechanisms = tuple(mechanisms)
@@ -119,7 +112,17 @@ class SaslSession:
         self.principal = principal
         self.requires_sasl = protocol.startswith("SASL_")
         self.state = "handshake" if self.requires_sasl else "authenticated"
+        self.mechanism: str | None = None
+        """The mechanism of the current (or last) authentication."""
+        self.reauth_ms = reauth_ms
+        self.expires_at: float | None = None
+        """Clock time at which an authenticated SASL session must re-authenticate."""
+        self.reauthenticating = False
+        self._clock = clock
         self._mech: Mechanism | None = None
+        self._guard = threading.Lock()
+        """Held for every state transition (steps run in worker threads)."""
+        self._running = False
         self.raw_tokens = False
         """Set after a SaslHandshake v0: the tokens then travel as bare size-prefixed frames
         (Kafka's pre-SaslAuthenticate framing) until authentication completes."""
@@ -132,29 +135,79 @@ class SaslSession:
     def failed(self) -> bool:
         return self.state == "failed"
 
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and now >= self.expires_at and self.authenticated
+
+    @property
+    def session_lifetime_ms(self) -> int:
+        """What SaslAuthenticate v1+ answers after a successful login (0: never re-authenticate)."""
+        return self.reauth_ms if self.requires_sasl and self.authenticated else 0
+
     def handshake(self, mechanism: str) -> ErrorCode:
-        if self.state != "handshake":
-            return ErrorCode.ILLEGAL_SASL_STATE
-        if mechanism not in self.mechanisms:
-            return ErrorCode.UNSUPPORTED_SASL_MECHANISM
-        self._mech = new_mechanism(mechanism, self._lookup)
-        self.state = "authenticate"
-        return ErrorCode.NONE
+        with self._guard:
+            if self._running:
+                self._fail()
+                return ErrorCode.ILLEGAL_SASL_STATE
+            if self.state == "authenticated" and self.requires_sasl and self.reauth_ms > 0:
+                if mechanism != self.mechanism:
+                    self._fail()
+                    return ErrorCode.UNSUPPORTED_SASL_MECHANISM
+                self.reauthenticating = True
+            elif self.state != "handshake":
+                if self.requires_sasl:
+                    self._fail()
+                return ErrorCode.ILLEGAL_SASL_STATE
+            if mechanism not in self.mechanisms:
+                return ErrorCode.UNSUPPORTED_SASL_MECHANISM
+            self._mech = new_mechanism(mechanism, self._lookup)
+            self.mechanism = mechanism
+            self.state = "authenticate"
+            return ErrorCode.NONE
 
     def authenticate(self, token: bytes) -> bytes:
-        """One SaslAuthenticate round; raises AuthenticationFailed or IllegalSaslState."""
-        mech = self._mech
-        if self.state != "authenticate" or mech is None:
-            self.state = "failed"
-            raise IllegalSaslState("SaslAuthenticate without a successful SaslHandshake")
+        """One SaslAuthenticate round; raises AuthenticationFailed or IllegalSaslState.
+
+        Runs in a worker thread, the mechanism step outside any lock (it may derive a salted
+        password). A second call while one runs fails the session, and the first then finds
+        the session failed and fails too: two messages never share one exchange.
+        """
+        with self._guard:
+            if self._running:
+                self._fail()
+                raise IllegalSaslState("concurrent SASL steps on one connection")
+            mech = self._mech
+            if self.state != "authenticate" or mech is None:
+                self._fail()
+                raise IllegalSaslState("SaslAuthenticate without a successful SaslHandshake")
+            self._running = True
         try:
-            reply = mech.step(token)
-        except AuthenticationFailed:
-            self.state = "failed"
-            self._mech = None
-            raise
-        if mech.complete:
-            self.principal = f"User:{mech.username}"
-            self.state = "authenticated"
-            self._mech = None
-        return reply
+            try:
+                reply = mech.step(token)
+            except AuthenticationFailed:
+                with self._guard:
+                    self._fail()
+                raise
+            with self._guard:
+                if self.state != "authenticate" or self._mech is not mech:
+                    raise IllegalSaslState("the session failed while this step ran")
+                if mech.complete:
+                    self._complete(f"User:{mech.username}")
+            return reply
+        finally:
+            with self._guard:
+                self._running = False
+
+    def _complete(self, principal: str) -> None:
+        self._mech = None
+        if self.reauthenticating and principal != self.principal:
+            self._fail()
+            raise AuthenticationFailed("Cannot change principals during re-authentication")
+        self.principal = principal
+        self.state = "authenticated"
+        self.reauthenticating = False
+        if self.reauth_ms > 0:
+            self.expires_at = self._clock() + self.reauth_ms / 1000
+
+    def _fail(self) -> None:
+        self.state = "failed"
+        self._mech = None

@@ -137,8 +137,32 @@ CredentialLookup = Callable[[str, str], "ScramCredential | None"]
 _FAKE_KEY = secrets.token_bytes(32)
 
 
+@dataclass(frozen=True, slots=True)
+class ScramExchange:
+    """Everything the client-first message fixed, bound together once and never changed.
+
+    The final step verifies against this one record: the user it names, that user's credential
+    and the nonce sent to that client. A later message cannot swap one of them (a second
+    client-first naming another user fails the exchange instead), so a proof computed from one
+    user's password can never authenticate another user.
+    """
+
+    username: str
+    authzid: str | None
+    credential: ScramCredential
+    known: bool
+    nonce: str
+    gs2_header: str
+    client_first_bare: str
+    server_first: str
+
+
 class ScramServer:
-    """One server side of one SCRAM exchange: ``step`` twice, then ``username`` is proven."""
+    """One server side of one SCRAM exchange: ``step`` twice, then ``username`` is proven.
+
+    Steps must not run concurrently (the Kafka front serializes a connection's SASL frames);
+    a step in the wrong state fails the exchange for good.
+    """
 
     def __init__(
         self,
@@ -153,27 +177,30 @@ class ScramServer:
         self._server_nonce = nonce or secrets.token_urlsafe(24)
         self._fake_iterations = fake_iterations
         self._state = "first"
-        self._credential: ScramCredential | None = None
-        self._known = False
-        self._nonce = ""
-        self._gs2 = ""
-        self._client_first_bare = ""
-        self._server_first = ""
-        self.username: str | None = None
-        self.authzid: str | None = None
+        self._exchange: ScramExchange | None = None
 
     @property
     def complete(self) -> bool:
         return self._state == "done"
 
+    @property
+    def username(self) -> str | None:
+        """The proven user once complete (the claimed one after the first step)."""
+        return None if self._exchange is None else self._exchange.username
+
+    @property
+    def authzid(self) -> str | None:
+        return None if self._exchange is None else self._exchange.authzid
+
     def step(self, message: bytes) -> bytes:
+        state, self._state = self._state, "busy"
         try:
             text = message.decode("utf-8")
         except UnicodeDecodeError:
             raise self._fail() from None
-        if self._state == "first":
+        if state == "first":
             return self._client_first(text)
-        if self._state == "final":
+        if state == "final":
             return self._client_final(text)
         raise self._fail()
 
@@ -200,18 +227,24 @@ class ScramServer:
         authzid = _unescape_name(authz[2:]) if authz else None
         if authzid and authzid != user:
             raise self._fail()
-        self._gs2 = f"{flag},{authz},"
-        self._client_first_bare = bare
-        self._nonce = client_nonce + self._server_nonce
-        self.username, self.authzid = user, authzid
+        nonce = client_nonce + self._server_nonce
         credential = self._lookup(user, self.mech.name)
-        self._known = credential is not None
+        known = credential is not None
         if credential is None:
             credential = self._fake_credential(user)
-        self._credential = credential
-        self._server_first = f"r={self._nonce},s={_b64(credential.salt)},i={credential.iterations}"
+        server_first = f"r={nonce},s={_b64(credential.salt)},i={credential.iterations}"
+        self._exchange = ScramExchange(
+            username=user,
+            authzid=authzid,
+            credential=credential,
+            known=known,
+            nonce=nonce,
+            gs2_header=f"{flag},{authz},",
+            client_first_bare=bare,
+            server_first=server_first,
+        )
         self._state = "final"
-        return self._server_first.encode("utf-8")
+        return server_first.encode("utf-8")
 
     def _fake_credential(self, user: str) -> ScramCredential:
         """Deterministic per user (a repeated probe sees the same salt), unusable for login."""
@@ -222,22 +255,24 @@ class ScramServer:
         return ScramCredential(mech.name, salt, self._fake_iterations, mech.h(key), key)
 
     def _client_final(self, text: str) -> bytes:
-        assert self._credential is not None
+        ex = self._exchange
+        if ex is None:
+            raise self._fail()
         attrs = _attributes(text)
         if len(attrs) < 3 or attrs[0][0] != "c" or attrs[1][0] != "r" or attrs[-1][0] != "p":
             raise self._fail()
         without_proof = text[: text.rindex(",p=")]
         channel = _unb64(attrs[0][1])
         proof = _unb64(attrs[-1][1])
-        auth_message = ",".join((self._client_first_bare, self._server_first, without_proof))
-        mech, cred = self.mech, self._credential
+        auth_message = ",".join((ex.client_first_bare, ex.server_first, without_proof))
+        mech, cred = self.mech, ex.credential
         signature = mech.hmac(cred.stored_key, auth_message.encode("utf-8"))
         ok = len(proof) == len(signature)
         client_key = bytes(a ^ b for a, b in zip(proof, signature, strict=False))
         ok &= hmac.compare_digest(mech.h(client_key), cred.stored_key)
-        ok &= hmac.compare_digest(attrs[1][1].encode(), self._nonce.encode())
-        ok &= hmac.compare_digest(channel, self._gs2.encode("utf-8"))
-        if not (ok and self._known):
+        ok &= hmac.compare_digest(attrs[1][1].encode(), ex.nonce.encode())
+        ok &= hmac.compare_digest(channel, ex.gs2_header.encode("utf-8"))
+        if not (ok and ex.known):
             raise self._fail()
         self._state = "done"
         server_signature = mech.hmac(cred.server_key, auth_message.encode("utf-8"))

@@ -4,6 +4,8 @@ Layout (all keys relative to the store root, i.e. under the ``s3://bucket/prefix
 
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>.log     segment bytes
     <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>.index   its index object
+    <h>/<topic>/<topic_id>/<partition>/<base:020d>-<last:020d>-<inc>.txnindex  its aborted
+                                                                     transactions (if any)
     <h>/<topic>/<topic_id>/<partition>/manifest.json                  partition manifest
     <t>/<topic>/<topic_id>/topic.json                                 topic manifest
     cluster/metadata.json                                             topics, configs, ACLs, users
@@ -47,6 +49,7 @@ PARTITION_MANIFEST_NAME = "manifest.json"
 TOPIC_MANIFEST_NAME = "topic.json"
 SEGMENT_SUFFIX = ".log"
 INDEX_SUFFIX = ".index"
+TXN_INDEX_SUFFIX = ".txnindex"
 
 _TOPIC_RE = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 _TOPIC_ID_RE = re.compile(r"[a-zA-Z0-9_-]{1,64}")
@@ -143,6 +146,13 @@ def segment_index_key(
         + _segment_stem(base_offset, last_offset, incarnation)
         + INDEX_SUFFIX
     )
+
+
+def txn_index_key(segment_key: str) -> str:
+    """The aborted-transaction index object of the segment object ``segment_key``."""
+    if not segment_key.endswith(SEGMENT_SUFFIX):
+        raise ValueError(f"not a segment object key: {segment_key!r}")
+    return segment_key[: -len(SEGMENT_SUFFIX)] + TXN_INDEX_SUFFIX
 
 
 def parse_segment_name(key: str) -> tuple[int, int] | None:

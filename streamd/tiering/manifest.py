@@ -75,6 +75,10 @@ class SegmentMeta:
     index_key: str
     index_checksum: str
     uploaded_at_ms: int
+    txn_index_key: str = ""
+    """The object holding the segment's aborted-transaction index (read_committed replay);
+    set only for segments with an ABORT marker, and then stored in the manifest."""
+    txn_index_checksum: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.base_offset <= self.last_offset:
@@ -85,6 +89,8 @@ class SegmentMeta:
             raise ValueError("segment checksums must be 8 lower-case hex digits (crc32c)")
         if not self.key or not self.index_key:
             raise ValueError("segment key and index_key must be set")
+        if bool(self.txn_index_key) != is_checksum(self.txn_index_checksum):
+            raise ValueError("txn_index_key needs an 8 hex digit txn_index_checksum")
 
     def same_upload(self, other: SegmentMeta) -> bool:
         """True when ``other`` describes the same objects (the upload time may differ)."""
@@ -307,11 +313,23 @@ def dump_partition_manifest(manifest: PartitionManifest) -> bytes:
         "partition": manifest.partition,
         "remote_start_offset": manifest.remote_start_offset,
         "last_uploaded_offset": manifest.last_uploaded_offset,
-        "segments": [asdict(s) for s in manifest.segments],
+        "segments": [_dump_segment(s) for s in manifest.segments],
     }
     if manifest.format_version >= 2:
         body["incarnation"] = manifest.incarnation
     return _seal(body)
+
+
+OPTIONAL_SEGMENT_FIELDS = frozenset({"txn_index_key", "txn_index_checksum"})
+"""Written only when set, so manifests of topics without aborted transactions are unchanged."""
+
+
+def _dump_segment(seg: SegmentMeta) -> dict[str, Any]:
+    raw = asdict(seg)
+    if not seg.txn_index_key:
+        for name in OPTIONAL_SEGMENT_FIELDS:
+            del raw[name]
+    return raw
 
 
 def load_partition_manifest(data: bytes) -> PartitionManifest:
@@ -428,10 +446,17 @@ def _open(data: bytes, kind: str) -> dict[str, Any]:
 def _load_segment(raw: Any) -> SegmentMeta:
     if not isinstance(raw, dict):
         raise TypeError("segment entries must be objects")
-    _expect_fields(raw, {f.name for f in fields(SegmentMeta)}, "segment entry")
+    names = {f.name for f in fields(SegmentMeta)}
+    if not OPTIONAL_SEGMENT_FIELDS & raw.keys():
+        names -= OPTIONAL_SEGMENT_FIELDS
+    _expect_fields(raw, names, "segment entry")
     _check_types(
         raw,
-        {f.name: (str if f.type in ("str", str) else int) for f in fields(SegmentMeta)},
+        {
+            f.name: (str if f.type in ("str", str) else int)
+            for f in fields(SegmentMeta)
+            if f.name in names
+        },
         "segment entry",
     )
     return SegmentMeta(**raw)

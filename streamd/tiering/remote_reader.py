@@ -44,12 +44,14 @@ event loop; the event loop copies arriving pieces and checks their blocks, and s
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
+from streamd.log.txn_index import AbortedTxn, collect, decode_entries
 from streamd.tiering.cache import Chunk, ChunkCache, ChunkSink, StreamingFetch
 from streamd.tiering.checksum import verify
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta, segment_for_offset
@@ -79,6 +81,7 @@ class RemoteReader:
         self._stats = stats
         self._read_ahead = max(0, read_ahead_chunks)
         self._indexes: OrderedDict[str, RemoteIndex] = OrderedDict()
+        self._txn_indexes: OrderedDict[str, list[AbortedTxn]] = OrderedDict()
         self._index_loads: dict[str, asyncio.Task[RemoteIndex]] = {}
         self._background: set[asyncio.Task[object]] = set()
         self._legacy_warned: set[str] = set()
@@ -239,6 +242,47 @@ class RemoteReader:
             except StreamdError as exc:
                 raise self._failed(seg, exc) from exc
         return None
+
+    # ---- transactions --------------------------------------------------------------------------
+
+    async def aborted_transactions(
+        self, manifest: PartitionManifest, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions with data in ``[fetch_offset, upper)``, from the index objects
+        of the archived segments from the one holding ``fetch_offset`` on (see
+        :mod:`streamd.log.txn_index`), and whether they settle it."""
+        segs = manifest.segments
+        i = bisect.bisect_right(segs, fetch_offset, key=lambda s: s.base_offset) - 1
+        found: list[AbortedTxn] = []
+        for seg in segs[max(i, 0) :]:
+            if not seg.txn_index_key:
+                continue
+            try:
+                entries = await self._txn_index(seg)
+            except StreamdError as exc:
+                raise self._failed(seg, exc) from exc
+            more, complete = collect([entries], fetch_offset, upper)
+            found += more
+            if complete:
+                return found, True
+        return found, False
+
+    async def _txn_index(self, seg: SegmentMeta) -> list[AbortedTxn]:
+        cached = self._txn_indexes.get(seg.txn_index_key)
+        if cached is not None:
+            self._txn_indexes.move_to_end(seg.txn_index_key)
+            return cached
+        data = await self._store.get(seg.txn_index_key)
+        self._stats.downloaded_bytes += len(data)
+        verify(data, seg.txn_index_checksum, what=f"transaction index {seg.txn_index_key}")
+        try:
+            entries = decode_entries(data)
+        except ValueError as exc:
+            raise RemoteStorageError(f"{seg.txn_index_key} does not parse: {exc}") from exc
+        self._txn_indexes[seg.txn_index_key] = entries
+        while len(self._txn_indexes) > INDEX_CACHE_ENTRIES:
+            self._txn_indexes.popitem(last=False)
+        return entries
 
     # ---- objects -------------------------------------------------------------------------------
 

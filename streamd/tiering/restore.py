@@ -273,6 +273,8 @@ def plan_partition(
             why = f"segment object {seg.key} is {size} bytes, the manifest says {seg.size_bytes}"
         elif seg.index_key not in listing:
             why = f"index object {seg.index_key} is missing from the bucket"
+        elif seg.txn_index_key and seg.txn_index_key not in listing:
+            why = f"transaction index object {seg.txn_index_key} is missing from the bucket"
         else:
             continue
         gaps.append(Skipped(what=f"{where} {offsets}", why=f"{why}; these offsets cannot be read"))

@@ -56,6 +56,7 @@ from streamd.errors import OffsetOutOfRange, RemoteStorageError
 from streamd.log.manager import LogManager, Topic
 from streamd.log.partition import PartitionLog
 from streamd.log.segment import Segment
+from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.candidates import select_candidates
@@ -355,6 +356,7 @@ class TieringService:
             except ObjectNotFound:
                 manifest = None
             except (RemoteStorageError, ManifestError) as exc:
+                self.stats.manifest_errors += 1
                 state.note_error(
                     f"cannot load manifest {state.manifest_key}: {exc}; the partition serves "
                     "its local copy and archives nothing until the manifest is readable"
@@ -396,8 +398,10 @@ class TieringService:
             missing = [
                 key
                 for seg in copy.segments
-                for key, size in ((seg.key, seg.size_bytes), (seg.index_key, None))
-                if key not in listing or (size is not None and listing[key] != size)
+                for key, size in (
+                    (seg.key, seg.size_bytes), (seg.index_key, None), (seg.txn_index_key, None)
+                )
+                if key and (key not in listing or (size is not None and listing[key] != size))
             ]
             if missing:
                 state.note_error(
@@ -503,6 +507,8 @@ class TieringService:
                 for seg in removed:
                     self.cache.invalidate(seg.key)
                     state.pending_deletes += [seg.key, seg.index_key]
+                    if seg.txn_index_key:
+                        state.pending_deletes.append(seg.txn_index_key)
 
             stored = await self._uploader.store_manifest(state, moved, then=doom)
             if stored.outcome is not Outcome.OK:
@@ -647,6 +653,16 @@ class TieringService:
         state = self._states.get((topic, partition))
         if state is not None:
             self._reader.prefetch(state.manifest, offset)
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]:
+        """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
+        and whether that settles it (else the local segments' indexes follow)."""
+        state = self._states.get((topic, partition))
+        if state is None:
+            return [], False
+        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int
@@ -794,8 +810,10 @@ class TieringService:
                     s.uploaded_segments),
             counter("streamd_tiering_upload_errors_total", "Failed segment uploads.",
                     s.upload_errors),
-            counter("streamd_tiering_manifest_errors_total", "Failed manifest stores.",
-                    s.manifest_errors),
+            counter("streamd_tiering_manifest_writes_total", "Partition manifests stored.",
+                    s.manifest_writes),
+            counter("streamd_tiering_manifest_errors_total",
+                    "Partition manifests that failed to store or to load.", s.manifest_errors),
             counter("streamd_tiering_download_bytes_total", "Bytes read from the bucket.",
                     s.downloaded_bytes),
             counter("streamd_tiering_download_errors_total", "Failed remote reads.",
@@ -806,6 +824,8 @@ class TieringService:
                     s.read_ahead_chunks),
             counter("streamd_tiering_deleted_objects_total", "Objects deleted.",
                     s.deleted_objects),
+            counter("streamd_tiering_delete_errors_total", "Failed object deletions.",
+                    s.delete_errors),
             ("streamd_tiering_upload_lag_offsets", "Offsets below the high watermark not yet "
              "archived.", "gauge", lag_offsets),
             ("streamd_tiering_upload_lag_bytes", "Local bytes not yet archived.", "gauge",

@@ -182,6 +182,11 @@ class Uploader:
                 return SyncResult(stored.outcome, uploaded, stored.error)
             uploaded += admitted
         state.pending_uploads = max(0, state.pending_uploads - uploaded)
+        if uploaded:
+            log.info(
+                "%s-%d: archived %d segment(s), now up to offset %d",
+                state.topic, state.partition, uploaded, state.manifest.last_uploaded_offset,
+            )
         if failure is not None:
             return SyncResult(failure.outcome, uploaded, failure.error)
         if selection.blocked:
@@ -262,6 +267,7 @@ class Uploader:
                 self._stats.uploaded_bytes += len(scan.index)
             except ObjectExists:
                 await self._accept_existing(index_key, len(scan.index), index_checksum)
+            txn_key, txn_checksum = await self._upload_txn_index(seg_key, run)
         except _Conflict as exc:
             self._stats.upload_errors += 1
             return UploadResult(Outcome.FAILED, error=f"upload of {where} refused: {exc}")
@@ -282,8 +288,26 @@ class Uploader:
             index_key=index_key,
             index_checksum=index_checksum,
             uploaded_at_ms=now_ms(),
+            txn_index_key=txn_key,
+            txn_index_checksum=txn_checksum,
         )
         return UploadResult(Outcome.OK, meta)
+
+    async def _upload_txn_index(self, seg_key: str, run: Sequence[Segment]) -> tuple[str, str]:
+        """The aborted-transaction index of the segment(s) in one object, when there is one:
+        a read_committed replay from the bucket skips aborted records as the local log does.
+        The entries of adjacent segments concatenate in marker order."""
+        data = b"".join(s.txn_index.to_bytes() for s in run)
+        if not data:
+            return "", ""
+        key = keys.txn_index_key(seg_key)
+        checksum = crc32c_hex(data)
+        try:
+            await self._store.put(key, data, if_absent=True)
+            self._stats.uploaded_bytes += len(data)
+        except ObjectExists:
+            await self._accept_existing(key, len(data), checksum)
+        return key, checksum
 
     async def _accept_existing(self, key: str, size: int, checksum: str) -> None:
         """The key exists: fine if it holds our bytes (a retried upload), else :class:`_Conflict`

@@ -52,8 +52,13 @@ class PeerClosed(ConnectionError):
 class Wire:
     """One connection. `call` sends a kio request and returns the decoded response."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 15.0) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(
+        self, address: tuple[str, int], timeout: float = 15.0, *, source: str | None = None
+    ) -> None:
+        """``source``: the local address to connect from (e.g. another 127.x.y.z)."""
+        self.sock = socket.create_connection(
+            address, timeout=timeout, source_address=(source, 0) if source else None
+        )
         self.correlation_id = 0
 
     def close(self) -> None:

@@ -12,4 +12,5 @@ from streamd.kafka.handlers import (  # noqa: F401  # noqa: F401  (security)
     producer,  # noqa: F401
     sasl,
     scram,
+    txn,
 )

@@ -6,6 +6,7 @@ SECURITY_DISABLED. Creations are validated one by one (an invalid binding fails 
 written in one durable step; deletions apply every filter and report the bindings each removed.
 Version 0 of the three APIs predates resource pattern types (KIP-290): v0 filters and bindings
 are LITERAL, and a v0 describe or delete matches literal bindings only, as in Kafka.
+Every binding created or deleted, and every refused change, is recorded on the audit logger.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 from streamd.errors import ErrorCode
 from streamd.kafka.apis import api
-from streamd.kafka.authz import ALTER, DESCRIBE, authorize_cluster
+from streamd.kafka.authz import ALTER, DESCRIBE, authorize_cluster, client_host
 from streamd.kafka.context import Request
+from streamd.security import audit
 from streamd.security.acl import (
     AclBinding,
     AclFilter,
@@ -26,8 +28,14 @@ from streamd.security.acl import (
     Permission,
     ResourceType,
 )
+from streamd.security.store import AclStore
 
 E = ErrorCode
+
+
+def _store(req: Request) -> AclStore:
+    assert req.ctx.security is not None  # _refusal answered SECURITY_DISABLED otherwise
+    return req.ctx.security.acls
 
 
 def _refusal(req: Request, operation: Operation) -> tuple[ErrorCode, str] | None:
@@ -50,6 +58,16 @@ def _filter(f: Any) -> AclFilter:
     )
 
 
+def _audit(req: Request, operation: str, binding: str, result: str, **detail: object) -> None:
+    audit.change("acl", req.principal, client_host(req.peer), "CLUSTER:kafka-cluster",
+                 operation, result, binding=binding, **detail)
+
+
+def _describe_binding(a: AclBinding) -> str:
+    return (f"{a.permission.name} {a.principal} from {a.host} {a.operation.name} on "
+            f"{a.resource_type.name}:{a.pattern_type.name}:{a.name}")
+
+
 def _acl_fields(a: AclBinding) -> dict[str, Any]:
     return {
         "principal": a.principal,
@@ -69,7 +87,7 @@ async def describe_acls(req: Request) -> dict[str, Any]:
     except ValueError as exc:
         return {"error_code": E.INVALID_REQUEST, "error_message": str(exc), "resources": []}
     resources: dict[tuple[int, str, int], list[dict[str, Any]]] = {}
-    for acl in req.ctx.security.acls.find(flt):
+    for acl in _store(req).find(flt):
         key = (int(acl.resource_type), acl.name, int(acl.pattern_type))
         resources.setdefault(key, []).append(_acl_fields(acl))
     return {
@@ -87,6 +105,7 @@ async def create_acls(req: Request) -> dict[str, Any]:
     creations = req.body.creations
     refused = _refusal(req, ALTER)
     if refused:
+        _audit(req, "CreateAcls", f"{len(creations)} binding(s)", "refused", reason=refused[1])
         return {
             "results": [{"error_code": refused[0], "error_message": refused[1]} for _ in creations]
         }
@@ -109,12 +128,16 @@ async def create_acls(req: Request) -> dict[str, Any]:
         valid.append(binding)
         results.append({"error_code": E.NONE, "error_message": None})
     if valid:
+        outcome = "applied"
         try:
-            await asyncio.to_thread(req.ctx.security.acls.add, valid)
+            await asyncio.to_thread(_store(req).add, valid)
         except OSError as exc:
+            outcome = "failed"
             for r in results:
                 if r["error_code"] == E.NONE:
                     r.update(error_code=E.KAFKA_STORAGE_ERROR, error_message=str(exc))
+        for b in valid:
+            _audit(req, "CreateAcls", _describe_binding(b), outcome)
     return {"results": results}
 
 
@@ -123,6 +146,7 @@ async def delete_acls(req: Request) -> dict[str, Any]:
     raw = req.body.filters
     refused = _refusal(req, ALTER)
     if refused:
+        _audit(req, "DeleteAcls", f"{len(raw)} filter(s)", "refused", reason=refused[1])
         return {
             "filter_results": [
                 {"error_code": refused[0], "error_message": refused[1]} for _ in raw
@@ -136,7 +160,11 @@ async def delete_acls(req: Request) -> dict[str, Any]:
             filters.append(None)
     usable = [f for f in filters if f is not None]
     try:
-        matched = iter(await asyncio.to_thread(req.ctx.security.acls.delete, usable))
+        deleted = await asyncio.to_thread(_store(req).delete, usable)
+        matched = iter(deleted)
+        for group in deleted:
+            for b in group:
+                _audit(req, "DeleteAcls", _describe_binding(b), "applied")
     except OSError as exc:
         return {
             "filter_results": [

@@ -9,6 +9,16 @@ Fetch sessions (KIP-227) are not kept: every response is a full one with session
 clients treat as "sessions unsupported".
 Authorization: Fetch needs READ on each topic, ListOffsets and OffsetForLeaderEpoch DESCRIBE;
 a refused topic's partitions answer TOPIC_AUTHORIZATION_FAILED.
+Isolation (KIP-98): read_committed fetches stop at the last stable offset and carry the aborted
+transactions (:mod:`streamd.kafka.isolation`); ListOffsets latest answers the LSO for them.
+
+Bounds, as Kafka's: a partition named several times in one request is answered once, at its
+first position, with the offset and size of its last mention (Kafka builds a map); a response
+holds at most the request's ``max_bytes`` and the broker's ``fetch.max.bytes`` (55 MiB), one
+batch more under KIP-74. Record sets of 64 KiB or more go out with sendfile when the connection
+allows and its descriptor budget is not spent; the rest are read into the response, off the
+event loop when they add up to 64 KiB or more (a TLS consumer's fetches, old data not in the
+page cache).
 
 Old versions (Kafka 3.9 still serves them): Fetch v0-v3 answer message format v0 (v0-v1) or
 v1 (v2-v3), down-converted from the stored v2 batches after the read (never sendfile), unless
@@ -20,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from concurrent.futures import Executor
 from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
@@ -27,11 +38,16 @@ from streamd.kafka import codec
 from streamd.kafka.apis import api
 from streamd.kafka.authz import DESCRIBE, READ, TOPIC, authorize
 from streamd.kafka.context import Request
+from streamd.kafka.isolation import aborted_transactions, cut_at, local_read_end
 from streamd.kafka.legacy.records import down_convert
-from streamd.kafka.zerocopy import FileRecords
+from streamd.kafka.zerocopy import FileBudget, FileRecords
 from streamd.log.segment import FileSlice
 
+READ_ON_LOOP_MAX = codec.SCATTER_MIN
+"""Record sets adding up to less than this are read on the event loop (a thread hop costs more)."""
+
 LATEST, EARLIEST, MAX_TIMESTAMP, EARLIEST_LOCAL, LATEST_TIERED = -1, -2, -3, -4, -5
+READ_COMMITTED = 1
 
 
 def _partition_of(ctx: Any, name: str, index: int) -> Any:
@@ -49,6 +65,7 @@ async def _read_partition(
     offset: int,
     max_bytes: int,
     min_one: bool,
+    committed: bool = False,
     ready: int = 0,
 ) -> tuple[dict[str, Any], int]:
     entry: dict[str, Any] = {"partition_index": index}
@@ -57,27 +74,39 @@ async def _read_partition(
         return entry, 0
     tiering = ctx.tiering
     hw = plog.high_watermark
+    lso = plog.last_stable_offset
     start = plog.log_start_offset
     if tiering is not None:
         start = tiering.earliest_offset(name, index, plog)
-    entry.update(high_watermark=hw, last_stable_offset=hw, log_start_offset=start)
+    entry.update(high_watermark=hw, last_stable_offset=lso, log_start_offset=start)
     if offset < start or offset > hw:
         entry["error_code"] = ErrorCode.OFFSET_OUT_OF_RANGE
         return entry, 0
     entry["error_code"] = ErrorCode.NONE
-    if offset == hw:
+    limit = lso if committed else hw
+    if offset >= limit:
         return entry, 0
     try:
         if offset < plog.log_start_offset:
             # ``ready``: an archived range still arriving is answered once the bytes the
             # fetch still needs for min_bytes are here, not all of max_bytes.
             data = await tiering.read(name, index, offset, max_bytes, min_one, ready_bytes=ready)
+            if committed:
+                data, end = cut_at(data, limit)
+                entry["aborted_transactions"] = await aborted_transactions(
+                    tiering, name, index, plog, offset, end
+                )
         else:
             # A local record set stays a file range until the response is final (see
             # _materialize): a long poll may read a partition several times.
-            piece = plog.read(offset, max_bytes, min_one=min_one)
+            piece = plog.read(offset, max_bytes, min_one=min_one, upto=limit)
             if piece is not None:
                 entry["records"] = piece
+                if committed:
+                    end = local_read_end(plog, offset, limit)
+                    entry["aborted_transactions"] = await aborted_transactions(
+                        tiering, name, index, plog, offset, end
+                    )
                 return entry, piece.length
             data = b""
     except StreamdError as exc:
@@ -88,21 +117,48 @@ async def _read_partition(
     return entry, len(data)
 
 
-def _materialize(entry: dict[str, Any], zero_copy: bool) -> None:
-    """Turn a local record set (a file range) into what the response carries: a
-    :class:`FileRecords` sent with sendfile when the connection allows and the set is large,
-    else its bytes."""
-    piece = entry.get("records")
-    if not isinstance(piece, FileSlice):
+def _storage_error(entry: dict[str, Any], exc: Exception) -> None:
+    entry.pop("records", None)
+    entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
+
+
+async def _materialize(
+    entries: list[tuple[str, dict[str, Any]]], budget: FileBudget | None, pool: Executor
+) -> None:
+    """Turn local record sets (file ranges) into what the response carries: a
+    :class:`FileRecords` sent with sendfile when the connection allows (``budget``), the set is
+    large and the descriptor budget holds, else the bytes."""
+    reads: list[tuple[dict[str, Any], FileRecords]] = []
+    for _, entry in entries:
+        piece = entry.get("records")
+        if not isinstance(piece, FileSlice):
+            continue
+        try:
+            if budget is not None and piece.length >= codec.SCATTER_MIN:
+                pinned = FileRecords.pin(piece, budget)
+                if pinned is not None:
+                    entry["records"] = pinned
+                    continue
+            # Its own descriptor: the segment may be closed while a worker thread reads.
+            reads.append((entry, FileRecords(piece)))
+        except (OSError, StreamdError) as exc:
+            _storage_error(entry, exc)
+    if not reads:
         return
-    try:
-        if zero_copy and piece.length >= codec.SCATTER_MIN:
-            entry["records"] = FileRecords(piece)
-        else:
-            entry["records"] = piece.read_bytes()
-    except (OSError, StreamdError) as exc:
-        del entry["records"]
-        entry["error_code"] = getattr(exc, "code", ErrorCode.KAFKA_STORAGE_ERROR)
+    if sum(records.length for _, records in reads) < READ_ON_LOOP_MAX:
+        _read_all(reads)
+    else:
+        await asyncio.get_running_loop().run_in_executor(pool, _read_all, reads)
+
+
+def _read_all(reads: list[tuple[dict[str, Any], FileRecords]]) -> None:
+    for entry, records in reads:
+        try:
+            entry["records"] = records.read()
+        except (OSError, StreamdError) as exc:
+            _storage_error(entry, exc)
+        finally:
+            records.close()
 
 
 @api(1, "Fetch", 0, 12)
@@ -111,18 +167,23 @@ async def fetch(req: Request) -> dict[str, Any]:
     body = req.body
     deadline = time.monotonic() + codec.ms(body.max_wait) / 1000
     min_bytes = body.min_bytes
-    response_max = body.max_bytes if req.version >= 3 else 2**31 - 1
+    asked_max = body.max_bytes if req.version >= 3 else 2**31 - 1
+    response_max = min(asked_max, ctx.config["fetch.max.bytes"])
+    committed = getattr(body, "isolation_level", 0) == READ_COMMITTED
     denied = {t.topic for t in body.topics if not authorize(req, READ, TOPIC, t.topic)}
+    asked: dict[tuple[str, int], tuple[int, int]] = {}
+    for t in body.topics:
+        for p in t.partitions:
+            asked[(t.topic, p.partition)] = (p.fetch_offset, p.partition_max_bytes)
     wanted = [
         (
-            t.topic,
-            p.partition,
-            p.fetch_offset,
-            p.partition_max_bytes,
-            None if t.topic in denied else _partition_of(ctx, t.topic, p.partition),
+            name,
+            index,
+            offset,
+            pmax,
+            None if name in denied else _partition_of(ctx, name, index),
         )
-        for t in body.topics
-        for p in t.partitions
+        for (name, index), (offset, pmax) in asked.items()
     ]
     if ctx.tiering is not None:  # archived partitions start their GETs together, not in turn
         for name, index, offset, _pmax, plog in wanted:
@@ -140,13 +201,16 @@ async def fetch(req: Request) -> dict[str, Any]:
                 entries.append((name, _denied(index)))
                 continue
             limit = min(pmax, remaining)
-            stamp = (-1 if plog is None else plog.high_watermark, limit, total == 0)
+            watermark = -1
+            if plog is not None:
+                watermark = plog.last_stable_offset if committed else plog.high_watermark
+            stamp = (watermark, limit, total == 0)
             cached = previous.get(i)
             if cached is not None and cached[0] == stamp:
                 entry, size = cached[1], cached[2]
             else:
                 entry, size = await _read_partition(
-                    ctx, name, index, plog, offset, limit, min_one=(total == 0),
+                    ctx, name, index, plog, offset, limit, (total == 0), committed,
                     ready=max(0, min_bytes - total),
                 )
                 previous[i] = (stamp, entry, size)
@@ -158,16 +222,17 @@ async def fetch(req: Request) -> dict[str, Any]:
         if total >= min_bytes or left <= 0 or errors:
             break
         await ctx.waiters.wait([(w[0], w[1]) for w in wanted if w[4] is not None], left)
-    if ctx.metrics is not None:
-        ctx.metrics.fetched_bytes += total
+    if ctx.metrics is not None and total:
+        for i, cached in previous.items():
+            if cached[2]:
+                ctx.metrics.fetched(wanted[i][0], cached[2])
+    old_magic = -1 if req.version >= 4 else (0 if req.version < 2 else 1)
+    await _materialize(entries, req.files if old_magic < 0 else None, ctx.read_pool)
     responses: list[dict[str, Any]] = []
     by_topic: dict[str, list[dict[str, Any]]] = {}
-    old_magic = -1 if req.version >= 4 else (0 if req.version < 2 else 1)
     for i, (name, entry) in enumerate(entries):
         if old_magic >= 0:
             _down_convert(ctx, name, entry, old_magic, wanted[i][2], wanted[i][3])
-        else:
-            _materialize(entry, req.zero_copy)
         parts = by_topic.get(name)
         if parts is None:
             parts = by_topic[name] = []
@@ -182,7 +247,6 @@ def _down_convert(
     """Fetch v0-v3: the entry's v2 batches as a message set of ``magic`` (old clients only)."""
     if "records" not in entry:
         return
-    _materialize(entry, False)
     data = entry.pop("records", None)
     if not data:
         return
@@ -207,6 +271,7 @@ def _denied(index: int) -> dict[str, Any]:
 @api(2, "ListOffsets", 0, 9)
 async def list_offsets(req: Request) -> dict[str, Any]:
     ctx = req.ctx
+    isolation = getattr(req.body, "isolation_level", 0)
     legacy = req.version == 0
     topics = []
     for t in req.body.topics:
@@ -233,6 +298,8 @@ async def list_offsets(req: Request) -> dict[str, Any]:
                 continue
             try:
                 offset, ts = await _list_offset(ctx, t.name, p.partition_index, plog, p.timestamp)
+                if p.timestamp == LATEST and isolation == READ_COMMITTED:
+                    offset = plog.last_stable_offset
             except StreamdError as exc:
                 entry["error_code"] = exc.code
                 continue

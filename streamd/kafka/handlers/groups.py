@@ -1,9 +1,9 @@
 """Consumer groups and committed offsets: the wire side of :mod:`streamd.groups`.
 
-This broker is the coordinator of every group (FindCoordinator answers with itself for key
-type GROUP; transactions are not supported, so key type TRANSACTION gets
-COORDINATOR_NOT_AVAILABLE). Requests are translated into coordinator calls on ``ctx.groups``
-(a :class:`streamd.groups.service.GroupService`); nothing here holds group state.
+This broker is the coordinator of every group and every transactional id (FindCoordinator
+answers with itself for key types GROUP and TRANSACTION). Requests are translated into
+coordinator calls on ``ctx.groups`` (a :class:`streamd.groups.service.GroupService`); nothing
+here holds group state.
 
 Old versions, as Kafka 3.x treats them: OffsetCommit v0 (which stored in ZooKeeper in old
 Kafka) is a commit with generation -1 and no member, so it is accepted while the group has no
@@ -29,6 +29,7 @@ from streamd.kafka.authz import (
     NOT_REQUESTED,
     READ,
     TOPIC,
+    TRANSACTIONAL_ID,
     authorize,
     authorize_cluster,
     authorized_operations,
@@ -61,11 +62,22 @@ async def find_coordinator(req: Request) -> dict[str, Any]:
     coordinators = []
     for key in keys:
         entry: dict[str, Any] = {"key": key, "node_id": -1, "host": "", "port": -1}
-        if ctx.groups is None or key_type == KEY_TYPE_TRANSACTION:
+        if key_type == KEY_TYPE_TRANSACTION:
+            if not authorize(req, DESCRIBE, TRANSACTIONAL_ID, key):
+                entry.update(
+                    error_code=E.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+                    error_message="not authorized",
+                )
+                coordinators.append(entry)
+                continue
+            available = ctx.txn is not None
+        else:
+            available = ctx.groups is not None
+        if not available:
             entry.update(error_code=E.COORDINATOR_NOT_AVAILABLE, error_message="not available")
-        elif key_type != KEY_TYPE_GROUP:
+        elif key_type not in (KEY_TYPE_GROUP, KEY_TYPE_TRANSACTION):
             entry.update(error_code=E.INVALID_REQUEST, error_message=f"key type {key_type}")
-        elif not authorize(req, DESCRIBE, GROUP, key):
+        elif key_type == KEY_TYPE_GROUP and not authorize(req, DESCRIBE, GROUP, key):
             entry.update(error_code=E.GROUP_AUTHORIZATION_FAILED, error_message="not authorized")
         else:
             host, port = advertised_address(req)
@@ -251,6 +263,10 @@ async def offset_commit(req: Request) -> dict[str, Any]:
 
 def _fetch_group(req: Request, group_id: str, topics: Any) -> list[dict[str, Any]]:
     ctx = req.ctx
+    # KIP-447: with require_stable, an offset awaiting a transaction's outcome is not answered.
+    unstable = None
+    if ctx.txn is not None and getattr(req.body, "require_stable", False):
+        unstable = ctx.txn.has_pending_offset
     wanted = None
     if topics is not None:
         wanted = [(t.name, p) for t in topics for p in t.partition_indexes]
@@ -274,7 +290,9 @@ def _fetch_group(req: Request, group_id: str, topics: Any) -> list[dict[str, Any
             "metadata": "",
             "error_code": E.NONE,
         }
-        if info is not None:
+        if unstable is not None and unstable(group_id, topic, partition):
+            entry["error_code"] = E.UNSTABLE_OFFSET_COMMIT
+        elif info is not None:
             entry.update(
                 committed_offset=info.offset,
                 committed_leader_epoch=info.leader_epoch,
@@ -343,13 +361,13 @@ async def list_groups(req: Request) -> dict[str, Any]:
     if _no_coordinator(req):
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
     states = getattr(req.body, "states_filter", ()) or ()
-    all_groups = authorize_cluster(req, DESCRIBE)
+    all_groups = authorize_cluster(req, DESCRIBE, audit=False)
     return {
         "error_code": E.NONE,
         "groups": [
             {"group_id": gid, "protocol_type": ptype, "group_state": state}
             for gid, ptype, state in req.ctx.groups.list_groups(states)
-            if all_groups or authorize(req, DESCRIBE, GROUP, gid)
+            if all_groups or authorize(req, DESCRIBE, GROUP, gid, audit=False)
         ],
     }
 
@@ -408,21 +426,29 @@ async def delete_groups(req: Request) -> dict[str, Any]:
 
 @api(47, "OffsetDelete", 0, 0)
 async def offset_delete(req: Request) -> dict[str, Any]:
+    """Kafka's rule: DELETE on the group, and READ on each topic named (the partitions of a
+    topic without it answer TOPIC_AUTHORIZATION_FAILED and keep their offsets)."""
     ctx, body = req.ctx, req.body
     if ctx.groups is None:
         return {"error_code": E.COORDINATOR_NOT_AVAILABLE}
     if not authorize(req, DELETE, GROUP, body.group_id):
         return {"error_code": E.GROUP_AUTHORIZATION_FAILED}
+    readable = {t.name for t in body.topics if authorize(req, READ, TOPIC, t.name)}
     known = [
         (t.name, p.partition_index)
         for t in body.topics
+        if t.name in readable
         for p in t.partitions
         if _topic_known(ctx, t.name, p.partition_index)
     ]
     error, codes = await ctx.groups.delete_offsets(body.group_id, known)
     if error != E.NONE:
         return {"error_code": error}
-    by_tp = dict(zip(known, codes, strict=True))
+    by_tp: dict[tuple[str, int], int] = dict(zip(known, codes, strict=True))
+    for t in body.topics:
+        if t.name not in readable:
+            for p in t.partitions:
+                by_tp[(t.name, p.partition_index)] = E.TOPIC_AUTHORIZATION_FAILED
     return {
         "error_code": E.NONE,
         "topics": [

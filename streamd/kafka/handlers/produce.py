@@ -9,6 +9,11 @@ A topic whose ``min.insync.replicas`` exceeds 1 refuses acks=all with NOT_ENOUGH
 Kafka does when its in-sync replica set is too small: every partition has one replica here.
 Each topic needs WRITE (checked once per topic, before existence, so that a principal without
 access learns nothing about the topic): TOPIC_AUTHORIZATION_FAILED otherwise.
+
+Transactional records (the attribute bit of a partition's first batch) need the request's
+transactional id with WRITE on it, and the transaction coordinator must have that partition in
+the producer's ongoing transaction (KIP-890 part 1 verification: a zombie or late write can never
+open a transaction that no marker would end). One header peek per partition, no record work.
 Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
 (:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
 Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
@@ -22,10 +27,14 @@ from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
 from streamd.kafka.apis import api
-from streamd.kafka.authz import TOPIC, WRITE, authorize
+from streamd.kafka.authz import TOPIC, TRANSACTIONAL_ID, WRITE, authorize
 from streamd.kafka.context import Request
 from streamd.kafka.legacy.records import up_convert
 from streamd.kafka.offsets_topic import is_internal
+from streamd.log.batch import HEADER_SIZE, TRANSACTIONAL
+
+_ATTRIBUTES_LOW = 22
+"""The low byte of a batch's attributes (bytes 21-22, big-endian): holds the TRANSACTIONAL bit."""
 
 
 def _stage(
@@ -84,9 +93,8 @@ async def produce(req: Request) -> dict[str, Any] | None:
     acks = body.acks
     responses = []
     waits = []
-    produced = 0
+    transactional = False
     old_format = req.version < 3
-    transactional_id = getattr(body, "transactional_id", None)
     for t in body.topic_data:
         topic = ctx.logs.get(t.name)
         allowed = authorize(req, WRITE, TOPIC, t.name)
@@ -96,26 +104,55 @@ async def produce(req: Request) -> dict[str, Any] | None:
                 entries.append(_failed(p.index, ErrorCode.TOPIC_AUTHORIZATION_FAILED))
             elif acks not in (0, 1, -1):
                 entries.append(_failed(p.index, ErrorCode.INVALID_REQUIRED_ACKS))
-            elif transactional_id is not None:
-                entries.append(_failed(p.index, ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED))
+            elif not old_format and (
+                txn_error := _transaction_error(req, t.name, p.index, p.records)
+            ) is not None:
+                entries.append(_failed(p.index, txn_error))
             elif is_internal(t.name):
                 entries.append(_failed(p.index, ErrorCode.INVALID_TOPIC_EXCEPTION))
             else:
                 entry, plog, result = _stage(topic, p.index, p.records, acks, old_format)
                 entries.append(entry)
                 if plog is not None:
-                    produced += len(p.records)
+                    if ctx.metrics is not None:
+                        ctx.metrics.produced(
+                            t.name, len(p.records), result.last_offset - result.base_offset + 1
+                        )
                     waits.append(_durable(ctx, t.name, entry, plog, result))
+                    transactional = transactional or (
+                        not old_format and _is_transactional(p.records)
+                    )
         responses.append({"name": t.name, "partition_responses": entries})
+    if transactional and ctx.txn is not None:
+        waits.append(ctx.txn.durable())  # its AddPartitionsToTxn, before the acknowledgement
     if len(waits) == 1:
         await waits[0]
     elif waits:
         await asyncio.gather(*waits)
-    if ctx.metrics is not None:
-        ctx.metrics.produced_bytes += produced
     if acks == 0:
         return None
     return {"responses": responses}
+
+
+def _is_transactional(records: Any) -> bool:
+    return bool(
+        records and len(records) >= HEADER_SIZE and records[_ATTRIBUTES_LOW] & TRANSACTIONAL
+    )
+
+
+def _transaction_error(req: Request, topic: str, index: int, records: Any) -> ErrorCode | None:
+    if not _is_transactional(records):
+        return None
+    tid = req.body.transactional_id
+    if tid is None or not authorize(req, WRITE, TRANSACTIONAL_ID, tid):
+        return ErrorCode.TRANSACTIONAL_ID_AUTHORIZATION_FAILED
+    txn = req.ctx.txn
+    if txn is None:
+        return ErrorCode.COORDINATOR_NOT_AVAILABLE
+    pid = int.from_bytes(records[43:51], "big", signed=True)
+    epoch = int.from_bytes(records[51:53], "big", signed=True)
+    code = txn.verify_produce(tid, pid, epoch, topic, index)
+    return None if code == ErrorCode.NONE else code
 
 
 def _failed(index: int, code: ErrorCode) -> dict[str, Any]:

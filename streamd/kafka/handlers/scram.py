@@ -1,9 +1,18 @@
 """DescribeUserScramCredentials and AlterUserScramCredentials (KIP-554).
 
-Describing needs DESCRIBE on the cluster, altering ALTER on the cluster. Clients send the salted
-password (never the password); the broker keeps only StoredKey and ServerKey derived from it.
-Errors are per user and atomic per user: if any change for a user is invalid, none of that
-user's changes is applied. Iterations must lie in [4096, 16384] (Kafka's bounds).
+Describing needs DESCRIBE on the cluster, altering ALTER on the cluster. A refused describe
+carries CLUSTER_AUTHORIZATION_FAILED with Kafka's message ("Cluster authorization failed.") on
+one result per requested user (one result with an empty name when all users were asked for), and
+no request-level error. Kafka puts the error at the request level too, but librdkafka (since its
+KIP-554 support, 2.2.0) frees a request-level error string it never allocated (a stack copy, or
+the static text when the message is null), so such an answer aborts every confluent-kafka client
+(``streamd user list`` as a non-admin crashed). Per-user errors are what both librdkafka and
+Kafka's own AdminClient surface as the refusal (``all()`` and ``description(user)`` fail with
+ClusterAuthorizationException). Clients send the salted password (never the password); the
+broker keeps only StoredKey and ServerKey derived from it. Errors are per user and atomic per
+user: if any change for a user is invalid, none of that user's changes is applied. Iterations
+must lie in [4096, 16384] (Kafka's bounds). Every change, applied or refused, is recorded on the
+audit logger (user and mechanism, never the credential).
 """
 
 from __future__ import annotations
@@ -13,18 +22,25 @@ from typing import Any
 
 from streamd.errors import ErrorCode
 from streamd.kafka.apis import api
-from streamd.kafka.authz import ALTER, DESCRIBE, authorize_cluster
+from streamd.kafka.authz import ALTER, DESCRIBE, authorize_cluster, client_host
 from streamd.kafka.context import Request
+from streamd.security import audit
 from streamd.security.scram import BY_CODE, MAX_ITERATIONS, MIN_ITERATIONS, ScramCredential
 
 E = ErrorCode
+CLUSTER_AUTHORIZATION_FAILED = "Cluster authorization failed."
+"""Kafka's message for the error (``ClusterAuthorizationException``'s default)."""
 
 
 @api(50, "DescribeUserScramCredentials", 0, 0)
 async def describe_user_scram_credentials(req: Request) -> dict[str, Any]:
     security = req.ctx.security
     if security is None or not authorize_cluster(req, DESCRIBE):
-        return {"error_code": E.CLUSTER_AUTHORIZATION_FAILED, "results": []}
+        refused = {"error_code": E.CLUSTER_AUTHORIZATION_FAILED,
+                   "error_message": CLUSTER_AUTHORIZATION_FAILED}
+        names = [u.name for u in req.body.users] if req.body.users else [""]
+        return {"error_code": E.NONE, "error_message": None,
+                "results": [{"user": n, **refused} for n in names]}
     users = security.credentials.users()
     wanted = [u.name for u in req.body.users] if req.body.users else sorted(users)
     results = []
@@ -59,7 +75,9 @@ async def alter_user_scram_credentials(req: Request) -> dict[str, Any]:
     if security is None or not authorize_cluster(req, ALTER):
         return {
             "results": [
-                {"user": n, "error_code": E.CLUSTER_AUTHORIZATION_FAILED} for n in names
+                {"user": n, "error_code": E.CLUSTER_AUTHORIZATION_FAILED,
+                 "error_message": CLUSTER_AUTHORIZATION_FAILED}
+                for n in names
             ]
         }
     errors: dict[str, tuple[ErrorCode, str]] = {}
@@ -108,6 +126,16 @@ async def alter_user_scram_credentials(req: Request) -> dict[str, Any]:
         except OSError as exc:
             for n in names:
                 fail(n, E.KAFKA_STORAGE_ERROR, str(exc))
+    host = client_host(req.peer)
+    for name, ops in changes.items():
+        for op, code in ops:
+            mech = BY_CODE.get(code)
+            audit.change(
+                "user", req.principal, host, f"USER:{name}", f"{op} credential",
+                "refused" if name in errors else "applied",
+                mechanism=mech.name if mech else str(code),
+                **({"reason": errors[name][1]} if name in errors else {}),
+            )
     return {
         "results": [
             {

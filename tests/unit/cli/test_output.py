@@ -139,3 +139,19 @@ def test_bad_offset_is_one_line_before_any_connection() -> None:
         "Error: invalid offset 'soon': expected start, end, N, +N, -N, @TIMESTAMP_MS, "
         "@ISO-8601 or @-DURATION"
     ]
+
+
+def test_topic_ids_in_kafka_form() -> None:
+    import uuid
+
+    from confluent_kafka import Uuid
+
+    from streamd.cli.common import kafka_topic_id
+
+    u = uuid.UUID("9ec471c1-1592-434f-a8a1-7d110f178c5d")
+    signed = [v - (1 << 64) if v >= 1 << 63 else v for v in (u.int >> 64, u.int & (2**64 - 1))]
+    expected = "nsRxwRWSQ0-ooX0RDxeMXQ"  # URL-safe alphabet, as Kafka's Uuid.toString()
+    assert kafka_topic_id(u) == kafka_topic_id(str(u)) == expected
+    assert kafka_topic_id(Uuid(*signed)) == expected
+    assert str(Uuid(*signed)) != expected, "confluent-kafka's own str differs (+ for -)"
+    assert kafka_topic_id("not-a-uuid") == "not-a-uuid"

@@ -6,12 +6,16 @@ import pytest
 
 from streamd.cli.specs import (
     InputTemplate,
+    OffsetRange,
     OffsetSpec,
     OutputTemplate,
+    ParsedInput,
     Record,
     SpecError,
+    parse_header_pairs,
     parse_key_values,
     parse_offset,
+    parse_offset_range,
     parse_partitions,
     parse_timestamp_ms,
     record_json,
@@ -83,6 +87,7 @@ REC = Record(
     key=b"k1",
     value=b"v\xff1",
     headers=(("a", b"1"), ("b", None)),
+    leader_epoch=3,
 )
 
 
@@ -91,8 +96,12 @@ REC = Record(
     [
         ("%v", "v\ufffd1\n"),
         ("%k=%v\\n", "k1=v\ufffd1\n"),
-        ("%T/%p@%o %t", "orders/2@41 1704067200000\n"),
+        ("%t/%p@%o %d", "orders/2@41 1704067200000\n"),
+        ("%T %K %V %H %e", "6 2 3 2 3\n"),
+        ("%k{hex} %v{base64}", "6b31 dv8x\n"),
+        ("%v{hex}|%v{text}", "76ff31|v\ufffd1\n"),
         ("[%h]", "[a=1,b=]\n"),
+        ("[%h{hex}]", "[a=31,b=]\n"),
         ("100%% %k\\t%o", "100% k1\t41\n"),
         ("\\\\%k", "\\k1\n"),
         ("", "\n"),
@@ -104,25 +113,43 @@ def test_output_template(template: str, expected: str) -> None:
 
 def test_output_template_null_key() -> None:
     rec = Record(topic="t", partition=0, offset=0, timestamp=0, key=None, value=None)
-    assert OutputTemplate("<%k><%v>").render(rec) == "<><>\n"
+    assert OutputTemplate("<%k><%v> %K %V").render(rec) == "<><> -1 -1\n"
 
 
-@pytest.mark.parametrize("template", ["%x", "%", "%k %q"])
+def test_output_template_producer_fields() -> None:
+    rec = Record(topic="t", partition=0, offset=0, timestamp=0, key=None, value=None,
+                 producer_id=7, producer_epoch=2)
+    assert OutputTemplate("%x/%y").render(rec) == "7/2\n"
+
+
+@pytest.mark.parametrize("template", ["%q", "%", "%k %q", "%p{hex}", "%v{rot13}", "%v{hex"])
 def test_output_template_rejects_unknown_directives(template: str) -> None:
     with pytest.raises(SpecError, match="invalid template"):
         OutputTemplate(template)
 
 
-def test_record_json() -> None:
-    assert record_json(REC) == {
+def test_record_json_binary_as_base64_and_headers_as_array() -> None:
+    rec = Record(topic="orders", partition=2, offset=41, timestamp=1, key=b"k1",
+                 value=b"v\xff1", headers=(("a", b"1"), ("a", b"2"), ("b", None)))
+    assert record_json(rec) == {
         "topic": "orders",
         "partition": 2,
         "offset": 41,
-        "timestamp": 1_704_067_200_000,
+        "timestamp": 1,
         "key": "k1",
-        "value": "v\ufffd1",
-        "headers": {"a": "1", "b": None},
+        "value": "dv8x",
+        "value_encoding": "base64",
+        "headers": [{"key": "a", "value": "1"}, {"key": "a", "value": "2"},
+                    {"key": "b", "value": None}],
     }
+
+
+def test_record_json_binary_options() -> None:
+    assert record_json(REC, "base64")["key"] == "azE="
+    assert record_json(REC, "base64")["key_encoding"] == "base64"
+    assert record_json(REC, "text")["value"] == "v\ufffd1"
+    assert "value_encoding" not in record_json(REC, "text")
+    assert "leader_epoch" not in record_json(REC), "the JSON document keeps rpk's fields"
 
 
 @pytest.mark.parametrize(
@@ -145,10 +172,69 @@ def test_input_template_mismatch() -> None:
         InputTemplate("%k:%v").parse("no colon here")
 
 
-@pytest.mark.parametrize("template", ["%k", "%v %v", "%k %k %v", "%o %v"])
+def test_input_template_verbs_consume_prints() -> None:
+    parser = InputTemplate("%t %p %h %k %v\\n")
+    assert parser.lines == 1
+    assert parser.parse_record("orders 2 a=1,a=2 key the value") == ParsedInput(
+        key="key", value="the value", topic="orders", partition=2,
+        headers=(("a", "1"), ("a", "2")),
+    )
+
+
+def test_input_template_multi_line_records() -> None:
+    parser = InputTemplate("%k\\n%v\\n")
+    assert parser.lines == 2
+    assert parser.parse("key\nvalue") == ("key", "value")
+    assert InputTemplate("%k\\n%v").lines == 2
+
+
+@pytest.mark.parametrize("template", ["%k", "%v %v", "%k %k %v", "%o %v", "%v{hex}"])
 def test_input_template_rejects(template: str) -> None:
     with pytest.raises(SpecError):
         InputTemplate(template)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("10:20", OffsetRange(start=OffsetSpec(kind="exact", value=10), end_kind="exact",
+                              end_value=20)),
+        (":end", OffsetRange(start=OffsetSpec(kind="start"), end_kind="end")),
+        ("start:end", OffsetRange(start=OffsetSpec(kind="start"), end_kind="end")),
+        ("+5:end", OffsetRange(start=OffsetSpec(kind="after_start", value=5), end_kind="end")),
+        ("5:", OffsetRange(start=OffsetSpec(kind="exact", value=5))),
+        (":7", OffsetRange(start=OffsetSpec(kind="start"), end_kind="exact", end_value=7)),
+        ("@1000:2000", OffsetRange(start=OffsetSpec(kind="timestamp", value=1000),
+                                   end_kind="timestamp", end_value=2000)),
+        ("@:2000", OffsetRange(start=OffsetSpec(kind="start"), end_kind="timestamp",
+                               end_value=2000)),
+        ("@-1h:end", OffsetRange(start=OffsetSpec(kind="timestamp", value=NOW - 3_600_000),
+                                 end_kind="end")),
+        ("end", OffsetRange(start=OffsetSpec(kind="end"))),
+        ("@2024-01-01T00:00:00Z", OffsetRange(start=OffsetSpec(kind="timestamp",
+                                                               value=1_704_067_200_000))),
+        ("@2024-01-01T00:00:00Z:2024-01-02T00:00:00Z",
+         OffsetRange(start=OffsetSpec(kind="timestamp", value=1_704_067_200_000),
+                     end_kind="timestamp", end_value=1_704_153_600_000)),
+        ("@2024-01-01T00:00:00Z:end",
+         OffsetRange(start=OffsetSpec(kind="timestamp", value=1_704_067_200_000),
+                     end_kind="end")),
+    ],
+)
+def test_parse_offset_range(text: str, expected: OffsetRange) -> None:
+    assert parse_offset_range(text, now_ms=NOW) == expected
+
+
+@pytest.mark.parametrize("text", ["10:x", "a:b", "@x:y", "1:2:3", "@:nope"])
+def test_parse_offset_range_rejects(text: str) -> None:
+    with pytest.raises(SpecError, match="invalid offset"):
+        parse_offset_range(text)
+
+
+def test_parse_header_pairs_keeps_repeats() -> None:
+    assert parse_header_pairs(["a=1", "a=2", "b="]) == [("a", "1"), ("a", "2"), ("b", "")]
+    with pytest.raises(SpecError, match="invalid header"):
+        parse_header_pairs(["novalue"])
 
 
 def test_parse_key_values() -> None:

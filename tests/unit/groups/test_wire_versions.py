@@ -58,7 +58,15 @@ def versions() -> list[tuple[int, int]]:
 async def test_handler_answer_encodes(tmp_path: Path, key: int, version: int) -> None:
     svc = GroupService(tmp_path, group_config({"group.initial.rebalance.delay.ms": 0}))
     await svc.open()
-    ctx = KafkaContext(None, None, 0, "cluster", "localhost", 9092, groups=svc)
+    ctx = KafkaContext(
+        logs=None,  # type: ignore[arg-type]
+        config=None,  # type: ignore[arg-type]
+        node_id=0,
+        cluster_id="cluster",
+        advertised_host="localhost",
+        advertised_port=9092,
+        groups=svc,
+    )
     try:
         cls = codec.request_class(key, version)
         assert cls is not None
@@ -78,7 +86,15 @@ async def test_handler_answer_encodes(tmp_path: Path, key: int, version: int) ->
 async def test_version_specific_shapes(tmp_path: Path) -> None:
     svc = GroupService(tmp_path, group_config({"group.initial.rebalance.delay.ms": 0}))
     await svc.open()
-    ctx = KafkaContext(None, None, 0, "cluster", "localhost", 9092, groups=svc)
+    ctx = KafkaContext(
+        logs=None,  # type: ignore[arg-type]
+        config=None,  # type: ignore[arg-type]
+        node_id=0,
+        cluster_id="cluster",
+        advertised_host="localhost",
+        advertised_port=9092,
+        groups=svc,
+    )
 
     async def call(key: int, version: int, data: dict[str, Any]) -> Any:
         cls = codec.request_class(key, version)

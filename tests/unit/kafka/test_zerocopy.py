@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from streamd.kafka.zerocopy import FileRecords, close_files, read_files, send_parts
+from streamd.kafka.zerocopy import FileBudget, FileRecords, close_files, send_parts
 from streamd.log.segment import FileSlice, SegmentFile
 
 
@@ -59,10 +59,25 @@ def test_file_records_keep_their_own_descriptor(tmp_path: Path) -> None:
         os.fstat(fd)
 
 
-def test_read_files_replaces_ranges_with_bytes(tmp_path: Path) -> None:
+def test_descriptor_budget_per_connection_and_broker(tmp_path: Path) -> None:
     data = os.urandom(100_000)
     file = segment_file(tmp_path, data)
-    records = FileRecords(FileSlice(file, 0, len(data)))
-    assert read_files([b"a", records, b"b"]) == [b"a", data, b"b"]
-    assert records.fd == -1
+    broker = FileBudget(3)
+    conn_a, conn_b = FileBudget(2, broker), FileBudget(2, broker)
+    piece = FileSlice(file, 0, len(data))
+    a1, a2 = FileRecords.pin(piece, conn_a), FileRecords.pin(piece, conn_a)
+    assert a1 is not None and a2 is not None
+    assert FileRecords.pin(piece, conn_a) is None  # the connection's budget is spent
+    b1 = FileRecords.pin(piece, conn_b)
+    assert b1 is not None and broker.used == 3
+    assert FileRecords.pin(piece, conn_b) is None  # the broker's budget is spent
+    assert conn_b.used == 1  # a refused pin takes nothing
+    a1.close()
+    a1.close()
+    assert (conn_a.used, broker.used) == (1, 2)
+    b2 = FileRecords.pin(piece, conn_b)
+    assert b2 is not None and b2.read() == data
+    for r in (a2, b1, b2):
+        r.close()
+    assert (conn_a.used, conn_b.used, broker.used) == (0, 0, 0)
     file.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from streamd.config import KEYS
 from streamd.security.acl import AclBinding, AclFilter, Operation, PatternType, Permission
 from streamd.security.acl import ResourceType as RT
 from streamd.security.scram import SHA256, SHA512, ScramCredential
@@ -13,7 +14,8 @@ from streamd.security.store import AclStore, CredentialStore
 
 
 def config(**extra: object) -> dict[str, object]:
-    base: dict[str, object] = {
+    base: dict[str, object] = {key.name: key.default for key in KEYS}
+    base |= {
         "sasl.mechanisms": "SCRAM-SHA-256,SCRAM-SHA-512,PLAIN",
         "sasl.failed_authentication_delay_ms": 100,
         "security.scram_iterations": 4096,
@@ -81,3 +83,16 @@ def test_bootstrap_users_created_once(tmp_path: Path) -> None:
     assert svc2.credentials.get("admin", SHA256.name) == first
     assert svc2.authorizer is not None
     assert SecurityService(tmp_path, config(**{"security.authorization": False})).authorizer is None
+
+
+def test_principal_lists_keep_certificate_principals() -> None:
+    from streamd.config import load
+    from streamd.security.service import parse_principals
+
+    assert parse_principals("User:admin,User:bob") == ("User:admin", "User:bob")
+    assert parse_principals("User:CN=admin,O=acme;User:bob") == ("User:CN=admin,O=acme", "User:bob")
+    assert parse_principals("User:CN=admin,O=acme, User:bob") == (
+        "User:CN=admin,O=acme", "User:bob"
+    )
+    cfg = load(overrides=["security.super_users=User:CN=admin,O=acme;User:bob"], environ={})
+    assert parse_principals(cfg["security.super_users"]) == ("User:CN=admin,O=acme", "User:bob")

@@ -1,0 +1,166 @@
+"""An :class:`~streamd.tiering.store.ObjectStore` that times every call for ``/metrics``.
+
+The broker wraps the configured store in this before handing it to the tiering service, so
+bucket requests are measured by verb and outcome without the tiering layer knowing about
+metrics. Verbs: ``put``, ``put_file`` (segment uploads, also of merged segments),
+``get`` (whole objects: manifests,
+indexes), ``get_range`` (remote reads of segment chunks), ``head``, ``list``, ``delete``,
+``delete_many``. Outcomes: ``ok``, ``not_found``, ``exists`` (a put-if-absent that found the key),
+``error``. A call is one logical operation: retries inside the S3 backend are part of its time.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from streamd.tiering.store import ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
+
+
+class StoreMeter(Protocol):
+    def store_call(self, verb: str, outcome: str, seconds: float) -> None: ...
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, ObjectNotFound):
+        return "not_found"
+    if isinstance(exc, ObjectExists):
+        return "exists"
+    return "error"
+
+
+class MeteredStore:
+    def __init__(self, inner: ObjectStore, meter: StoreMeter) -> None:
+        self.inner = inner
+        self._meter = meter
+
+    @property
+    def description(self) -> str:
+        return self.inner.description
+
+    @property
+    def requests(self) -> Counter[str]:
+        return self.inner.requests
+
+    def _done(self, verb: str, started: float, exc: BaseException | None) -> None:
+        self._meter.store_call(verb, _outcome(exc), time.perf_counter() - started)
+
+    async def check(self) -> None:
+        await self.inner.check()
+
+    async def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.put(key, data, if_absent=if_absent, metadata=metadata)
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("put", started, exc)
+
+    async def put_file(
+        self,
+        key: str,
+        fd: int,
+        size: int,
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.put_file(
+                key, fd, size, checksum=checksum, if_absent=if_absent, metadata=metadata
+            )
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("put_file", started, exc)
+
+    async def put_files(
+        self,
+        key: str,
+        files: Sequence[tuple[int, int]],
+        *,
+        checksum: str,
+        if_absent: bool = False,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.put_files(
+                key, files, checksum=checksum, if_absent=if_absent, metadata=metadata
+            )
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("put_file", started, exc)
+
+    async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
+        started, exc = time.perf_counter(), None
+        try:
+            return await self.inner.get(key, byte_range=byte_range)
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("get" if byte_range is None else "get_range", started, exc)
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        started, exc = time.perf_counter(), None
+        try:
+            info = await self.inner.head(key)
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("head", started, exc)
+        return info
+
+    async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
+        started, exc = time.perf_counter(), None
+        try:
+            async for info in self.inner.list(prefix):
+                yield info
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("list", started, exc)
+
+    async def delete(self, key: str) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.delete(key)
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("delete", started, exc)
+
+    async def delete_many(self, keys: Iterable[str]) -> None:
+        started, exc = time.perf_counter(), None
+        try:
+            await self.inner.delete_many(keys)
+        except Exception as e:
+            exc = e
+            raise
+        finally:
+            self._done("delete_many", started, exc)
+
+    async def close(self) -> None:
+        await self.inner.close()
