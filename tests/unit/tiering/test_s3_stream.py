@@ -8,10 +8,13 @@ import os
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
+from streamd.broker.metered_store import MeteredStore
 from streamd.errors import RemoteStorageError
+from streamd.tiering.local_store import LocalStore
 from streamd.tiering.s3_store import S3Store
 
 from .conftest import MotoServer
@@ -121,3 +124,32 @@ async def test_an_error_of_the_consumer_ends_the_transfer_without_a_retry(
         await store.close()
     assert 0 < seen < len(blob)
     assert store.requests["GET"] == 2, "no retry after the consumer's error"
+
+
+class Meter:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def store_call(self, verb: str, outcome: str, seconds: float) -> None:
+        self.calls.append((verb, outcome))
+
+
+async def test_the_brokers_metered_store_streams_when_its_store_can(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    """The broker hands the tiering service a MeteredStore: without ``read_range`` on it every
+    remote read would wait for whole chunks."""
+    bucket = moto_server.new_bucket()
+    blob = os.urandom(300_000)
+    moto_server.admin.put_object(Bucket=bucket, Key="seg.log", Body=blob)
+    meter = Meter()
+    s3 = S3Store(bucket, options=moto_server.options())
+    try:
+        metered = MeteredStore(s3, meter)
+        pieces: list[bytes] = []
+        assert await metered.read_range("seg.log", (10, 300_000), pieces.append) == 299_990
+        assert b"".join(pieces) == blob[10:]
+        assert meter.calls == [("get_range", "ok")]
+    finally:
+        await s3.close()
+    assert getattr(MeteredStore(LocalStore(tmp_path), meter), "read_range", None) is None
