@@ -98,6 +98,13 @@ def _store(v: Any) -> str:
     raise ValueError("expected file:///abs/dir or s3://bucket[/prefix]")
 
 
+def _nice(v: Any) -> int:
+    n = _int(v)
+    if not 0 <= n <= 19:
+        raise ValueError("expected a nice value from 0 to 19")
+    return n
+
+
 def _str(v: Any) -> str:
     return str(v)
 
@@ -369,6 +376,14 @@ KEYS: tuple[Key, ...] = (
         "Adjacent small sealed segments are uploaded as one object up to this size (0 = off).",
     ),
     Key(
+        "tiering.readreplica_sync_interval_ms",
+        _positive,
+        10000,
+        "How often a read replica re-reads its origin's manifests (new archived data shows "
+        "within one interval).",
+        dynamic=True,
+    ),
+    Key(
         "tiering.debug.fail_after_segment_upload",
         _bool,
         False,
@@ -431,6 +446,35 @@ KEYS: tuple[Key, ...] = (
     Key("sasl.auth_threads", _positive, 1, "Threads that verify passwords (PBKDF2), apart."),
     Key("fetch.max.bytes", _positive, 57671680, "Largest Fetch response (Kafka's 55 MiB default)."),
     # --- end security ---
+    # --- data transforms (streamd/transforms) ---
+    Key("transforms.enabled", _bool, False, "Run data transforms (user Python code) here."),
+    Key(
+        "transforms.memory_limit_bytes",
+        _positive,
+        536870912,
+        "Resident memory of a transform's worker above which it is restarted.",
+    ),
+    Key("transforms.record_timeout_ms", _positive, 10000, "Longest a transform takes per record."),
+    Key(
+        "transforms.commit_interval_ms",
+        _positive,
+        100,
+        "How often a transform commits output and progress (one transaction).",
+    ),
+    Key(
+        "transforms.max_restarts",
+        _non_negative,
+        5,
+        "Worker restarts in a row without progress before the transform is marked failed.",
+    ),
+    Key(
+        "transforms.restart_backoff_max_ms",
+        _positive,
+        60000,
+        "Longest wait before a crashed worker is restarted (backoff from 1 s).",
+    ),
+    Key("transforms.worker_nice", _nice, 10, "CPU priority (nice 0-19) of worker processes."),
+    # --- end data transforms ---
 )
 SENSITIVE_KEYS = frozenset({"security.bootstrap_users"})
 KEYS_BY_NAME: dict[str, Key] = {k.name: k for k in KEYS}

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from streamd.broker import admin_routes, console
+from streamd.broker import admin_routes, console, transforms
 from streamd.broker.admin_api import AdminServer, BasicAuth, error, json_response, require_cluster
 from streamd.broker.allocator import tune_allocator
 from streamd.broker.health import Health
@@ -50,7 +50,9 @@ from streamd.security.service import SecurityService
 from streamd.security.tls import server_context
 from streamd.tiering.cache import ChunkCache
 from streamd.tiering.cluster_archive import ClusterArchive, end_offsets, topic_entries
+from streamd.tiering.readreplica import ReadReplicas
 from streamd.tiering.service import TieringService, TieringSettings
+from streamd.transforms.supervisor import Supervisor
 from streamd.txn.service import TransactionService
 
 log = logging.getLogger("streamd")
@@ -107,6 +109,9 @@ class Broker:
         self.groups: GroupService | None = None
         self.tiering: TieringService | None = None
         self.archive: ClusterArchive | None = None
+        self.replicas: ReadReplicas | None = None
+        self.transforms: Supervisor | None = None
+        self._transforms_side: transforms.TransformsBroker | None = None
         self.txn: TransactionService | None = None
         self.connections = ConnectionRegistry()
         self.health = Health(node_id=config["node_id"])
@@ -158,6 +163,7 @@ class Broker:
         # --- end transaction coordinator ---
         # --- tiered storage (streamd/tiering) ---
         self.tiering = await self._start_tiering()
+        self.replicas = await self._start_replicas(waiters)
         # --- end tiered storage ---
         # --- security and listeners (streamd/security) ---
         self.security = SecurityService(data_dir, cfg.values)
@@ -174,6 +180,7 @@ class Broker:
             metrics=self.metrics,
             groups=self.groups,
             tiering=self.tiering,
+            replicas=self.replicas,
             authorizer=self.security.authorizer,
             security=self.security,
             producer_ids=producer_ids,
@@ -181,6 +188,14 @@ class Broker:
             file_budget=FileBudget(_sendfile_descriptor_budget()),
         )
         log.info("cluster id %s, node id %d", self.ctx.cluster_id, self.ctx.node_id)
+        # --- data transforms (streamd/transforms); workers start at the end of start() ---
+        self.transforms, self._transforms_side = transforms.supervisor(
+            cfg, self.ctx, self.logs, self.groups
+        )
+        if self.security.authorizer is not None:
+            authorizer = self.security.authorizer
+            authorizer.super_users = authorizer.super_users | {transforms.PRINCIPAL}
+        # --- end data transforms ---
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
         # open can rely on the admin API too.
         if cfg["admin.listen"]:
@@ -198,6 +213,8 @@ class Broker:
         # --- end cluster metadata archive ---
         self._wire_dynamic_config()
         self.jobs = self._start_jobs()
+        if self.transforms is not None:
+            await self.transforms.open()
         self.ready = True
 
     # ---- security and listeners ------------------------------------------------------------------
@@ -263,6 +280,8 @@ class Broker:
         )
         console.install(server, sources, self.groups, kafka)
         self._transaction_routes(server)
+        if self.transforms is not None and self._transforms_side is not None:
+            transforms.install_routes(server, self.transforms, self._transforms_side)
         return server
 
     def _transaction_routes(self, server: AdminServer) -> None:
@@ -337,6 +356,34 @@ class Broker:
         self.health.register("tiering", service.health)
         return service
 
+    async def _start_replicas(self, waiters: AppendWaiters) -> ReadReplicas:
+        """Read replicas (``remote.readreplica``): served from their origins' stores, opened
+        with this broker's own ``tiering.s3.*`` settings, through the shared chunk cache."""
+        from streamd.broker.restore import s3_options
+        from streamd.tiering.store import open_store
+
+        cfg = self.config
+        tiering = self.tiering
+        assert tiering is not None and self.logs is not None
+        options = s3_options(cfg)
+        replicas = ReadReplicas(
+            self.logs,
+            tiering.cache,
+            state_dir=cfg.data_dir / "tiering" / "readreplicas",
+            own_store=cfg["tiering.store"],
+            open_store=lambda url: open_store(url, s3_options=options),
+            sync_interval_ms=cfg["tiering.readreplica_sync_interval_ms"],
+            read_ahead_chunks=cfg["tiering.read_ahead_chunks"],
+            on_moved=waiters.notify,
+            on_promoted=tiering.on_topic_changed,
+            own_archive_bytes=tiering.archived_bytes,
+        )
+        tiering.borrowed = replicas
+        await replicas.start()
+        self.metrics.add_collector(replicas.metric_families)
+        self.health.register("read_replicas", replicas.health)
+        return replicas
+
     async def log_dirs_report(self) -> dict[str, Any]:
         """``GET /v1/logdirs``: what DescribeLogDirs answers, plus what the archive holds per
         partition (``archive_bytes``, streamd's own field; 0 when nothing is archived)."""
@@ -397,6 +444,7 @@ class Broker:
             offsets=offsets,
             ends=lambda: end_offsets(logs),
             offsets_interval_ms=self.config["tiering.offsets_archive_interval_ms"],
+            transforms=self.transforms.documents if self.transforms is not None else None,
         )
         self.tiering.tick_hooks.append(archive.tick)
         self.health.register("cluster_archive", archive.health)
@@ -438,6 +486,8 @@ class Broker:
                 groups.reconfigure(group_config(values))
             if "tiering.upload_interval_ms" in changed:
                 tiering.set_upload_interval(values["tiering.upload_interval_ms"])
+            if "tiering.readreplica_sync_interval_ms" in changed and self.replicas is not None:
+                self.replicas.set_sync_interval(values["tiering.readreplica_sync_interval_ms"])
             if "tiering.cache_max_bytes" in changed:
                 tiering.cache.max_bytes = values["tiering.cache_max_bytes"]
             if "tiering.offsets_archive_interval_ms" in changed and self.archive is not None:
@@ -491,6 +541,10 @@ class Broker:
     async def stop(self) -> None:
         if self.jobs is not None:
             self.jobs.shutdown()
+        if self.transforms is not None:
+            # Workers first: each commits its open transaction through the broker.
+            with contextlib.suppress(Exception):
+                await self.transforms.close()
         for server in self.servers:
             server.close()
         self.connections.stop_reading()
@@ -517,6 +571,8 @@ class Broker:
             await self.txn.close()
         if self.groups is not None:
             await self.groups.close()
+        if self.replicas is not None:
+            await self.replicas.close()
         if self.tiering is not None:
             await self.tiering.close()
         if self.logs is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,8 @@ from streamd.tiering.restore import (
     write_topics,
 )
 from streamd.tiering.store import ObjectStore, open_store
+from streamd.transforms.spec import SpecError
+from streamd.transforms.store import DeploymentStore
 
 CLUSTER_FILE = "cluster.json"
 log = logging.getLogger("streamd.restore")
@@ -72,18 +75,20 @@ class RestoreResult:
         return not (self.plan.gaps or self.failures or self.plan.skipped)
 
 
+def s3_options(cfg: BrokerConfig) -> dict[str, Any]:
+    """The ``tiering.s3.*`` settings as :func:`open_store` takes them."""
+    return {
+        "endpoint_url": cfg["tiering.s3.endpoint_url"],
+        "region": cfg["tiering.s3.region"],
+        "access_key_id": cfg["tiering.s3.access_key_id"],
+        "secret_access_key": cfg["tiering.s3.secret_access_key"],
+        "path_style": cfg["tiering.s3.path_style"],
+    }
+
+
 def open_configured_store(cfg: BrokerConfig) -> ObjectStore:
     """The object store named by ``tiering.store`` with the ``tiering.s3.*`` settings."""
-    return open_store(
-        cfg["tiering.store"],
-        s3_options={
-            "endpoint_url": cfg["tiering.s3.endpoint_url"],
-            "region": cfg["tiering.s3.region"],
-            "access_key_id": cfg["tiering.s3.access_key_id"],
-            "secret_access_key": cfg["tiering.s3.secret_access_key"],
-            "path_style": cfg["tiering.s3.path_style"],
-        },
-    )
+    return open_store(cfg["tiering.store"], s3_options=s3_options(cfg))
 
 
 def describe_contents(data_dir: Path, limit: int = 5) -> str:
@@ -212,6 +217,8 @@ async def _write(
         security.acls.replace_all(plan.acls)
         security.credentials.replace_all(plan.credentials)
         log.info("restored ACLs and SCRAM users")
+    if plan.transforms is not None:
+        notes += _write_transforms(data_dir, plan.transforms)
     if plan.cluster_id:
         notes += _write_cluster_id(data_dir, plan.cluster_id, cfg, full=wanted is None)
         log.info("cluster id %s", plan.cluster_id)
@@ -253,6 +260,17 @@ async def _write_offsets(
     finally:
         offset_log.close()
     return sum(1 for entries in offsets.values() if entries), count
+
+
+def _write_transforms(data_dir: Path, documents: list[dict[str, Any]]) -> list[str]:
+    """Archived transform deployments replace the data_dir's (a full restore only)."""
+    directory = data_dir / "transforms"
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        names = DeploymentStore(directory).restore(documents)
+    except (SpecError, KeyError, OSError) as exc:
+        return [f"transform deployments not restored: {exc}"]
+    return [f"{len(names)} transform deployment(s) restored"] if names else []
 
 
 def _write_cluster_id(

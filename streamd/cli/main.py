@@ -16,7 +16,7 @@ from typing import Any
 import click
 from confluent_kafka import KafkaException
 
-from streamd.cli import acl, archive, cluster, group, restore, topic, transaction, user
+from streamd.cli import acl, archive, cluster, group, restore, topic, transaction, transform, user
 from streamd.cli import profile as profiles
 from streamd.cli.common import (
     MECHANISMS,
@@ -178,6 +178,7 @@ cli.add_command(user.user)
 cli.add_command(cluster.cluster)
 cli.add_command(profiles.profile)
 cli.add_command(transaction.transaction)
+cli.add_command(transform.transform)
 
 
 def main() -> None:

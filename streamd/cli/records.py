@@ -110,12 +110,14 @@ class _Reporter:
         self.acked = 0
         self.failed = 0
         self.first_error: str | None = None
+        self.first_code: int | None = None
 
     def __call__(self, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
             self.failed += 1
             if self.first_error is None:
                 self.first_error = describe_kafka_error(err, msg.topic() or "")
+                self.first_code = err.code()
             return
         self.acked += 1
         if self.quiet:
@@ -248,9 +250,32 @@ def produce(
         if path is not None:
             stream.close()
     if report.failed:
+        origin = _replica_origin(admin, name) if report.first_code == TOPIC_EXCEPTION else None
+        if origin:
+            raise CliError(
+                f"topic {name} is a read replica of {origin}: it is read-only (produce to the "
+                f"origin broker, or promote it with `streamd topic promote {name}`)"
+            )
         raise CliError(f"{report.failed} of {sent} records failed: {report.first_error}")
     if path is not None or quiet:
         click.echo(f"Produced {report.acked} records to {name}", err=True)
+
+
+TOPIC_EXCEPTION = KafkaError.TOPIC_EXCEPTION
+
+
+def _replica_origin(admin: Any, name: str) -> str | None:
+    """The origin store of a read replica (``remote.readreplica``), to explain why Produce
+    answered INVALID_TOPIC_EXCEPTION (librdkafka does not show the broker's message)."""
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    try:
+        entries = admin.describe_configs([resource])[resource].result(settings().timeout)
+    except Exception:
+        return None
+    entry = entries.get("remote.readreplica")
+    return entry.value if entry is not None and entry.value else None
 
 
 def _raw(text: str) -> bytes:
@@ -501,7 +526,9 @@ class _Session:
             p for p in partitions
             if starts[p] >= marks[p][1] or starts[p] >= self.stops.get(p, starts[p] + 1)
         }
-        live = [p for p in partitions if p not in self.at_end]
+        # A partition already at its end is read too unless the command exits there: records
+        # may still arrive (consume -n N on a topic that is empty now).
+        live = [p for p in partitions if p not in self.at_end] if self.exit_at_end else partitions
         c.assign([TopicPartition(self.topic, p, starts[p]) for p in live])
         if not live:
             self.assigned = set(partitions)

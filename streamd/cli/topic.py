@@ -79,7 +79,12 @@ def _fail_if_any(failures: list[str]) -> None:
 @topic.command()
 @client_command
 @click.argument("names", nargs=-1, required=True)
-@click.option("-p", "--partitions", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "-p",
+    "--partitions",
+    type=click.IntRange(min=1),
+    help="Partition count [default: the broker's num.partitions; a read replica's origin's].",
+)
 @click.option(
     "-r",
     "--replicas",
@@ -100,7 +105,7 @@ def _fail_if_any(failures: list[str]) -> None:
 @format_option
 def create(
     names: tuple[str, ...],
-    partitions: int,
+    partitions: int | None,
     replicas: int,
     configs: tuple[str, ...],
     dry_run: bool,
@@ -108,15 +113,20 @@ def create(
 ) -> None:
     """Create one or more topics.
 
+    A read replica of a topic another broker archives is created with only
+    -c remote.readreplica=STORE_URL (that broker's tiering.store): its partition
+    count and configs come from the origin's archive.
+
     \b
-    Example:
+    Examples:
       streamd topic create orders -p 3 -c cleanup.policy=compact -c retention.ms=-1
+      streamd topic create orders -c remote.readreplica=s3://streamd/origin
     """
     config = parse_key_values(configs, "config")
     admin = admin_client()
     with guard():
         futures = admin.create_topics(
-            [NewTopic(n, partitions, replicas, config=config) for n in names],
+            [NewTopic(n, partitions or -1, replicas, config=config) for n in names],
             validate_only=dry_run,
             request_timeout=settings().timeout,
         )
@@ -387,6 +397,66 @@ def alter_config(
     click.echo(f"{prefix} topic {name}: {', '.join(done)}")
 
 
+def _partition_offsets(admin: Any, name: str) -> list[dict[str, int]]:
+    """Each partition's high watermark (ListOffsets latest), in partition order."""
+    ids = topic_partitions(admin, name)
+    futures = admin.list_offsets(
+        {TopicPartition(name, i): OffsetSpec.latest() for i in ids},
+        request_timeout=settings().timeout,
+    )
+    ends = {tp.partition: result(fut, name).offset for tp, fut in futures.items()}
+    return [{"partition": i, "high_watermark": ends[i]} for i in ids]
+
+
+@topic.command()
+@client_command
+@click.argument("name")
+@format_option
+def promote(name: str, fmt: str) -> None:
+    """Make the read replica NAME an ordinary writable topic of this broker.
+
+    Use it when the origin broker is gone. The replica first re-reads the
+    origin's archive (promotion fails, changing nothing, if it cannot); new
+    records then get the offsets after the last archived one, this broker
+    archives the topic to its own tiering.store from then on, and everything
+    the origin archived is still served from the origin's store. On the wire
+    this is an IncrementalAlterConfigs deleting remote.readreplica, as
+    `kafka-configs --alter --delete-config remote.readreplica` sends it.
+
+    \b
+    Example:
+      streamd topic promote orders
+    """
+    admin = admin_client()
+    topic_partitions(admin, name)
+    described = ConfigResource(ResourceType.TOPIC, name)
+    entries = result(
+        admin.describe_configs([described], request_timeout=settings().timeout)[described], name
+    )
+    current = entries.get("remote.readreplica")
+    if current is None or not current.value:
+        raise CliError(f"topic {name} is not a read replica (nothing to promote)")
+    entry = ConfigEntry(
+        "remote.readreplica", None, incremental_operation=AlterConfigOpType.DELETE
+    )
+    resource = ConfigResource(ResourceType.TOPIC, name, incremental_configs=[entry])
+    with guard(name):
+        futures = admin.incremental_alter_configs(
+            [resource], request_timeout=settings().timeout
+        )
+    result(futures[resource], name)
+    rows = [
+        {"partition": p["partition"], "next_offset": p["high_watermark"]}
+        for p in _partition_offsets(admin, name)
+    ]
+    emit(
+        fmt,
+        {"topic": name, "promoted": True, "partitions": rows},
+        lambda: f"Topic {name} promoted: writable, archived by this broker from now on\n"
+        + table_dicts(rows, ["partition", "next_offset"]),
+    )
+
+
 @topic.command(name="add-partitions")
 @client_command
 @click.argument("name")
@@ -524,6 +594,11 @@ STORAGE_COLUMNS = [
     "remote_segments",
     "pending_uploads",
     "last_upload",
+    "origin_last_offset",
+    "lag_offsets",
+    "inherited_start_offset",
+    "inherited_last_offset",
+    "last_sync",
     "errors",
 ]
 
@@ -545,14 +620,16 @@ def render_storage(data: Any) -> str:
         {
             **p,
             "last_upload": _utc(p.get("last_upload_ms")),
+            "last_sync": _utc(p.get("last_sync_ms")),
             **{k: human_bytes(p[k]) for k in ("local_bytes", "remote_bytes")
                if isinstance(p.get(k), int)},
         }
         for p in parts
     ]
     columns = [c for c in STORAGE_COLUMNS if any(c in r for r in rows)]
-    if "last_upload_ms" not in parts[0]:
-        columns = [c for c in columns if c != "last_upload"]
+    for column, source in (("last_upload", "last_upload_ms"), ("last_sync", "last_sync_ms")):
+        if source not in parts[0]:
+            columns = [c for c in columns if c != column]
     summary = [(k, v) for k, v in data.items() if not isinstance(v, dict | list)]
     out = [
         section("summary", render_fields(summary)),

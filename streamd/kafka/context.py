@@ -23,6 +23,7 @@ from streamd.kafka.services import (
     Logs,
     Metrics,
     ProducerIds,
+    Replicas,
     Security,
     Tiering,
     Transactions,
@@ -76,6 +77,7 @@ class KafkaContext:
     groups: Groups
     metrics: Metrics | None = None
     tiering: Tiering | None = None
+    replicas: Replicas | None = None
     authorizer: Authorizer | None = None
     security: Security | None = None
     producer_ids: ProducerIds | None = None

@@ -464,3 +464,22 @@ async def start_kafka_server(
         backlog=1024,
         ssl=ssl,
     )
+
+
+async def serve_socket(
+    ctx: KafkaContext, sock: Any, *, principal: str, registry: ConnectionRegistry
+) -> asyncio.BaseTransport:
+    """Serve an already-connected socket (the broker's end of a socketpair) as a PLAINTEXT
+    Kafka connection of ``principal``, without a listener: how the broker's own data-transform
+    workers (:mod:`streamd.transforms`) reach it. They get a ``registry`` of their own, so
+    they never count against the client connection limits. The principal is set before the
+    peer can send anything (the worker process is started after this returns)."""
+    limits = ConnectionLimits.from_config(ctx.config)
+    loop = asyncio.get_running_loop()
+    transport, conn = await loop.connect_accepted_socket(
+        lambda: KafkaConnection(ctx, limits, registry), sock
+    )
+    state = conn.state
+    if state is not None and state.session is not None:
+        state.session.principal = principal
+    return transport

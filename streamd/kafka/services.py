@@ -140,6 +140,22 @@ class Tiering(Protocol):
     async def on_topic_deleted(self, topic: Topic) -> None: ...
 
 
+class Replicas(Protocol):
+    """Read replicas: topics served from another broker's archive
+    (:class:`streamd.tiering.readreplica.ReadReplicas`)."""
+
+    async def create(
+        self,
+        name: str,
+        partitions: int | None,
+        overrides: Mapping[str, str],
+        *,
+        validate_only: bool = False,
+    ) -> tuple[Topic | None, int]: ...
+
+    async def promote(self, name: str) -> dict[int, int]: ...
+
+
 class Authorizer(Protocol):
     """ACL decisions (:class:`streamd.security.acl.Authorizer`)."""
 

@@ -28,6 +28,11 @@ What a key does on one streamd broker (``ConfigKey.enforced``):
   readable after ``remote.storage.enable`` is turned off, so it does not apply Kafka's rule that
   turning it off requires ``remote.log.delete.on.disable``).
 
+streamd's own topic configs (``EXTENSION_KEYS``; Redpanda keeps its own under ``redpanda.*``) are
+not Kafka's: a topic lists one in DescribeConfigs only when it sets it, and none can be a
+broker-wide default. ``remote.readreplica=STORE_URL`` marks a read replica
+(:mod:`streamd.tiering.readreplica`); only its shape is checked here.
+
 Cross-key rules are Kafka's: ``min.compaction.lag.ms <= max.compaction.lag.ms`` always; for a
 topic with ``remote.storage.enable`` no ``compact`` policy, ``local.retention.*`` within
 ``retention.*`` and, with ``remote.log.copy.disable``, equal to it. The broker-wide defaults get
@@ -528,6 +533,43 @@ TOPIC_CONFIG_KEYS: dict[str, ConfigKey] = {
 }
 
 
+def _store_url(name: str, raw: str) -> str:
+    """``""`` or ``s3://bucket[/prefix]`` or ``file:///absolute/dir`` (opened by tiering)."""
+    value = raw.strip()
+    if not value:
+        return ""
+    if value.startswith("s3://"):
+        bucket = value[5:].split("/", 1)[0]
+        if bucket and "?" not in value and "#" not in value:
+            return value
+    elif value.startswith("file:///") and "\x00" not in value:
+        return value
+    raise InvalidConfig(
+        f"{name}: {raw!r} is not an object store URL (s3://bucket[/prefix] or file:///dir)"
+    )
+
+
+EXTENSION_KEYS: dict[str, ConfigKey] = {
+    k.name: k
+    for k in (
+        ConfigKey(
+            "remote.readreplica",
+            "string",
+            "",
+            "Serve this topic read-only from the archive another broker writes to this object "
+            "store (its tiering.store); set only at creation, removed by promotion.",
+            _store_url,
+        ),
+    )
+}
+"""streamd's own topic configs: described only where a topic sets them, never broker-wide."""
+
+
+def config_key(name: str) -> ConfigKey | None:
+    """The key called ``name``: Kafka's, or one of streamd's own (``EXTENSION_KEYS``)."""
+    return TOPIC_CONFIG_KEYS.get(name) or EXTENSION_KEYS.get(name)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TopicConfig:
     segment_bytes: int = 1 << 30
@@ -566,6 +608,8 @@ class TopicConfig:
     local_retention_bytes: int = -2
     remote_log_copy_disable: bool = False
     remote_log_delete_on_disable: bool = False
+    remote_readreplica: str = ""
+    """The origin's store URL of a read replica ("" for every other topic)."""
     sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
     """Config name -> "topic" or "broker" for values not taken from the table's default."""
 
@@ -580,6 +624,8 @@ class TopicConfig:
         for origin, mapping in (("broker", defaults), ("topic", overrides)):
             for name, raw in mapping.items():
                 key = TOPIC_CONFIG_KEYS.get(name)
+                if key is None and origin == "topic":
+                    key = EXTENSION_KEYS.get(name)
                 if key is None:
                     raise InvalidConfig(f"{name}: unknown topic config")
                 if raw is None:
@@ -628,7 +674,7 @@ class TopicConfig:
                     )
 
     def get(self, name: str) -> object:
-        key = TOPIC_CONFIG_KEYS.get(name)
+        key = config_key(name)
         if key is None:
             raise InvalidConfig(f"{name}: unknown topic config")
         return getattr(self, key.attr)
@@ -699,9 +745,9 @@ class TopicConfig:
 
     def describe(self) -> list[tuple[str, str, bool]]:
         """(name, value as Kafka prints it, True unless the topic overrides it), table order."""
+        names = [*TOPIC_CONFIG_KEYS, *(n for n in EXTENSION_KEYS if self.source(n) == "topic")]
         return [
-            (name, format_value(self.get(name)), self.source(name) != "topic")
-            for name in TOPIC_CONFIG_KEYS
+            (name, format_value(self.get(name)), self.source(name) != "topic") for name in names
         ]
 
     def as_dict(self) -> dict[str, str]:
@@ -748,8 +794,9 @@ def format_value(value: object) -> str:
 
 def _check_table() -> None:
     attrs = {f.name for f in fields(TopicConfig)} - {"sources"}
-    assert attrs == {k.attr for k in TOPIC_CONFIG_KEYS.values()}, "table and dataclass differ"
-    for key in TOPIC_CONFIG_KEYS.values():
+    table = [*TOPIC_CONFIG_KEYS.values(), *EXTENSION_KEYS.values()]
+    assert attrs == {k.attr for k in table}, "table and dataclass differ"
+    for key in table:
         assert key.parse(key.name, key.default) == getattr(TopicConfig(), key.attr), key.name
 
 

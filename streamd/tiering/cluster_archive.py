@@ -5,7 +5,8 @@ JSON, CRC32C ``checksum`` verified on read, strict ``format_version``; invariant
 
     cluster/metadata.json  {"format_version": 1, "kind": "cluster-metadata", "cluster_id": "...",
                             "archived_at_ms": ..., "topics": [{"name", "topic_id",
-                            "partitions", "overrides"}], "acls": {...}, "credentials": {...}}
+                            "partitions", "overrides"}], "acls": {...}, "credentials": {...},
+                            "transforms": [{deployment, code included}]}
     cluster/offsets.json   {"format_version": 1, "kind": "cluster-offsets", "cluster_id": "...",
                             "archived_at_ms": ..., "groups": {group: [{"topic", "partition",
                             "offset", "leader_epoch", "metadata", "commit_ts"}]},
@@ -76,13 +77,16 @@ def unseal(data: bytes, kind: str) -> dict[str, Any]:
 
 
 def end_offsets(logs: LogManager) -> dict[str, dict[str, Any]]:
-    """Every local topic's partition end offsets, and whether it is tiered."""
+    """Every local topic's partition end offsets, and whether it is tiered. Read replicas are
+    left out: their offsets live in the origin's archive, not in this broker's, so a restore
+    of this archive has none of them to miss."""
     return {
         topic.name: {
             "tiered": bool(topic.config.remote_storage_enable),
             "ends": [plog.high_watermark for plog in topic.partitions],
         }
         for topic in sorted(logs.topics().values(), key=lambda t: t.name)
+        if not topic.config.remote_readreplica
     }
 
 
@@ -127,10 +131,13 @@ class ClusterArchive:
         offsets: Provider,
         ends: Provider | None = None,
         offsets_interval_ms: int = 10_000,
+        transforms: Provider | None = None,
     ) -> None:
         self.store = store
         self.cluster_id = cluster_id
         self._providers = {"topics": topics, "acls": acls, "credentials": credentials}
+        if transforms is not None:
+            self._providers["transforms"] = transforms
         self._offsets = offsets
         self._ends = ends
         self.offsets_interval_ms = offsets_interval_ms

@@ -185,6 +185,8 @@ class RestorePlan:
     acls: dict[str, Any] | None = None
     """The AclStore document, or None when ACLs are not restored (``--topic``, not archived)."""
     credentials: dict[str, Any] | None = None
+    transforms: list[dict[str, Any]] | None = None
+    """Archived transform deployments (full restores only, like ACLs)."""
     offsets: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     """group -> committed offsets of restored topics (cluster/offsets.json entries)."""
 
@@ -513,6 +515,7 @@ async def read_plan(
         skipped=(*skipped, *offset_notes),
         acls=metadata.get("acls") if metadata is not None and full else None,
         credentials=metadata.get("credentials") if metadata is not None and full else None,
+        transforms=metadata.get("transforms") if metadata is not None and full else None,
         offsets=group_offsets,
     )
 

@@ -36,6 +36,10 @@ topic that has archived data this session). Decisions recorded here:
   its local start, else the local start; -4 = local start; -5 = last archived offset (-1: none).
 - **Topic manifests** (topic id, partition count, topic overrides) are written in the background
   on create/alter/add-partitions of tiered topics, so CreateTopics never waits for the bucket.
+- **Borrowed archives** (:attr:`TieringService.borrowed`, read replicas): a replica topic is
+  never tracked or archived here; the offsets it (or the inherited history of a promoted
+  replica) serves from another broker's store lie below this broker's own archive, so reads,
+  prefetches, earliest/latest and timestamp lookups ask the borrowed manifest first.
 - **DeleteTopics** forgets the topic at once; with ``tiering.delete_on_topic_delete`` every object
   under its partitions' prefixes and its topic manifest is deleted in the background (after any
   in-flight upload of those partitions finished), retried on later ticks until it succeeds.
@@ -50,7 +54,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from streamd.errors import OffsetOutOfRange, RemoteStorageError
 from streamd.log.manager import LogManager, Topic
@@ -88,6 +92,35 @@ LOAD_CONCURRENCY = 16
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+class BorrowedArchives(Protocol):
+    """Archived offsets this broker serves from another broker's store: read replicas, and
+    the history a promoted replica inherited (:mod:`streamd.tiering.readreplica`). Their
+    offsets lie below everything this broker archives itself."""
+
+    def manifest(self, topic: str, partition: int) -> PartitionManifest | None: ...
+
+    async def read(
+        self, topic: str, partition: int, offset: int, max_bytes: int, min_one: bool, *,
+        below: int | None = None,
+    ) -> bytes | memoryview: ...
+
+    def prefetch(self, topic: str, partition: int, offset: int) -> None: ...
+
+    async def offset_for_timestamp(
+        self, topic: str, partition: int, timestamp: int, below: int
+    ) -> tuple[int, int] | None: ...
+
+    async def on_topic_deleted(self, name: str) -> None: ...
+
+    async def delete_records(self, topic: str, partition: int, offset: int) -> None: ...
+
+    async def aborted_transactions(
+        self, topic: str, partition: int, fetch_offset: int, upper: int
+    ) -> tuple[list[AbortedTxn], bool]: ...
+
+    def describe(self, name: str, report: dict[str, Any]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -143,6 +176,8 @@ class TieringService:
         """Why the last probe of the bucket failed (None: it answered)."""
         self.tick_hooks: list[Callable[[], Awaitable[None]]] = []
         """Run at the end of every tick (the cluster metadata archive); they must not raise."""
+        self.borrowed: BorrowedArchives | None = None
+        """Read replicas: consulted first for offsets below this broker's own archive."""
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -331,6 +366,8 @@ class TieringService:
         for topic in topics.values():
             topic_id = str(topic.topic_id)
             tracked = any(k[0] == topic.name for k in self._states)
+            if topic.config.remote_readreplica:
+                continue  # the origin archives it; this broker only reads (readreplica.py)
             if not (topic.config.remote_storage_enable or tracked):
                 continue
             for index in range(len(topic.partitions)):
@@ -481,6 +518,8 @@ class TieringService:
         manifest stops serving every offset below ``offset`` (KIP-405). Objects of segments
         now wholly below it are deleted after the manifest is stored. Raises StoreError when
         the manifest cannot be stored (nothing has changed then)."""
+        if self.borrowed is not None:
+            await self.borrowed.delete_records(topic, partition, offset)
         state = self._states.get((topic, partition))
         if state is None:
             return
@@ -544,6 +583,8 @@ class TieringService:
     async def on_topic_changed(self, topic: Topic | None) -> None:
         if topic is None or not topic.config.remote_storage_enable:
             return
+        if topic.config.remote_readreplica:
+            return
         self._topic_manifests_pending.add(topic.name)
         self._spawn(self._topic_changed(topic))
 
@@ -574,8 +615,10 @@ class TieringService:
             del self._states[(state.topic, state.partition)]
         self._topic_manifests_pending.discard(topic.name)
         await asyncio.to_thread(self._copies.drop_topic, topic.name)
-        if not self.delete_on_topic_delete:
-            return
+        if self.borrowed is not None:
+            await self.borrowed.on_topic_deleted(topic.name)
+        if not self.delete_on_topic_delete or topic.config.remote_readreplica:
+            return  # a read replica has no objects of its own
         topic_id = str(topic.topic_id)
         self._deletions[(topic.name, topic_id)] = len(topic.partitions)
         self._spawn(self._delete_after_uploads(topic.name, topic_id, states))
@@ -613,16 +656,29 @@ class TieringService:
 
     # ---- the Kafka side ------------------------------------------------------------------------
 
+    def _borrowed(self, topic: str, partition: int) -> PartitionManifest | None:
+        return None if self.borrowed is None else self.borrowed.manifest(topic, partition)
+
     def earliest_offset(self, topic: str, partition: int, plog: PartitionLog) -> int:
         local = plog.log_start_offset
         state = self._states.get((topic, partition))
-        if state is None or not state.manifest.segments:
-            return local
-        return min(state.manifest.remote_start_offset, local)
+        if state is not None and state.manifest.segments:
+            local = min(state.manifest.remote_start_offset, local)
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and borrowed.segments:
+            local = min(borrowed.remote_start_offset, local)
+        return local
+
+    def archived_bytes(self, topic: str, partition: int) -> int:
+        """Bytes of this broker's own archive of a partition (0: none)."""
+        state = self._states.get((topic, partition))
+        return 0 if state is None else state.manifest.size_bytes
 
     def latest_tiered_offset(self, topic: str, partition: int) -> int:
         state = self._states.get((topic, partition))
-        return -1 if state is None else state.manifest.last_uploaded_offset
+        own = -1 if state is None else state.manifest.last_uploaded_offset
+        borrowed = self._borrowed(topic, partition)
+        return max(own, -1 if borrowed is None else borrowed.last_uploaded_offset)
 
     async def read(
         self,
@@ -636,6 +692,13 @@ class TieringService:
     ) -> bytes | memoryview:
         """Archived batches from ``offset`` (see :meth:`RemoteReader.read`; ``ready_bytes``:
         what the Fetch still needs for its ``min_bytes``)."""
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and offset <= borrowed.last_uploaded_offset:
+            assert self.borrowed is not None
+            local_start = self._local_start(topic, partition)
+            return await self.borrowed.read(
+                topic, partition, offset, max_bytes, min_one, below=local_start
+            )
         state = self._states.get((topic, partition))
         if state is None:
             raise OffsetOutOfRange(f"offset {offset} of {topic}-{partition} is not archived")
@@ -647,9 +710,20 @@ class TieringService:
             state.manifest, offset, max_bytes, min_one, below=below, ready_bytes=ready_bytes
         )
 
+    def _local_start(self, topic: str, partition: int) -> int | None:
+        local = self.logs.get(topic)
+        if local is None or partition >= len(local.partitions):
+            return None
+        return local.partitions[partition].log_start_offset
+
     def prefetch(self, topic: str, partition: int, offset: int) -> None:
         """Start loading what a remote read of ``offset`` needs, without waiting (a Fetch over
         several archived partitions overlaps their round trips this way)."""
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and offset <= borrowed.last_uploaded_offset:
+            assert self.borrowed is not None
+            self.borrowed.prefetch(topic, partition, offset)
+            return
         state = self._states.get((topic, partition))
         if state is not None:
             self._reader.prefetch(state.manifest, offset)
@@ -659,14 +733,34 @@ class TieringService:
     ) -> tuple[list[AbortedTxn], bool]:
         """Aborted transactions in ``[fetch_offset, upper)`` from archived segments' indexes,
         and whether that settles it (else the local segments' indexes follow)."""
+        found: list[AbortedTxn] = []
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and fetch_offset <= borrowed.last_uploaded_offset:
+            assert self.borrowed is not None
+            found, complete = await self.borrowed.aborted_transactions(
+                topic, partition, fetch_offset, upper
+            )
+            if complete:
+                return found, True
         state = self._states.get((topic, partition))
         if state is None:
-            return [], False
-        return await self._reader.aborted_transactions(state.manifest, fetch_offset, upper)
+            return found, False
+        more, complete = await self._reader.aborted_transactions(
+            state.manifest, fetch_offset, upper
+        )
+        return found + more, complete
 
     async def offset_for_timestamp(
         self, topic: str, partition: int, plog: PartitionLog, timestamp: int
     ) -> tuple[int, int] | None:
+        borrowed = self._borrowed(topic, partition)
+        if borrowed is not None and borrowed.segments:
+            assert self.borrowed is not None
+            found = await self.borrowed.offset_for_timestamp(
+                topic, partition, timestamp, plog.log_start_offset
+            )
+            if found is not None:
+                return found
         state = self._states.get((topic, partition))
         if state is not None and state.manifest.segments:
             found = await self._reader.offset_for_timestamp(
@@ -726,13 +820,16 @@ class TieringService:
                     "incarnation": manifest.incarnation if manifest else None,
                 }
             )
-        return {
+        report = {
             "topic": name,
             "topic_id": str(topic.topic_id),
             "remote_storage_enable": topic.config.remote_storage_enable,
             "store": self.store.description,
             "partitions": parts,
         }
+        if self.borrowed is not None:
+            self.borrowed.describe(name, report)
+        return report
 
     def health(self) -> dict[str, Any]:
         """The tiering component of ``GET /v1/health``: "degraded" while the bucket does not
@@ -747,7 +844,7 @@ class TieringService:
                 continue
             plog = topic.partitions[index]
             last = state.manifest.last_uploaded_offset
-            lag_offsets += max(0, plog.high_watermark - last - 1)
+            lag_offsets += max(0, plog.high_watermark - max(last + 1, plog.log_start_offset))
             lag_bytes += sum(x.size for x in plog.segments if x.base_offset > last)
             if state.last_error is not None or state.blocked:
                 failing.append(f"{name}-{index}: {state.last_error or state.blocked}")
@@ -779,7 +876,8 @@ class TieringService:
             plog = topic.partitions[index]
             labels = {"topic": name, "partition": str(index)}
             last = state.manifest.last_uploaded_offset
-            lag_offsets.append((labels, max(0, plog.high_watermark - last - 1)))
+            behind = plog.high_watermark - max(last + 1, plog.log_start_offset)
+            lag_offsets.append((labels, max(0, behind)))
             lag_bytes.append((labels, sum(x.size for x in plog.segments if x.base_offset > last)))
             remote_bytes.append((labels, state.manifest.size_bytes))
 

@@ -76,14 +76,24 @@ def readme_blocks(text: str) -> list[Block]:
 
 
 def shell_commands(code: str) -> list[str]:
-    """Lines of a shell block, ``\\`` continuations joined, blank and comment lines dropped."""
+    """Lines of a shell block, ``\\`` continuations joined, blank and comment lines dropped;
+    a here-document (``<<'EOF'`` ... ``EOF``) stays one command with its lines."""
     out, pending = [], ""
-    for line in code.splitlines():
+    lines = iter(code.splitlines())
+    for line in lines:
         if line.rstrip().endswith("\\"):
             pending += line.rstrip()[:-1] + " "
             continue
         full = (pending + line).strip()
         pending = ""
+        heredoc = re.search(r"<<-?\s*'?\"?(\w+)'?\"?", full)
+        if heredoc:
+            body = []
+            for more in lines:
+                body.append(more)
+                if more.strip() == heredoc.group(1):
+                    break
+            full = "\n".join([full, *body])
         if full and not full.startswith("#"):
             out.append(full)
     return out

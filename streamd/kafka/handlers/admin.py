@@ -23,6 +23,8 @@ from streamd.kafka.handlers.meta import create_topic
 from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
 from streamd.log.topic_config import TopicConfig
+from streamd.tiering.readreplica import CONFIG as READREPLICA
+from streamd.tiering.readreplica import ReadReplicaTopic, refusal
 
 
 def _error(exc: StreamdError) -> dict[str, Any]:
@@ -51,6 +53,9 @@ async def create_topics(req: Request) -> dict[str, Any]:
                 entry.update(DENIED)
                 continue
             validate_topic_name(t.name)
+            if any(c.name == READREPLICA for c in t.configs):
+                await _create_replica(req, t, entry, validate_only)
+                continue
             count = t.num_partitions
             if t.assignments:
                 if count != -1:
@@ -99,6 +104,39 @@ async def create_topics(req: Request) -> dict[str, Any]:
         except StreamdError as exc:
             entry.update(_error(exc))
     return {"topics": results}
+
+
+async def _create_replica(req: Request, t: Any, entry: dict[str, Any], validate_only: bool) -> None:
+    """CreateTopics of a read replica: partition count and configs come from the origin's
+    archive (:mod:`streamd.tiering.readreplica`); a count given explicitly must match it."""
+    ctx = req.ctx
+    if ctx.replicas is None:
+        raise StreamdError("read replicas are not available", code=ErrorCode.INVALID_CONFIG)
+    if ctx.logs.get(t.name) is not None:
+        raise StreamdError(f"topic {t.name!r} already exists", code=ErrorCode.TOPIC_ALREADY_EXISTS)
+    if t.replication_factor not in (-1, 1):
+        raise StreamdError(
+            f"replication factor {t.replication_factor} > 1 broker available",
+            code=ErrorCode.INVALID_REPLICATION_FACTOR,
+        )
+    requested = len(t.assignments) if t.assignments else t.num_partitions
+    overrides = {c.name: c.value for c in t.configs}
+    topic, count = await ctx.replicas.create(
+        t.name, None if requested == -1 else requested, overrides, validate_only=validate_only
+    )
+    entry.update(num_partitions=count, replication_factor=1)
+    if topic is not None:
+        entry["topic_id"] = topic.topic_id
+        entry["configs"] = [
+            {
+                "name": c["name"],
+                "value": c["value"],
+                "read_only": False,
+                "config_source": c["config_source"],
+                "is_sensitive": False,
+            }
+            for c in describe_topic_configs(ctx, topic, None)
+        ]
 
 
 @api(20, "DeleteTopics", 0, 6)
@@ -156,6 +194,10 @@ async def create_partitions(req: Request) -> dict[str, Any]:
         if is_internal(t.name):
             entry.update(INTERNAL)
             continue
+        replica = refusal(topic)
+        if replica is not None:
+            entry.update(error_code=ErrorCode.INVALID_TOPIC_EXCEPTION, error_message=replica)
+            continue
         current = len(topic.partitions)
         if t.count <= current:
             entry.update(
@@ -190,6 +232,9 @@ async def delete_records(req: Request) -> dict[str, Any]:
                 continue
             if topic is None or not 0 <= p.partition_index < len(topic.partitions):
                 entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+                continue
+            if refusal(topic) is not None:  # DeleteRecords answers carry no message
+                entry["error_code"] = ReadReplicaTopic.code
                 continue
             try:
                 plog = topic.partitions[p.partition_index]

@@ -27,6 +27,9 @@ Authorization: describing needs DESCRIBE_CONFIGS, altering ALTER_CONFIGS, on the
 DescribeConfigs v0 has no config source, only ``is_default`` (true for DEFAULT_CONFIG values:
 Kafka 3.9 always answers false there, but its clients read true as DEFAULT_CONFIG). Internal
 topics' configs (``__consumer_offsets``) are the broker's: altering them is INVALID_REQUEST.
+A read replica's configs follow its origin (INVALID_CONFIG saying so); removing its
+``remote.readreplica`` (IncrementalAlterConfigs DELETE, or AlterConfigs without it) promotes it
+(``streamd topic promote``, :mod:`streamd.tiering.readreplica`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ from streamd.kafka.authz import TOPIC as TOPIC_RESOURCE
 from streamd.kafka.context import Request
 from streamd.kafka.offsets_topic import is_internal
 from streamd.log.files import atomic_write
-from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig, format_value
+from streamd.log.topic_config import TOPIC_CONFIG_KEYS, TopicConfig, config_key, format_value
+from streamd.tiering.readreplica import CONFIG as READREPLICA
 
 TOPIC, BROKER, BROKER_LOGGER = 2, 4, 8
 DYNAMIC_TOPIC, DYNAMIC_BROKER, DYNAMIC_DEFAULT_BROKER, STATIC_BROKER, DEFAULT = 1, 2, 3, 4, 5
@@ -117,21 +121,24 @@ def describe_topic_configs(
     ctx: Any, topic: Any, keys: set[str] | None, *, synonyms: bool = False, docs: bool = False
 ) -> list[dict[str, Any]]:
     config: BrokerConfig = ctx.config
+    replica = bool(topic.config.remote_readreplica)  # its configs follow the origin
     out = []
     for name, value, _ in topic.config.describe():
         if keys and name not in keys:
             continue
-        origins = config.origins(DEFAULTS_PREFIX + name)
+        kafka_key = name in TOPIC_CONFIG_KEYS  # streamd's own keys have no broker layer
+        origins = config.origins(DEFAULTS_PREFIX + name) if kafka_key else []
         if name in topic.overrides:
             origins = [("topic", topic.overrides[name]), *origins]
-        key = TOPIC_CONFIG_KEYS[name]
+        key = config_key(name)
+        assert key is not None, name
         out.append(
             _entry(
                 name,
                 value,
                 origins,
                 broker_name=DEFAULTS_PREFIX + name,
-                read_only=False,
+                read_only=replica and name != READREPLICA,
                 sensitive=False,
                 config_type=TYPE_CODES[key.type],
                 doc=key.doc,
@@ -305,12 +312,46 @@ async def _alter_topic(req: Request, res: Any, compute: Compute) -> None:
     if is_internal(topic.name):
         raise StreamdError("internal topic", code=ErrorCode.INVALID_REQUEST)
     overrides = compute(dict(topic.overrides), res.configs, _list_default_of_topic_key)
+    if await _read_replica_change(req, topic, overrides):
+        return
     TopicConfig.from_overrides(dict(ctx.config.topic_defaults), overrides)
     if req.body.validate_only:
         return
     ctx.logs.alter_config(topic.name, overrides)
     if ctx.tiering is not None:
         await ctx.tiering.on_topic_changed(ctx.logs.get(topic.name))
+
+
+async def _read_replica_change(req: Request, topic: Any, overrides: dict[str, str]) -> bool:
+    """``remote.readreplica`` is set only by CreateTopics and removed only by promotion: a
+    change that removes it (and nothing else) promotes the replica; any other change to a
+    replica's configs is refused (they follow the origin). True when handled here."""
+    current = topic.config.remote_readreplica
+    wanted = overrides.get(READREPLICA)
+    if not current:
+        if wanted is not None:
+            raise _invalid(
+                f"{READREPLICA}: set only when a topic is created (streamd topic create NAME "
+                f"-c {READREPLICA}=STORE_URL); {topic.name!r} is an ordinary topic"
+            )
+        return False
+    rest = {k: v for k, v in overrides.items() if k != READREPLICA}
+    if rest != {k: v for k, v in topic.overrides.items() if k != READREPLICA}:
+        raise _invalid(
+            f"topic {topic.name!r} is a read replica of {current}: its configs follow the "
+            f"origin's topic manifest and cannot be changed here (promote it first with "
+            f"`streamd topic promote {topic.name}`)"
+        )
+    if wanted is not None and wanted.strip() != current:
+        raise _invalid(
+            f"{READREPLICA}: topic {topic.name!r} is a read replica of {current} and cannot be "
+            "pointed at another store (delete it and create it again)"
+        )
+    if wanted is None and not req.body.validate_only:
+        if req.ctx.replicas is None:
+            raise _invalid("read replicas are not available")
+        await req.ctx.replicas.promote(topic.name)
+    return True
 
 
 def _list_default_of_broker_key(name: str) -> str | None:

@@ -17,6 +17,7 @@ open a transaction that no marker would end). One header peek per partition, no 
 Produce v0-v2 carry message format v0/v1: their sets are up-converted to one v2 batch first
 (:mod:`streamd.kafka.legacy.records`), the only per-record work, and only on those versions.
 Internal topics (``__consumer_offsets``) are written by the broker only: INVALID_TOPIC_EXCEPTION.
+So are read replicas (``remote.readreplica``), with a message saying so.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from streamd.kafka.context import Request
 from streamd.kafka.legacy.records import up_convert
 from streamd.kafka.offsets_topic import is_internal
 from streamd.log.batch import HEADER_SIZE, TRANSACTIONAL
+from streamd.tiering.readreplica import ReadReplicaTopic, refusal
 
 _ATTRIBUTES_LOW = 22
 """The low byte of a batch's attributes (bytes 21-22, big-endian): holds the TRANSACTIONAL bit."""
@@ -45,6 +47,10 @@ def _stage(
     entry: dict[str, Any] = {"index": index, "base_offset": -1}
     if topic is None or not 0 <= index < len(topic.partitions):
         entry["error_code"] = ErrorCode.UNKNOWN_TOPIC_OR_PARTITION
+        return entry, None, None
+    if topic.config.remote_readreplica:
+        entry["error_code"] = ReadReplicaTopic.code
+        entry["error_message"] = refusal(topic)
         return entry, None, None
     required = topic.config.min_insync_replicas
     if acks == -1 and required > 1:

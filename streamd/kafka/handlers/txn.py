@@ -34,6 +34,7 @@ from streamd.kafka.authz import (
     authorize,
 )
 from streamd.kafka.context import Request
+from streamd.tiering.readreplica import ReadReplicaTopic, refusal
 from streamd.txn.model import PendingOffset
 
 E = ErrorCode
@@ -57,6 +58,11 @@ def _partition_exists(ctx: Any, topic: str, partition: int) -> bool:
     return t is not None and 0 <= partition < len(t.partitions)
 
 
+def _read_replica(ctx: Any, topic: str) -> bool:
+    t = ctx.logs.get(topic)
+    return t is not None and refusal(t) is not None
+
+
 @api(24, "AddPartitionsToTxn", 0, 3)
 async def add_partitions_to_txn(req: Request) -> dict[str, Any]:
     ctx, body = req.ctx, req.body
@@ -72,6 +78,8 @@ async def add_partitions_to_txn(req: Request) -> dict[str, Any]:
                 errors[(name, p)] = E.TOPIC_AUTHORIZATION_FAILED
             elif not _partition_exists(ctx, name, p):
                 errors[(name, p)] = E.UNKNOWN_TOPIC_OR_PARTITION
+            elif _read_replica(ctx, name):
+                errors[(name, p)] = ReadReplicaTopic.code  # never a marker in a replica
         if errors:
             for tp in wanted:
                 errors.setdefault(tp, E.OPERATION_NOT_ATTEMPTED)
