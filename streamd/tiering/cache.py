@@ -35,9 +35,10 @@ producer's flush. Cache files are written by one thread, and a chunk whose write
 behind more than ``write_backlog_bytes`` of others is kept in memory only.
 
 Memory: chunks loaded ahead of a reader (:meth:`prefetch`) and not read yet are evicted from
-the memory tier only after every chunk that was read, and :attr:`ahead_bytes` (loading plus
-loaded-but-unread) lets the reader keep its read-ahead within the memory tier, so that a chunk
-is not fetched, pushed out by the next one before anyone read it, and read back from disk.
+the memory tier only after every chunk that was read (evicting one wastes its GET);
+:attr:`ahead_bytes` says how much read-ahead holds. Chunk buffers the cache lets go of are
+reused for later chunks once nothing refers to them any more (see :meth:`_new_buffer`): fresh
+memory costs page faults, more than the copy into it.
 """
 
 from __future__ import annotations
