@@ -633,6 +633,13 @@ def main(argv: list[str] | None = None) -> int:
         default=5,
         help="consumer fetch.wait.max.ms (default 5)",
     )
+    g = ap.add_argument_group("txn scenario")
+    g.add_argument(
+        "--txn-records-per-txn",
+        type=int,
+        default=100,
+        help="records per transaction (default 100, the issue's figure)",
+    )
     g = ap.add_argument_group("replay scenario")
     g.add_argument(
         "--replay-mb", type=float, default=200, help="MiB to replay from S3 (default 200)"

@@ -251,6 +251,18 @@ KEYS: tuple[Key, ...] = (
         dynamic=True,
     ),
     Key(
+        "log.max_partitions",
+        _positive,
+        10000,
+        "Partitions one broker holds at most (CreateTopics beyond: POLICY_VIOLATION).",
+    ),
+    Key(
+        "log.max_open_segment_files",
+        _non_negative,
+        0,
+        "Segment files kept open at once (LRU); 0 = a quarter of the open-file limit.",
+    ),
+    Key(
         "log.level",
         _log_level,
         "",

@@ -150,6 +150,12 @@ class InvalidPartitions(StreamdError):
     code = ErrorCode.INVALID_PARTITIONS
 
 
+class PolicyViolation(StreamdError):
+    """A request the broker refuses by policy (a limit), not because it is malformed."""
+
+    code = ErrorCode.POLICY_VIOLATION
+
+
 class InvalidConfig(StreamdError):
     code = ErrorCode.INVALID_CONFIG
 

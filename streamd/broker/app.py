@@ -1,8 +1,21 @@
 """Broker wiring and lifecycle: config -> log manager -> Kafka server, admin API, housekeeping.
 
-Startup order: open (and recover) every partition log, then listen. Shutdown on SIGINT/SIGTERM:
-stop accepting, let in-flight requests finish briefly, then close the logs (final fsync and the
-clean-shutdown marker). The cluster id is generated once and kept in ``data_dir/cluster.json``.
+Startup order: open (and recover) every partition log, then listen. Startup needs no free
+space for existing data: on a full disk the broker starts read-only and appends resume once
+space frees (see ``streamd.log.disk``).
+
+Shutdown on SIGINT/SIGTERM, in this order (invariant 11: nothing acknowledged that is not in
+the file, including during shutdown):
+
+1. stop accepting connections and stop reading requests on every open connection;
+2. let the requests already read finish and write their answers (at most
+   ``DRAIN_TIMEOUT_S``; what is still running then is cancelled unanswered);
+3. close the connections, stop the background tasks, groups and tiering;
+4. close the logs: each partition refuses new appends, flushes what was staged (its waiters
+   are answered or failed), is marked closed, and only then closes its files.
+
+Errors in one step are logged and do not keep the others from running: a stop exits 0 even on
+a full disk. The cluster id is generated once and kept in ``data_dir/cluster.json``.
 """
 
 from __future__ import annotations
@@ -40,6 +53,7 @@ from streamd.kafka.handlers.logdirs import disk_space, log_dir_sizes
 from streamd.kafka.offsets_topic import OffsetsTopic, is_internal
 from streamd.kafka.server import ConnectionRegistry, start_kafka_server
 from streamd.kafka.zerocopy import FileBudget
+from streamd.log.descriptors import DESCRIPTORS
 from streamd.log.manager import FsyncPolicy, LogManager
 from streamd.log.producer_ids import ProducerIdAllocator
 from streamd.log.topic_config import TopicConfig
@@ -102,6 +116,7 @@ class Broker:
         self.ready = False
         self.stopping = asyncio.Event()
         self.servers: list[asyncio.Server] = []
+        self.connections = ConnectionRegistry()
         self.tasks: list[asyncio.Task[None]] = []
         self.logs: LogManager | None = None
         self.ctx: KafkaContext | None = None
@@ -128,13 +143,18 @@ class Broker:
         self._startup_log_level = logging.getLogger().level
         self._apply_log_level()
         started = time.monotonic()
+        if cfg["log.max_open_segment_files"]:
+            DESCRIPTORS.limit = cfg["log.max_open_segment_files"]
         self.logs = LogManager(
             data_dir,
             defaults=dict(cfg.topic_defaults),
             fsync=FsyncPolicy.parse(cfg["fsync"]),
             page_cache_window=cfg["log.page_cache_window_bytes"],
             syncfs=cfg["log.syncfs"],
+            tiering_veto=self._may_delete_local,
+            max_partitions=cfg["log.max_partitions"],
         )
+        self.health.register("disk", self.logs.disk.health)
         await asyncio.to_thread(self.logs.load)
         log.info(
             "opened %d topics from %s in %.2fs",
@@ -310,6 +330,12 @@ class Broker:
         server.get("/v1/transactions/{transactional_id}", one)
 
     # ---- tiered storage -------------------------------------------------------------------------
+
+    def _may_delete_local(self, topic: str, partition: int, segment: Any) -> bool:
+        """The log manager's tiering veto, given at construction: until tiering runs (or if it
+        never starts) nothing tiered leaves local disk (invariant 4 fails closed)."""
+        tiering = self.tiering
+        return tiering is not None and tiering.may_delete_local(topic, partition, segment)
 
     async def _start_tiering(self) -> TieringService:
         """Open the object store and start the uploader. An unreachable or misconfigured bucket
@@ -567,14 +593,17 @@ class Broker:
         if self.archive is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.archive.flush(), 5)
-        if self.txn is not None:
-            await self.txn.close()
-        if self.groups is not None:
-            await self.groups.close()
-        if self.replicas is not None:
-            await self.replicas.close()
-        if self.tiering is not None:
-            await self.tiering.close()
+        for name, closing in (
+            ("transactions", self.txn),
+            ("groups", self.groups),
+            ("read replicas", self.replicas),
+            ("tiering", self.tiering),
+        ):
+            if closing is not None:
+                try:
+                    await closing.close()
+                except Exception:
+                    log.exception("closing %s failed", name)
         if self.logs is not None:
             await self.logs.close()
         if self.security is not None:
@@ -600,8 +629,8 @@ def _s3_retry_counter(store: Any) -> Any:
 
 
 def _raise_open_file_limit() -> None:
-    """Every segment keeps a descriptor open: lift the soft limit to the hard one, as Kafka
-    deployments do, so a thousand partitions do not exhaust a default limit of 1024."""
+    """Lift the soft descriptor limit to the hard one: connections need descriptors too, and
+    the segment-file cache (``streamd.log.descriptors``) sizes itself from it."""
     try:
         import resource
 

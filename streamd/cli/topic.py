@@ -593,6 +593,7 @@ STORAGE_COLUMNS = [
     "remote_bytes",
     "remote_segments",
     "pending_uploads",
+    "uploads_waiting_for_lso",
     "last_upload",
     "origin_last_offset",
     "lag_offsets",

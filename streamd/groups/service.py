@@ -102,7 +102,11 @@ class GroupService:
         snapshot = await asyncio.to_thread(self.log.load)
         live = sum(len(c) for c in snapshot.values())
         if self.log.records > live:
-            await asyncio.to_thread(self.log.rewrite, snapshot)
+            try:
+                await asyncio.to_thread(self.log.rewrite, snapshot)
+            except OSError as exc:  # a full disk must not stop the broker from starting
+                log.warning("cannot compact %s at start (appends continue): %s",
+                            self.log.path, exc.strerror)
         self.coordinator = GroupCoordinator(self.config, snapshot, wall_ms())
         log.info("loaded committed offsets of %d groups (%d partitions)", len(snapshot), live)
 

@@ -24,6 +24,7 @@ from streamd.groups.model import (
 )
 from streamd.log.manager import Topic
 from streamd.log.partition import PartitionLog
+from streamd.log.topic_config import TopicConfig
 from streamd.log.txn_index import AbortedTxn
 from streamd.security.acl import Operation, ResourceType
 from streamd.security.sasl import SaslSession
@@ -50,6 +51,25 @@ class Logs(Protocol):
     async def delete_topic(self, name: str) -> None: ...
 
     def add_partitions(self, name: str, new_total: int) -> Topic: ...
+
+    def check_new_topic(
+        self,
+        name: str,
+        partitions: int,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        policy: bool = True,
+    ) -> TopicConfig:
+        """Every limit a creation checks, before anything is written (raises)."""
+        ...
+
+    def check_growth(self, name: str, new_total: int, *, policy: bool = True) -> Topic: ...
+
+    async def create_topic_async(
+        self, name: str, partitions: int, overrides: Mapping[str, str] | None = None
+    ) -> Topic: ...
+
+    async def add_partitions_async(self, name: str, new_total: int) -> Topic: ...
 
     def alter_config(self, name: str, overrides: Mapping[str, str]) -> Topic: ...
 

@@ -15,11 +15,15 @@ disagree with it, so they are written without fsync.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
 from pathlib import Path
+
+log = logging.getLogger("streamd.log")
 
 WRITE_BLOCK = 4096
 """Pending index entries are appended to the file once they reach this many bytes."""
@@ -34,7 +38,6 @@ class _SparseIndex:
         self.base_offset = base_offset
         self.keys = array(self.KEY_TYPE)
         self.values = array(self.VALUE_TYPE)
-        self._fd: int | None = None
         self._unwritten = bytearray()
         self.persist = True
         """False while recovery rebuilds the entries in memory before one :meth:`rewrite`."""
@@ -55,18 +58,47 @@ class _SparseIndex:
             self.write_out()
 
     def write_out(self) -> None:
-        """Append the pending entries to the file."""
+        """Append the pending entries to the file (opened for this write only, so an index
+        holds no descriptor between writes). A failed write (a full disk) is cut off again
+        and its entries are dropped from the file: the index file is derived data, a sparser
+        one is still correct, and recovery rebuilds one that disagrees with the log."""
         if not self._unwritten:
             return
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        view = memoryview(self._unwritten)
+        pending, self._unwritten = self._unwritten, bytearray()
         try:
-            while view:
-                view = view[os.write(self._fd, view) :]
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.warning("cannot write index %s: %s", self.path.name, exc.strerror)
+            return
+        try:
+            start = os.fstat(fd).st_size
+            view = memoryview(pending)
+            try:
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                log.warning("cannot write index %s: %s", self.path.name, exc.strerror)
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+            finally:
+                view.release()
         finally:
-            view.release()
+            os.close(fd)
+
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` entries, in memory and in the file."""
+        if count >= len(self.keys):
+            return
+        size = self.ENTRY.size
+        in_file = len(self.keys) - len(self._unwritten) // size
+        del self.keys[count:]
+        del self.values[count:]
+        if count >= in_file:
+            del self._unwritten[(count - in_file) * size :]
+            return
         self._unwritten.clear()
+        with contextlib.suppress(FileNotFoundError):
+            os.truncate(self.path, count * size)
 
     def entries(self) -> list[tuple[int, int]]:
         return list(zip(self.keys, self.values, strict=True))
@@ -82,30 +114,40 @@ class _SparseIndex:
             self.values.append(value)
         return True
 
-    def rewrite(self) -> None:
-        """Replace the file with the in-memory entries (tmp + rename)."""
+    def rewrite(self) -> bool:
+        """Replace the file with the in-memory entries (tmp + rename). On failure (a full
+        disk) the stale file is removed instead, which never needs space: the entries appended
+        from now on start a new, sparser file, and recovery rebuilds a missing one. Returns
+        whether the file now holds every entry."""
         self._unwritten.clear()
-        self.close()
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_bytes(self.encode())
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_bytes(self.encode())
+            os.replace(tmp, self.path)
+            return True
+        except OSError as exc:
+            log.warning("cannot rewrite index %s (%s); removing it", self.path.name, exc.strerror)
+            for path in (tmp, self.path):
+                with contextlib.suppress(OSError):
+                    path.unlink()
+            return False
 
     def fsync(self) -> None:
         self.write_out()
-        if self._fd is not None:
-            os.fsync(self._fd)
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def close(self) -> None:
-        try:
-            self.write_out()
-        finally:
-            if self._fd is not None:
-                os.close(self._fd)
-                self._fd = None
+        self.write_out()
 
     def delete(self) -> None:
         self._unwritten.clear()
-        self.close()
         self.path.unlink(missing_ok=True)
 
 

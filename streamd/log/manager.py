@@ -5,11 +5,27 @@ Layout::
     data_dir/topics/<topic>/topic.json       {"format": 1, "topic_id": hex, "name", "partitions",
                                               "overrides": {config: value}}
     data_dir/topics/<topic>/<partition>/     segments of one partition (see partition.py)
+    data_dir/staging/<uuid>/                 a topic being created (renamed into topics/)
     data_dir/trash/                          topics being deleted (renamed here, then removed)
 
 ``topic.json`` is replaced atomically and is the source of truth: a topic exists once its file
 does, partition directories beyond its count are ignored, and missing ones are created empty.
-Topic names are validated before any path is built from them.
+Topic names are validated before any path is built from them, and every valid Kafka name
+works: nothing but the topic's own directory is named after it (a staging directory beside it
+would add to a name of up to 249 characters, or end in a suffix a topic name may have too).
+
+Limits are checked before anything is written: ``MAX_PARTITIONS`` per topic
+(INVALID_PARTITIONS) and, for what clients ask (the ``*_async`` methods the Kafka handlers use),
+at most ``max_partitions`` partitions on the broker, counting every topic (POLICY_VIOLATION).
+The broker's own topics and ``streamd restore`` (the blocking methods) are not refused by that
+policy. Creating a topic or adding partitions from the event loop runs in a worker thread
+(``create_topic_async``, ``add_partitions_async``); the topic becomes visible on the loop once it
+is complete.
+Open file descriptors do not grow with the partition count (see
+:mod:`streamd.log.descriptors`), so any data directory the broker wrote can be opened again.
+
+Local deletion of a tiered topic's segments needs the tiering veto's consent (invariant 4); the
+veto is given at construction and without one nothing tiered is deleted (fail closed).
 """
 
 from __future__ import annotations
@@ -18,20 +34,23 @@ import asyncio
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from streamd.errors import (
     InvalidConfig,
     InvalidPartitions,
+    PolicyViolation,
     StorageError,
     TopicAlreadyExists,
     UnknownTopicOrPartition,
 )
-from streamd.log.files import atomic_write
+from streamd.log.disk import DiskMonitor
+from streamd.log.files import atomic_write, fsync_dir
 from streamd.log.flusher import SharedFlusher
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.names import validate_topic_name
@@ -47,6 +66,11 @@ log = logging.getLogger("streamd.log")
 FORMAT_VERSION = 1
 TOPIC_FILE = "topic.json"
 MAX_PARTITIONS = 100_000
+"""Per topic (INVALID_PARTITIONS above it)."""
+DEFAULT_MAX_PARTITIONS = 10_000
+"""Per broker by default (POLICY_VIOLATION above it): what one broker process opens, recovers
+and keeps in memory comfortably (about 0.5 ms and a few KiB per partition)."""
+_OLD_STAGING = re.compile(r"(.+)\.[0-9a-f]{32}\.tmp")
 
 MayDelete = Callable[[Segment], bool]
 TieringVeto = Callable[[str, int, Segment], bool]
@@ -60,15 +84,13 @@ class Topic:
     overrides: dict[str, str]
     config: TopicConfig
     directory: Path
-    may_delete: MayDelete | None = field(default=None, repr=False)
-    """Tiering's veto on local deletion of a segment (not yet archived)."""
 
-    def metadata(self) -> dict[str, object]:
+    def metadata(self, partitions: int | None = None) -> dict[str, object]:
         return {
             "format": FORMAT_VERSION,
             "topic_id": self.topic_id.hex,
             "name": self.name,
-            "partitions": len(self.partitions),
+            "partitions": len(self.partitions) if partitions is None else partitions,
             "overrides": dict(sorted(self.overrides.items())),
         }
 
@@ -82,32 +104,48 @@ class LogManager:
         fsync: FsyncPolicy | None = None,
         page_cache_window: int = -1,
         syncfs: bool = False,
+        tiering_veto: TieringVeto | None = None,
+        max_partitions: int = DEFAULT_MAX_PARTITIONS,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.topics_dir = self.data_dir / "topics"
+        self.staging_dir = self.data_dir / "staging"
         self.trash_dir = self.data_dir / "trash"
         self.fsync = fsync or FsyncPolicy("never")
         self.flusher = SharedFlusher(FilesystemSync(self.data_dir) if syncfs else None)
+        self.disk = DiskMonitor(self.data_dir)
         self.page_cache_window = page_cache_window
+        self.max_partitions = max_partitions
         self._defaults = dict(defaults or {})
         TopicConfig.from_overrides(self._defaults, {})
         self._topics: dict[str, Topic] = {}
-        self.tiering_veto: TieringVeto | None = None
-        """Set by tiering: ``(topic, partition, segment) -> True`` once the segment is archived.
-        Consulted for tiered topics without their own ``Topic.may_delete``."""
+        self._reserved: dict[str, int] = {}
+        """Topics being created or grown off the loop: name -> partitions being added."""
+        self.tiering_veto: TieringVeto | None = tiering_veto
+        """``(topic, partition, segment) -> True`` once the segment is archived; consulted before
+        a tiered topic's segment leaves local disk. None: nothing tiered is deleted."""
 
     @property
     def defaults(self) -> dict[str, str]:
         return dict(self._defaults)
 
+    @property
+    def partition_count(self) -> int:
+        """Partitions on the broker, counting those being created."""
+        return sum(len(t.partitions) for t in self._topics.values()) + sum(
+            self._reserved.values()
+        )
+
     def load(self) -> None:
-        """Open every topic and partition found on disk, running recovery."""
+        """Open every topic and partition found on disk, running recovery. Needs no free
+        space: a full disk still opens (read-only until space frees)."""
         self.topics_dir.mkdir(parents=True, exist_ok=True)
-        if self.trash_dir.exists():
-            shutil.rmtree(self.trash_dir)
+        for leftover in (self.trash_dir, self.staging_dir):
+            if leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
         for entry in sorted(self.topics_dir.iterdir()):
             meta_path = entry / TOPIC_FILE
-            if not entry.is_dir() or entry.name.endswith(".tmp"):
+            if not entry.is_dir():
                 continue
             if not meta_path.exists():
                 log.warning("ignoring %s: no %s", entry, TOPIC_FILE)
@@ -116,6 +154,11 @@ class LogManager:
                 meta = json.loads(meta_path.read_text())
                 name = meta["name"]
                 validate_topic_name(name)
+                old = _OLD_STAGING.fullmatch(entry.name)
+                if name != entry.name and old is not None and old.group(1) == name:
+                    log.warning("removing %s: an unfinished topic creation", entry)
+                    shutil.rmtree(entry, ignore_errors=True)
+                    continue
                 if name != entry.name or meta.get("format") != FORMAT_VERSION:
                     raise ValueError("name or format version does not match")
                 topic_id = uuid.UUID(hex=meta["topic_id"])
@@ -129,8 +172,9 @@ class LogManager:
             self._topics[name] = Topic(name, topic_id, partitions, overrides, config, entry)
 
     def _open_partition(self, topic_dir: Path, index: int, config: TopicConfig) -> PartitionLog:
-        plog = PartitionLog.open(topic_dir / str(index), config, fsync=self.fsync)
-        plog.flusher = self.flusher
+        plog = PartitionLog.open(
+            topic_dir / str(index), config, fsync=self.fsync, flusher=self.flusher, disk=self.disk
+        )
         plog.page_cache_window = self.page_cache_window
         return plog
 
@@ -156,6 +200,43 @@ class LogManager:
 
     # ---- changes -------------------------------------------------------------------------------
 
+    def check_new_topic(
+        self,
+        name: str,
+        partitions: int,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        policy: bool = True,
+    ) -> TopicConfig:
+        """Every check a creation makes before it writes anything (with ``policy``, the broker
+        partition limit too); returns the config."""
+        validate_topic_name(name)
+        if name in self._topics or name in self._reserved:
+            raise TopicAlreadyExists(f"topic {name!r} already exists")
+        if not 1 <= partitions <= MAX_PARTITIONS:
+            raise InvalidPartitions(
+                f"partition count must be 1..{MAX_PARTITIONS}, got {partitions}"
+            )
+        if policy:
+            self._check_room(partitions)
+        config = TopicConfig.from_overrides(
+            self._defaults, {str(k): str(v) for k, v in (overrides or {}).items()}
+        )
+        if (self.topics_dir / name).exists():
+            raise TopicAlreadyExists(
+                f"topic {name!r} cannot be created: files of an earlier topic of that name "
+                "are still on the broker's disk"
+            )
+        return config
+
+    def _check_room(self, adding: int) -> None:
+        total = self.partition_count
+        if total + adding > self.max_partitions:
+            raise PolicyViolation(
+                f"the broker holds {total} partitions; {adding} more would exceed its limit of "
+                f"{self.max_partitions} (log.max_partitions)"
+            )
+
     def create_topic(
         self,
         name: str,
@@ -164,27 +245,79 @@ class LogManager:
         *,
         topic_id: uuid.UUID | None = None,
     ) -> Topic:
-        validate_topic_name(name)
-        if name in self._topics:
-            raise TopicAlreadyExists(f"topic {name!r} already exists")
-        if not 1 <= partitions <= MAX_PARTITIONS:
-            raise InvalidPartitions(
-                f"partition count must be 1..{MAX_PARTITIONS}, got {partitions}"
-            )
-        overrides = {str(k): str(v) for k, v in (overrides or {}).items()}
-        config = TopicConfig.from_overrides(self._defaults, overrides)
-        directory = self.topics_dir / name
-        if directory.exists():
-            raise TopicAlreadyExists(f"topic directory {directory} already exists")
-        self.topics_dir.mkdir(parents=True, exist_ok=True)
-        staging = self.topics_dir / f"{name}.{uuid.uuid4().hex}.tmp"
-        staging.mkdir()
-        topic = Topic(name, topic_id or uuid.uuid4(), [], overrides, config, directory)
-        atomic_write(staging / TOPIC_FILE, _encode(topic.metadata() | {"partitions": partitions}))
-        os.rename(staging, directory)
-        topic.partitions = [self._open_partition(directory, i, config) for i in range(partitions)]
+        """Create a topic here and now (blocking: the broker's own topics, restore, tests),
+        without the partition-limit policy. The Kafka handlers use :meth:`create_topic_async`."""
+        self.check_new_topic(name, partitions, overrides, policy=False)
+        topic = self._build_topic(name, partitions, overrides or {}, topic_id)
         self._topics[name] = topic
         return topic
+
+    async def create_topic_async(
+        self,
+        name: str,
+        partitions: int,
+        overrides: Mapping[str, str] | None = None,
+        *,
+        topic_id: uuid.UUID | None = None,
+    ) -> Topic:
+        """:meth:`create_topic` with the disk work in a worker thread. The name and the
+        partitions are reserved meanwhile, so a concurrent creation of the same name is
+        TOPIC_ALREADY_EXISTS and the broker limit holds across concurrent requests."""
+        self.check_new_topic(name, partitions, overrides)
+        self._reserved[name] = partitions
+        try:
+            topic = await asyncio.to_thread(
+                self._build_topic, name, partitions, overrides or {}, topic_id
+            )
+        finally:
+            del self._reserved[name]
+        self._topics[name] = topic
+        return topic
+
+    def _build_topic(
+        self,
+        name: str,
+        partitions: int,
+        overrides: Mapping[str, str],
+        topic_id: uuid.UUID | None,
+    ) -> Topic:
+        """Write the topic to disk and open its partitions; all or nothing (a crash midway
+        leaves a topic whose missing partitions are created empty when it is loaded)."""
+        overrides = {str(k): str(v) for k, v in overrides.items()}
+        config = TopicConfig.from_overrides(self._defaults, overrides)
+        directory = self.topics_dir / name
+        topic = Topic(name, topic_id or uuid.uuid4(), [], overrides, config, directory)
+        try:
+            self.topics_dir.mkdir(parents=True, exist_ok=True)
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+            staging = self.staging_dir / uuid.uuid4().hex
+            staging.mkdir()
+            atomic_write(staging / TOPIC_FILE, _encode(topic.metadata(partitions)))
+            os.rename(staging, directory)
+            fsync_dir(self.topics_dir)
+        except OSError as exc:
+            self.disk.note(exc)
+            raise StorageError(f"cannot create topic {name!r}: {exc.strerror}") from exc
+        try:
+            for i in range(partitions):
+                topic.partitions.append(self._open_partition(directory, i, config))
+        except (OSError, StorageError) as exc:
+            self.disk.note(exc)
+            self._remove_dir(topic)
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            raise StorageError(f"cannot create topic {name!r}: {reason}") from exc
+        return topic
+
+    def _remove_dir(self, topic: Topic) -> None:
+        for partition in topic.partitions:
+            partition.discard()
+        trash = self.trash_dir / uuid.uuid4().hex
+        try:
+            self.trash_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(topic.directory, trash)
+        except OSError:
+            trash = topic.directory
+        shutil.rmtree(trash, ignore_errors=True)
 
     async def delete_topic(self, name: str) -> None:
         """Forget the topic at once (atomic rename into trash), then remove its files off the
@@ -198,8 +331,11 @@ class LogManager:
         os.rename(topic.directory, trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
 
-    def add_partitions(self, name: str, new_total: int) -> Topic:
+    def check_growth(self, name: str, new_total: int, *, policy: bool = True) -> Topic:
+        """Every check adding partitions makes before it writes anything."""
         topic = self._require(name)
+        if name in self._reserved:
+            raise InvalidPartitions(f"topic {name!r} is already being changed; retry")
         current = len(topic.partitions)
         if new_total <= current:
             raise InvalidPartitions(
@@ -208,13 +344,45 @@ class LogManager:
             )
         if new_total > MAX_PARTITIONS:
             raise InvalidPartitions(f"partition count must be at most {MAX_PARTITIONS}")
-        added = [
-            self._open_partition(topic.directory, i, topic.config)
-            for i in range(current, new_total)
-        ]
-        topic.partitions.extend(added)
-        self._write_metadata(topic)
+        if policy:
+            self._check_room(new_total - current)
         return topic
+
+    def add_partitions(self, name: str, new_total: int) -> Topic:
+        """Blocking and without the partition-limit policy (see :meth:`create_topic`)."""
+        topic = self.check_growth(name, new_total, policy=False)
+        topic.partitions.extend(self._grow(topic, len(topic.partitions), new_total))
+        return topic
+
+    async def add_partitions_async(self, name: str, new_total: int) -> Topic:
+        """:meth:`add_partitions` with the disk work in a worker thread."""
+        topic = self.check_growth(name, new_total)
+        current = len(topic.partitions)
+        self._reserved[name] = new_total - current
+        try:
+            added = await asyncio.to_thread(self._grow, topic, current, new_total)
+        finally:
+            del self._reserved[name]
+        if self._topics.get(name) is not topic:
+            for partition in added:
+                partition.discard()
+            raise UnknownTopicOrPartition(f"topic {name!r} was deleted meanwhile")
+        topic.partitions.extend(added)
+        return topic
+
+    def _grow(self, topic: Topic, current: int, new_total: int) -> list[PartitionLog]:
+        added: list[PartitionLog] = []
+        try:
+            for i in range(current, new_total):
+                added.append(self._open_partition(topic.directory, i, topic.config))
+            atomic_write(topic.directory / TOPIC_FILE, _encode(topic.metadata(new_total)))
+        except (OSError, StorageError) as exc:
+            self.disk.note(exc)
+            for partition in added:
+                partition.discard()
+            reason = exc.strerror if isinstance(exc, OSError) else exc
+            raise StorageError(f"cannot add partitions to {topic.name!r}: {reason}") from exc
+        return added
 
     def alter_config(self, name: str, overrides: Mapping[str, str]) -> Topic:
         """Replace every override of a topic."""
@@ -276,9 +444,9 @@ class LogManager:
         """Roll due segments, apply local retention, fsync partitions whose interval is due.
 
         Returns the removed segments per ``topic-partition``. For topics with
-        ``remote.storage.enable`` the local retention limits apply and ``Topic.may_delete`` or
-        else ``tiering_veto`` (tiering) may veto deletions; otherwise the total retention
-        limits apply.
+        ``remote.storage.enable`` the local retention limits apply and ``tiering_veto`` must
+        consent to each deletion; otherwise the total retention limits apply. One partition's
+        failure (a full disk) does not stop the others.
         """
         now = now_ms() if now is None else now
         removed: dict[str, list[Segment]] = {}
@@ -289,27 +457,31 @@ class LogManager:
                 retention_ms, retention_bytes = config.local_retention_limits
             else:
                 retention_ms, retention_bytes = config.retention_limits
-            for index, partition in enumerate(topic.partitions):
-                partition.roll_if_due(now)
-                gone = partition.apply_retention(
-                    now,
-                    retention_ms=retention_ms,
-                    retention_bytes=retention_bytes,
-                    may_delete=self._local_veto(topic, index) if tiered else _always,
-                )
-                if gone:
-                    removed[f"{topic.name}-{index}"] = gone
-                interval = self.fsync.interval_ms
-                if self.fsync.mode == "interval" and now - partition.last_flush_ms >= interval:
-                    await partition.flush()
+            for index, partition in enumerate(list(topic.partitions)):
+                if partition.closed:
+                    continue
+                try:
+                    partition.roll_if_due(now)
+                    gone = partition.apply_retention(
+                        now,
+                        retention_ms=retention_ms,
+                        retention_bytes=retention_bytes,
+                        may_delete=self._local_veto(topic, index) if tiered else _always,
+                    )
+                    if gone:
+                        removed[f"{topic.name}-{index}"] = gone
+                    interval = self.fsync.interval_ms
+                    if self.fsync.mode == "interval" and now - partition.last_flush_ms >= interval:
+                        await partition.flush()
+                except (OSError, StorageError) as exc:
+                    log.warning("housekeeping of %s-%d: %s", topic.name, index, exc)
+        self.disk.refresh()
         return removed
 
     def _local_veto(self, topic: Topic, index: int) -> MayDelete:
-        if topic.may_delete is not None:
-            return topic.may_delete
         veto = self.tiering_veto
         if veto is None:
-            return _always
+            return _never
         return lambda segment: veto(topic.name, index, segment)
 
     async def flush_all(self) -> None:
@@ -319,9 +491,14 @@ class LogManager:
                 await partition.flush()
 
     async def close(self) -> None:
+        """Close every partition (each flushes what was staged first); errors are logged, so
+        one failing partition does not keep the others from closing cleanly."""
         for topic in list(self._topics.values()):
             for partition in topic.partitions:
-                await partition.close()
+                try:
+                    await partition.close()
+                except (OSError, StorageError) as exc:
+                    log.error("closing %s: %s", partition.name, exc)
         self._topics.clear()
         if self.flusher.fs_sync is not None:
             self.flusher.fs_sync.close()
@@ -329,6 +506,10 @@ class LogManager:
 
 def _always(segment: Segment) -> bool:
     return True
+
+
+def _never(segment: Segment) -> bool:
+    return False
 
 
 def _encode(meta: Mapping[str, object]) -> bytes:

@@ -7,19 +7,32 @@ Offsets (invariants, in order)::
 - ``log_end_offset`` is the next offset to assign; offsets are dense across segments.
 - ``high_watermark`` is what readers may see: with fsync "always" it advances only after the
   fsync that covers it (group commit), otherwise it equals ``log_end_offset``.
-- ``log_start_offset`` only moves forward (DeleteRecords, retention) and is persisted in
-  ``log-start-offset`` before any segment below it is deleted. Reads below it fail. Reads
-  return whole batches, so a batch straddling the log start is returned whole (as Kafka does).
+- ``log_start_offset`` only moves forward (DeleteRecords, retention) and is persisted (see
+  :mod:`streamd.log.start_offset`, written in place so that deleting never needs free space)
+  before any segment below it is deleted. Reads below it fail. Reads return whole batches, so
+  a batch straddling the log start is returned whole (as Kafka does).
 
 Appends are serialized by construction: validation, offset assignment, patching and index
 updates run synchronously in one event-loop step. With fsync "never" or an interval the bytes
 are written to the page cache in that same step. With fsync "always" the write is deferred:
-one flush task at a time writes every pending batch and then fsyncs, both in the default
-executor, so the event loop never waits on the disk (a write to a file being fsynced can block)
-and concurrent appenders share one fsync. The high watermark covers only written and fsynced
-bytes, so readers never see a deferred batch. A failed write or fsync fails the partition
-(every later append raises StorageError); restart recovery truncates whatever was torn.
-A rejected payload writes nothing.
+the shared flusher (:mod:`streamd.log.flusher`, the one group-commit path) writes every pending
+batch and then fsyncs, in the default executor, so the event loop never waits on the disk and
+concurrent appenders share one fsync. The high watermark covers only written and fsynced
+bytes, so readers never see a deferred batch. A rejected payload writes nothing.
+
+Invariant 11, nothing acknowledged that is not in the file: a waiter is released only by the
+flush round that wrote and synced its batch, and only if nothing was dropped since it staged
+(``_epoch``). When a round fails, its waiters and every later staged append fail; then:
+
+- out of space (ENOSPC, EDQUOT; see :mod:`streamd.log.disk`): the partition *rewinds* at once
+  to what is durable: the unacknowledged tail is cut from the file, segments rolled after it
+  are removed and the producer state forgets those batches, so offsets stay dense and an
+  idempotent producer's retry is accepted. Appends resume when the disk has room again.
+- any other error: the partition refuses writes until restart (the page cache may have lost
+  bytes), and restart recovery truncates whatever was torn.
+
+Close: the partition refuses new appends first, then flushes what was staged (its waiters are
+answered), is marked closed, and only then releases its descriptors.
 
 Segments wholly below the log start are deleted by retention without asking ``may_delete``
 (that data is gone for every reader, local or remote).
@@ -56,19 +69,19 @@ from streamd.log.batch import (
 )
 from streamd.log.conform import check_timestamps, conform_batches
 from streamd.log.control import ABORT, marker_batch, marker_type
-from streamd.log.files import atomic_write, fsync_dir
-from streamd.log.flusher import SharedFlusher
+from streamd.log.disk import DiskMonitor
+from streamd.log.files import fsync_dir
+from streamd.log.flusher import FlushJob, SharedFlusher
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.producer_state import SNAPSHOT_FILE, ProducerStateTable
 from streamd.log.recovery import recover_partition, write_clean_marker
 from streamd.log.segment import FileSlice, Segment, SegmentFile
-from streamd.log.syncfs import FilesystemSync
+from streamd.log.start_offset import read_log_start, write_log_start
 from streamd.log.topic_config import TopicConfig
 from streamd.log.txn_index import AbortedTxn, TxnIndex, collect
 
 log = logging.getLogger("streamd.log")
 
-LOG_START_FILE = "log-start-offset"
 MAX_RELATIVE_OFFSET = 2**31 - 1
 
 
@@ -83,6 +96,8 @@ class AppendResult:
     log_append_time_ms: int
     """-1 for CreateTime topics."""
     log_start_offset: int
+    epoch: int = 0
+    """The partition's epoch when the append was staged (see ``PartitionLog._epoch``)."""
 
 
 class PartitionLog:
@@ -93,10 +108,18 @@ class PartitionLog:
         fsync: FsyncPolicy,
         segments: list[Segment],
         log_start_offset: int,
+        *,
+        flusher: SharedFlusher | None = None,
+        disk: DiskMonitor | None = None,
     ) -> None:
         self.directory = directory
+        self.name = f"{directory.parent.name}-{directory.name}"
+        """``<topic>-<partition>``: names the partition in errors without a server path."""
         self.config = config
         self.fsync_policy = fsync
+        self.flusher = flusher or SharedFlusher()
+        """One group commit across all the partitions of a log manager."""
+        self.disk = disk or DiskMonitor(directory)
         self._segments = segments
         self._bases = [s.base_offset for s in segments]
         self._log_start = log_start_offset
@@ -104,16 +127,23 @@ class PartitionLog:
         self._unsynced: list[SegmentFile] = []
         self._pending: list[tuple[Segment, bytes | bytearray, int]] = []
         self._failed: StorageError | None = None
+        self._epoch = 0
+        """Bumped whenever staged appends are dropped (a failed flush round, a full
+        truncation): a waiter staged in an older epoch is never acknowledged."""
+        self._dropped: StorageError | None = None
+        self._job_running = False
         self._dir_dirty = False
         self._sealed_this_session: list[Segment] = []
-        self._flush_task: asyncio.Task[None] | None = None
         self.last_flush_ms = now_ms()
+        self._closing = False
         self._closed = False
-        self.flusher: SharedFlusher | None = None
-        """Set by the log manager: one group commit across all its partitions."""
         self._page_cache_window = -1
         self._snapshot: bytes | None = None
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._snapshots_allowed = True
+        self._ended_txns: list[tuple[int, int, int]] = []
+        """(marker offset, producer id, first offset) of transactions ended by markers not yet
+        durable: a rewind that drops such a marker opens its transaction again."""
         self.producers = self._load_producer_state()
 
     @property
@@ -189,14 +219,20 @@ class PartitionLog:
         *,
         fsync: FsyncPolicy | None = None,
         now: int | None = None,
+        flusher: SharedFlusher | None = None,
+        disk: DiskMonitor | None = None,
     ) -> PartitionLog:
-        """Open (creating if needed) and recover the partition stored in ``directory``."""
+        """Open (creating if needed) and recover the partition stored in ``directory``.
+
+        Opening never needs free space for a partition that exists: only a new partition
+        writes (its first segment file and its log start)."""
+        created = not directory.exists()
         directory.mkdir(parents=True, exist_ok=True)
         now = now_ms() if now is None else now
         segments = recover_partition(
             directory, index_interval_bytes=config.index_interval_bytes, now_ms=now
         )
-        log_start = _read_log_start(directory)
+        log_start = read_log_start(directory)
         if not segments:
             segments = [
                 Segment(
@@ -206,6 +242,8 @@ class PartitionLog:
                     created_ms=now,
                 )
             ]
+            if created:
+                write_log_start(directory, log_start or 0)
             fsync_dir(directory)
         end = segments[-1].next_offset
         if log_start is not None and log_start > end:
@@ -217,7 +255,6 @@ class PartitionLog:
                 log_start,
             )
             for segment in segments:
-                segment.close()
                 segment.delete()
             segments = [
                 Segment(
@@ -230,7 +267,15 @@ class PartitionLog:
             fsync_dir(directory)
         if log_start is None or log_start < segments[0].base_offset:
             log_start = segments[0].base_offset
-        return cls(directory, config, fsync or FsyncPolicy("never"), segments, log_start)
+        return cls(
+            directory,
+            config,
+            fsync or FsyncPolicy("never"),
+            segments,
+            log_start,
+            flusher=flusher,
+            disk=disk,
+        )
 
     # ---- state ---------------------------------------------------------------------------------
 
@@ -276,6 +321,10 @@ class PartitionLog:
     def size_bytes(self) -> int:
         return sum(s.size for s in self._segments)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def update_config(self, config: TopicConfig) -> None:
         self.config = config
         self.active.index_interval_bytes = config.index_interval_bytes
@@ -286,7 +335,8 @@ class PartitionLog:
         """Validate, assign offsets to and store a produce payload (one or more v2 batches).
 
         Returns once the batches are in the log file, and with fsync "always" once they are
-        fsynced too. Raises CorruptMessage / InvalidRecord / MessageTooLarge, appending nothing.
+        fsynced too. Raises CorruptMessage / InvalidRecord / MessageTooLarge, appending nothing,
+        and StorageError when the batches cannot be stored (nothing of them is acknowledged).
         """
         result = self.stage_append(payload, now_ms=now_ms)
         await self.wait_durable(result)
@@ -296,7 +346,7 @@ class PartitionLog:
         """The synchronous part of :meth:`append`: offsets are assigned in call order, so a
         caller that stages several appends (pipelined requests) without awaiting in between
         keeps their order. Follow with :meth:`wait_durable` before acknowledging."""
-        self._check_open()
+        self._check_writable()
         headers = validate_produce_batches(payload, self.config.max_message_bytes)
         check_client_batches(headers)
         check_timestamps(headers, self.config, now_ms)
@@ -307,7 +357,7 @@ class PartitionLog:
                 if len(headers) != 1:
                     raise InvalidRecord("a retried idempotent batch must be sent alone")
                 return AppendResult(
-                    duplicate.base_offset, duplicate.last_offset, -1, self._log_start
+                    duplicate.base_offset, duplicate.last_offset, -1, self._log_start, self._epoch
                 )
         count = sum(h.last_offset_delta + 1 for h in headers)
         buf, headers = conform_batches(payload, headers, self.config)
@@ -325,16 +375,33 @@ class PartitionLog:
         """Append a COMMIT or ABORT marker ending the producer's transaction here; returns once
         it is as durable as the fsync policy requires. Only the transaction coordinator calls
         this (clients cannot write control batches)."""
-        self._check_open()
+        self._check_writable()
         marker = marker_batch(producer_id, producer_epoch, commit, coordinator_epoch, now_ms)
         buf = bytearray(marker)
         result = self._stage(buf, [parse_header(buf)], 1, now_ms)
         ended = self.producers.end_txn(producer_id, result.base_offset)
-        if ended is not None and not commit:
-            entry = AbortedTxn(producer_id, ended[0], result.base_offset, ended[1])
-            self.active.txn_index.append(entry)
+        if ended is not None:
+            self._ended_txns.append((result.base_offset, producer_id, ended[0]))
+            if not commit:
+                entry = AbortedTxn(producer_id, ended[0], result.base_offset, ended[1])
+                try:
+                    self.active.txn_index.append(entry)
+                except OSError as exc:
+                    self._txn_index_lost(exc)
         await self.wait_durable(result)
         return result
+
+    def _txn_index_lost(self, exc: OSError) -> None:
+        """An aborted-transaction entry did not reach its file (a full disk): the entry is in
+        memory; for the next start to rebuild it, the producer-state snapshot goes (unlinking
+        needs no space) and none is written again this session, so that start scans the log
+        from its beginning, as it does without a snapshot."""
+        self.disk.note(exc)
+        log.warning("%s: aborted-transaction index not written (%s); the next start rebuilds "
+                    "it from the log", self.name, exc.strerror)
+        self._snapshots_allowed = False
+        self._snapshot = None
+        (self.directory / SNAPSHOT_FILE).unlink(missing_ok=True)
 
     def _stage(
         self, buf: bytearray, headers: list[BatchHeader], count: int, now_ms: int
@@ -344,25 +411,34 @@ class PartitionLog:
         append_time = now_ms if self.config.log_append_time else None
         patched = patch_for_append(buf, headers, base, append_time)
         producers = self.producers
-        for header in patched:
-            producers.apply(header)
         segment = self.active
         if self.fsync_policy.always:
+            for header in patched:
+                producers.apply(header)
             segment.track_deferred(patched, now_ms)
             self._pending.append((segment, buf, segment.size))
         else:
-            segment.append(buf, patched, now_ms)
+            try:
+                segment.append(buf, patched, now_ms)
+            except StorageError as exc:
+                self.disk.note(exc)
+                raise
+            for header in patched:
+                producers.apply(header)
         if self.fsync_policy.mode != "never" and (
             not self._unsynced or self._unsynced[-1] is not segment.file
         ):
             self._unsynced.append(segment.file)
         last = base + count - 1
-        return AppendResult(base, last, -1 if append_time is None else append_time, self._log_start)
+        return AppendResult(
+            base, last, -1 if append_time is None else append_time, self._log_start, self._epoch
+        )
 
     async def wait_durable(self, result: AppendResult) -> None:
-        """Wait until a staged append is as durable as the fsync policy requires."""
+        """Wait until a staged append is as durable as the fsync policy requires; raise
+        StorageError if it never will be."""
         if self.fsync_policy.always:
-            await self._wait_durable(result.last_offset + 1)
+            await self._wait_durable(result.last_offset + 1, result.epoch)
 
     def _maybe_roll(self, incoming_bytes: int, incoming_count: int, now: int) -> None:
         segment = self.active
@@ -376,15 +452,23 @@ class PartitionLog:
             self._roll(now)
 
     def _roll(self, now: int) -> None:
+        """Start a new active segment. Its file is created first: if that fails (a full disk)
+        nothing has changed."""
         old = self.active
+        try:
+            new = Segment(
+                self.directory,
+                self.log_end_offset,
+                index_interval_bytes=self.config.index_interval_bytes,
+                created_ms=now,
+            )
+        except OSError as exc:
+            error = StorageError(f"cannot start a new segment of {self.name}: {exc.strerror}")
+            error.__cause__ = exc
+            self.disk.note(exc)
+            raise error from exc
         old.seal()
         self._sealed_this_session.append(old)
-        new = Segment(
-            self.directory,
-            self.log_end_offset,
-            index_interval_bytes=self.config.index_interval_bytes,
-            created_ms=now,
-        )
         self._segments.append(new)
         self._bases.append(new.base_offset)
         self._dir_dirty = True
@@ -396,6 +480,8 @@ class PartitionLog:
 
         Written and renamed without fsync: a crash may leave the previous snapshot or an
         unreadable one (then the scan starts further back), never a wrong one."""
+        if not self._snapshots_allowed:
+            return
         self._snapshot = self.producers.to_json()
         try:
             loop = asyncio.get_running_loop()
@@ -422,7 +508,11 @@ class PartitionLog:
         """Roll a non-empty active segment older than ``segment.ms``."""
         segment = self.active
         if not segment.is_empty and now - segment.created_ms >= self.config.segment_ms:
-            self._roll(now)
+            try:
+                self._roll(now)
+            except StorageError as exc:
+                log.warning("%s", exc)
+                return False
             return True
         return False
 
@@ -436,58 +526,125 @@ class PartitionLog:
 
     # ---- durability ----------------------------------------------------------------------------
 
-    async def _wait_durable(self, target: int) -> None:
-        while self._durable_offset < target:
-            self._check_open()
-            await asyncio.shield(self._flush_runner())
-
-    def _flush_runner(self) -> asyncio.Future[None]:
-        if self.flusher is not None:
-            return self.flusher.flush(self)
-        if self._flush_task is None:
-            self._flush_task = asyncio.get_running_loop().create_task(self._flush_once())
-        return self._flush_task
-
-    async def _flush_once(self) -> None:
-        job = self.take_flush_job()
-        error = None
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, run_flush_jobs, [job])
-        except OSError as exc:
-            error = exc
-        finally:
-            self._flush_task = None
-        self.finish_flush_job(job, error)
+    async def _wait_durable(self, target: int, epoch: int) -> None:
+        while True:
+            if epoch != self._epoch:
+                raise self._dropped or StorageError(f"appends to {self.name} were dropped")
+            if self._durable_offset >= target:
+                return
+            if self._closed:
+                raise StorageError(f"partition {self.name} is closed")
+            if self._failed is not None:
+                raise self._failed
+            await asyncio.shield(self.flusher.flush(self))
 
     def take_flush_job(self) -> FlushJob:
-        """Everything written or deferred so far, handed to one flush (of this partition only)."""
+        """Everything written or deferred so far, handed to one flush round. Every file the
+        job touches is pinned open until :meth:`finish_flush_job`. A failed partition hands
+        out an empty job: nothing is written after a failure."""
+        if self._failed is not None:
+            return FlushJob(self._durable_offset, [], [], None, self.page_cache_window)
         files, self._unsynced = self._unsynced, []
         pending, self._pending = self._pending, []
         dir_dirty, self._dir_dirty = self._dir_dirty, False
-        return FlushJob(
+        job = FlushJob(
             self.log_end_offset,
             pending,
             files,
             self.directory if dir_dirty else None,
             self.page_cache_window,
         )
+        touched = list(files)
+        for segment, _, _ in pending:
+            if segment.file not in touched:
+                touched.append(segment.file)
+        try:
+            SegmentFile.pin_all(touched)
+        except StorageError as exc:
+            self._fail(job, exc)
+            raise
+        job.pinned = touched
+        self._job_running = True
+        return job
 
     def finish_flush_job(self, job: FlushJob, error: BaseException | None) -> None:
+        """Apply a round's outcome: advance the high watermark, or fail (see the module
+        docstring) and raise the error every waiter of the round receives."""
+        self._job_running = False
+        SegmentFile.unpin_all(job.pinned)
+        job.pinned = []
         if error is not None:
-            self._failed = StorageError(f"write/fsync in {self.directory} failed: {error}")
-            log.error("%s; the partition refuses writes until restart", self._failed)
-            raise self._failed from error
+            raise self._fail(job, error)
         for segment, _, end in job.pending:
             segment.readable_size = max(segment.readable_size, end)
         self._durable_offset = max(self._durable_offset, job.target)
+        if self._ended_txns:
+            durable = self._durable_offset
+            self._ended_txns = [t for t in self._ended_txns if t[0] >= durable]
         self.last_flush_ms = now_ms()
 
+    def _fail(self, job: FlushJob, error: BaseException) -> StorageError:
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else error
+        failure = StorageError(f"write/fsync of {self.name} failed: {reason}")
+        failure.__cause__ = error
+        self._epoch += 1
+        self._dropped = failure
+        self._pending.clear()
+        self._unsynced.clear()
+        if self.disk.note(error) and self.fsync_policy.always and not self._closed:
+            try:
+                self._rewind()
+            except (OSError, StorageError) as exc:
+                log.error("%s: cannot drop the unacknowledged tail: %s", self.name, exc)
+            else:
+                log.warning(
+                    "%s: %s; dropped the unacknowledged tail, the log ends at %d again",
+                    self.name, reason, self.log_end_offset,
+                )
+                return failure
+        self._failed = failure
+        log.error("%s; the partition refuses writes until restart", failure)
+        return failure
+
+    def _rewind(self) -> None:
+        """Cut everything after the durable offset: the tail of the segment holding it, the
+        segments rolled after it, and the producer state of the dropped batches."""
+        durable = self._durable_offset
+        keep = max(0, bisect.bisect_right(self._bases, durable) - 1)
+        doomed = self._segments[keep + 1 :]
+        tail = self._segments[keep]
+        tail.truncate_to(tail.readable_size)
+        if tail.next_offset != durable:
+            raise StorageError(
+                f"{self.name}: the durable part ends at offset {tail.next_offset}, "
+                f"expected {durable}"
+            )
+        for segment in doomed:
+            segment.delete()
+        self._segments = self._segments[: keep + 1]
+        self._bases = self._bases[: keep + 1]
+        gone = {id(s) for s in doomed}
+        self._sealed_this_session = [s for s in self._sealed_this_session if id(s) not in gone]
+        self.producers.truncate_to(durable)
+        for marker, producer_id, first in reversed(self._ended_txns):
+            if marker >= durable and first < durable:  # its marker is gone: open again
+                self.producers.ongoing[producer_id] = first
+        self._ended_txns.clear()
+        aborts = tail.txn_index.entries
+        tail.txn_index.truncate(bisect.bisect_left([e.last_offset for e in aborts], durable))
+        self._dir_dirty = self._dir_dirty or bool(doomed)
+
     async def flush(self) -> None:
-        """Fsync everything written so far (the interval policy's timer calls this)."""
-        if self._flush_task is not None:
-            await asyncio.shield(self._flush_task)
-        if self._unsynced or self._dir_dirty or self._durable_offset < self.log_end_offset:
-            await asyncio.shield(self._flush_runner())
+        """Fsync everything written so far (the interval policy's timer calls this), after
+        any flush round of this partition that is still running."""
+        if (
+            self._unsynced
+            or self._dir_dirty
+            or self._pending
+            or self._job_running
+            or (self._durable_offset < self.log_end_offset and self._failed is None)
+        ):
+            await asyncio.shield(self.flusher.flush(self))
 
     # ---- read ----------------------------------------------------------------------------------
 
@@ -594,7 +751,9 @@ class PartitionLog:
     ) -> list[Segment]:
         """Delete the oldest sealed segments that are below the log start, older than
         ``retention_ms`` (by max timestamp) or beyond ``retention_bytes``; -1 disables a limit.
-        Stops at the first segment that is kept or vetoed by ``may_delete``."""
+        Stops at the first segment that is kept or vetoed by ``may_delete``. At least
+        ``retention_bytes`` stay: a segment goes only if what remains without it is still
+        that large."""
         total = self.size_bytes
         doomed: list[Segment] = []
         for segment in self._segments[:-1]:
@@ -610,15 +769,20 @@ class PartitionLog:
         if doomed:
             new_start = max(self._log_start, doomed[-1].next_offset)
             if new_start != self._log_start:
-                self._set_log_start(new_start)
+                # The new start is the first remaining segment's base, which recovery derives
+                # by itself: when the write fails (a full disk), deleting goes ahead anyway.
+                self._set_log_start(new_start, derivable=True)
             self._remove(doomed)
         return doomed
 
     def truncate_fully_and_start_at(self, offset: int) -> None:
-        """Drop every local segment and restart the log empty at ``offset`` (restore, tiering)."""
-        self._check_open()
+        """Drop every local segment and restart the log empty at ``offset`` (restore, tiering).
+        Appends still waiting for a flush are dropped (their waiters fail)."""
+        self._check_writable()
         self._set_log_start(offset)
         old = self._segments
+        for segment in old:
+            segment.delete()
         self._segments = [
             Segment(
                 self.directory,
@@ -628,16 +792,28 @@ class PartitionLog:
             )
         ]
         self._bases = [offset]
-        for segment in old:
-            segment.delete()
         self._unsynced.clear()
         self._pending.clear()
+        self._sealed_this_session.clear()
+        self._epoch += 1
+        self._dropped = StorageError(f"{self.name} was truncated fully")
+        self.producers.truncate_to(offset)
         self._durable_offset = offset
         self._dir_dirty = True
         self.producers.ongoing.clear()
+        self._ended_txns.clear()
 
-    def _set_log_start(self, offset: int) -> None:
-        atomic_write(self.directory / LOG_START_FILE, b"%d\n" % offset)
+    def _set_log_start(self, offset: int, *, derivable: bool = False) -> None:
+        try:
+            write_log_start(self.directory, offset)
+        except OSError as exc:
+            if not derivable:
+                self.disk.note(exc)
+                raise StorageError(
+                    f"cannot persist the log start of {self.name}: {exc.strerror}"
+                ) from exc
+            log.warning("%s: cannot persist log start %d (%s); deleting anyway: recovery "
+                        "derives it from the first segment", self.name, offset, exc.strerror)
         self._log_start = offset
 
     def _remove(self, doomed: list[Segment]) -> None:
@@ -648,49 +824,71 @@ class PartitionLog:
         self._bases = [s.base_offset for s in self._segments]
         files = {id(s.file) for s in doomed}
         self._unsynced = [f for f in self._unsynced if id(f) not in files]
+        self._pending = [p for p in self._pending if id(p[0]) not in gone]
+        self._sealed_this_session = [s for s in self._sealed_this_session if id(s) not in gone]
         for segment in doomed:
             segment.delete()
         self._dir_dirty = True
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
-    def _check_open(self) -> None:
-        if self._closed:
-            raise StorageError(f"partition log {self.directory} is closed")
+    def _check_writable(self) -> None:
+        if self._closing or self._closed:
+            raise StorageError(f"partition {self.name} is closed")
         if self._failed is not None:
             raise self._failed
+        if self.disk.full and not self.disk.writable():
+            raise StorageError(f"cannot append to {self.name}: the disk is full")
 
     async def close(self) -> None:
-        """Fsync all data and indexes, write the clean-shutdown marker, release descriptors."""
-        if self._closed:
+        """Refuse new appends, flush what was staged (its waiters are answered), mark the
+        partition closed, then fsync indexes, write the clean-shutdown marker and release the
+        descriptors. A full disk does not stop a close: without the marker (or the producer
+        snapshot) the next start validates and scans a little more."""
+        if self._closing or self._closed:
             return
-        if self.fsync_policy.mode == "never":
-            self._unsynced = [s.file for s in self._segments]
-        await self.flush()
+        self._closing = True
         if self._snapshot_task is not None:
             await self._snapshot_task
         touched = [*self._sealed_this_session, self.active]
-        await asyncio.get_running_loop().run_in_executor(None, self._finish_close, touched)
+        if self.fsync_policy.mode == "never":  # what this session wrote; older files were synced
+            self._unsynced = [s.file for s in touched if s in self._segments]
+        try:
+            await self.flush()
+        except StorageError as exc:
+            log.warning("%s: final flush failed: %s", self.name, exc)
         self._closed = True
+        clean = self._failed is None
+        await asyncio.get_running_loop().run_in_executor(None, self._finish_close, touched, clean)
 
-    def _finish_close(self, touched: list[Segment]) -> None:
-        self.producers.save(self.directory)
-        for segment in touched:
-            segment.txn_index.fsync()
-            for path in (segment.index_path, segment.timeindex_path):
-                if path.exists():
-                    fd = os.open(path, os.O_RDONLY)
-                    try:
-                        os.fsync(fd)
-                    finally:
-                        os.close(fd)
+    def _finish_close(self, touched: list[Segment], clean: bool) -> None:
+        try:
+            if self._snapshots_allowed:
+                self.producers.save(self.directory)
+        except OSError as exc:
+            log.warning("%s: cannot save the producer state: %s", self.name, exc.strerror)
+        try:
+            for segment in touched:
+                segment.txn_index.fsync()
+                segment.fsync_indexes()
+        except OSError as exc:
+            clean = False
+            log.warning("%s: cannot sync indexes: %s", self.name, exc.strerror)
         for segment in self._segments:
             segment.close()
-        write_clean_marker(self.directory)
+        if clean:
+            try:
+                write_clean_marker(self.directory)
+            except OSError as exc:
+                log.warning("%s: cannot write the clean-shutdown marker (%s): the next start "
+                            "validates every segment", self.name, exc.strerror)
 
     def discard(self) -> None:
         """Release descriptors without syncing (the partition is being deleted)."""
-        self._closed = True
+        self._closing = self._closed = True
+        self._epoch += 1
+        self._dropped = StorageError(f"partition {self.name} was deleted")
+        self._pending.clear()
         self._snapshot = None
         if self._snapshot_task is not None:
             self._snapshot_task.cancel()
@@ -698,100 +896,8 @@ class PartitionLog:
             segment.close()
 
 
-@dataclass(slots=True)
-class FlushJob:
-    target: int
-    pending: list[tuple[Segment, bytes | bytearray, int]]
-    files: list[SegmentFile]
-    directory: Path | None
-    page_cache_window: int = -1
-
-
-def run_flush_jobs(
-    jobs: list[FlushJob], fs_sync: FilesystemSync | None = None
-) -> list[BaseException | None]:
-    """Write every job's deferred batches, then make them durable: in a worker thread, never
-    on the loop. All writes go first so that the disk sees them before the first sync of the
-    round. With ``fs_sync`` the files on its filesystem are synced by one ``syncfs`` (see
-    :mod:`streamd.log.syncfs`), the others by fsync."""
-    errors: list[BaseException | None] = []
-    for job in jobs:
-        try:
-            for segment, data, _ in job.pending:
-                fd = segment.file.fd
-                if fd < 0:
-                    continue
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-            errors.append(None)
-        except OSError as exc:
-            errors.append(exc)
-    if fs_sync is not None and fs_sync.available:
-        _syncfs_round(jobs, errors, fs_sync)
-    else:
-        for i, job in enumerate(jobs):
-            if errors[i] is None:
-                try:
-                    _fsync_all(job.files, job.directory, job.page_cache_window)
-                except OSError as exc:
-                    errors[i] = exc
-    if len(jobs) == 1 and errors[0] is not None:
-        raise errors[0]
-    return errors
-
-
-def _syncfs_round(
-    jobs: list[FlushJob], errors: list[BaseException | None], fs_sync: FilesystemSync
-) -> None:
-    try:
-        covered = fs_sync.covers
-        for i, job in enumerate(jobs):
-            if errors[i] is None:
-                others = [f for f in job.files if f.fd >= 0 and not covered(f.dev)]
-                directory = job.directory
-                if directory is not None and covered(os.stat(directory).st_dev):
-                    directory = None
-                if others or directory is not None:
-                    try:
-                        _fsync_all(others, directory, job.page_cache_window)
-                    except OSError as exc:
-                        errors[i] = exc
-        fs_sync.sync()
-    except OSError as exc:
-        for i in range(len(jobs)):
-            if errors[i] is None:
-                errors[i] = exc
-        return
-    for i, job in enumerate(jobs):
-        if errors[i] is None and job.page_cache_window >= 0:
-            for file in job.files:
-                file.drop_synced(job.page_cache_window)
-
-
-def _fsync_all(files: list[SegmentFile], directory: Path | None, keep: int) -> None:
-    for file in files:
-        if file.fd >= 0:
-            os.fsync(file.fd)
-            file.drop_synced(keep)
-    if directory is not None:
-        fsync_dir(directory)
-
-
 def _replace_file(path: Path, data: bytes) -> None:
     """Write a temporary file and rename it over ``path`` (no fsync: see the caller)."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
-
-
-def _read_log_start(directory: Path) -> int | None:
-    try:
-        return int((directory / LOG_START_FILE).read_text().strip())
-    except FileNotFoundError:
-        return None
-    except ValueError:
-        log.warning(
-            "%s: unreadable %s, using the first segment's base offset", directory, LOG_START_FILE
-        )
-        return None

@@ -146,6 +146,20 @@ class ProducerStateTable:
         for pid in gone:
             del self.producers[pid]
 
+    def truncate_to(self, offset: int) -> None:
+        """Forget batches at or after ``offset`` (they were dropped before being acknowledged).
+        A producer left with no batch is forgotten: its next batch is accepted as is, as after
+        a restart that lost its state; the last sequence of one with batches left is correct
+        again, so the producer's retries continue where the log ends."""
+        for pid in list(self.producers):
+            entry = self.producers[pid]
+            while entry.batches and entry.batches[-1].base_offset >= offset:
+                entry.batches.pop()
+            if not entry.batches:
+                del self.producers[pid]
+        self.ongoing = {pid: first for pid, first in self.ongoing.items() if first < offset}
+        self.scanned_to = min(self.scanned_to, offset)
+
     def to_json(self) -> bytes:
         return json.dumps(
             {

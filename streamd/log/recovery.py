@@ -64,6 +64,8 @@ def take_clean_marker(directory: Path) -> bool:
 
 
 def _persist_index(index: _SparseIndex, kind: str, stale_reason: str | None) -> None:
+    """Write a rebuilt index if the file differs. Starting never depends on it: on a full disk
+    the stale file is removed instead (see ``_SparseIndex.rewrite``)."""
     try:
         on_disk = index.path.read_bytes()
     except FileNotFoundError:
@@ -84,42 +86,32 @@ def validate_segment(
     Returns the segment and the number of bytes cut. A truncated segment is left unsealed: the
     caller drops everything after it, so it becomes the active segment.
     """
+    path = segment_path(directory, base_offset, ".log")
     segment = Segment(
-        directory, base_offset, index_interval_bytes=index_interval_bytes, created_ms=now_ms
+        directory,
+        base_offset,
+        index_interval_bytes=index_interval_bytes,
+        created_ms=now_ms,
+        file=SegmentFile(path, create=False),
     )
     segment.offset_index.persist = segment.time_index.persist = False
-    fd = segment.file.fd
-    file_size = os.fstat(fd).st_size
-    pos = 0
-    reason = ""
-    if file_size:
-        with mmap.mmap(fd, file_size, access=mmap.ACCESS_READ) as data:
-            while pos < file_size:
-                try:
-                    header = check_batch(data, pos, file_size)  # type: ignore[arg-type]  # mmap is a buffer
-                except (CorruptMessage, InvalidRecord) as exc:
-                    reason = str(exc)
-                    break
-                if header.base_offset != segment.next_offset:
-                    reason = (
-                        f"batch at byte {pos} has base offset {header.base_offset}, "
-                        f"expected {segment.next_offset}"
-                    )
-                    break
-                segment.track(header, pos)
-                pos += header.size
-    cut = file_size - pos
-    if cut:
-        log.warning(
-            "truncating %s at byte %d (next offset %d): cutting %d bytes: %s",
-            segment.path,
-            pos,
-            segment.next_offset,
-            cut,
-            reason,
-        )
-        os.ftruncate(fd, pos)
-        os.fsync(fd)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        pos, reason = _walk(segment, fd)
+        cut = os.fstat(fd).st_size - pos
+        if cut:
+            log.warning(
+                "truncating %s at byte %d (next offset %d): cutting %d bytes: %s",
+                segment.path,
+                pos,
+                segment.next_offset,
+                cut,
+                reason,
+            )
+            os.ftruncate(fd, pos)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
     existing_ok = (
         (True, True)
         if pos == 0
@@ -147,6 +139,29 @@ def validate_segment(
     return segment, cut
 
 
+def _walk(segment: Segment, fd: int) -> tuple[int, str]:
+    """Track every valid batch of the file from its start; returns where the valid part ends
+    and why it ends there ("" at the end of the file)."""
+    file_size = os.fstat(fd).st_size
+    pos = 0
+    if not file_size:
+        return 0, ""
+    with mmap.mmap(fd, file_size, access=mmap.ACCESS_READ) as data:
+        while pos < file_size:
+            try:
+                header = check_batch(data, pos, file_size)  # type: ignore[arg-type]  # mmap is a buffer
+            except (CorruptMessage, InvalidRecord) as exc:
+                return pos, str(exc)
+            if header.base_offset != segment.next_offset:
+                return pos, (
+                    f"batch at byte {pos} has base offset {header.base_offset}, "
+                    f"expected {segment.next_offset}"
+                )
+            segment.track(header, pos)
+            pos += header.size
+    return pos, ""
+
+
 def load_trusted_segment(
     directory: Path, base_offset: int, next_offset: int, *, index_interval_bytes: int, now_ms: int
 ) -> Segment | None:
@@ -165,7 +180,7 @@ def load_trusted_segment(
     )
     if offset_index is None or time_index is None or size < HEADER_SIZE or not time_index.keys:
         return None
-    file = SegmentFile(path)
+    file = SegmentFile(path, create=False)
     first = parse_header(file.pread(HEADER_SIZE, 0))
     if first.base_offset != base_offset or first.magic != 2:
         file.close()

@@ -109,6 +109,20 @@ class TxnIndex:
         finally:
             os.close(fd)
 
+    def truncate(self, count: int) -> None:
+        """Keep only the first ``count`` entries (markers dropped before they were durable);
+        cutting the file never needs free space."""
+        if count >= len(self.entries):
+            return
+        self.entries = self.entries[:count]
+        try:
+            if count:
+                os.truncate(self.path, count * ENTRY_SIZE)
+            else:
+                self.path.unlink()
+        except FileNotFoundError:
+            pass
+
     def replace(self, entries: list[AbortedTxn]) -> None:
         """Make the file hold exactly ``entries`` (recovery's rebuild); no file when empty."""
         if entries == self.entries and (bool(entries) == self.path.exists()):

@@ -37,10 +37,11 @@ Decisions:
   archived transaction indexes (the same reader path as the origin's own replay), and a
   transaction may not add a replica's partition (AddPartitionsToTxn answers
   INVALID_TOPIC_EXCEPTION: its markers would land in the replica's log). The replica's last
-  stable offset is the end of the origin's archive: a transaction still open at the origin
-  whose records were archived before its marker is visible to read_committed readers of the
-  replica until the marker is archived too (the origin archives sealed segments whatever their
-  transactions; archiving only below the origin's LSO, as Redpanda does, would close this).
+  stable offset is the end of the origin's archive. That is exact because the origin archives
+  only below its own LSO and never ends its archive between an aborted transaction's records
+  and its marker (:mod:`streamd.tiering.candidates`): no archived record belongs to a
+  transaction the archive does not decide. (An archive written by a streamd before that rule
+  may still end inside a transaction.)
 - **Read-only.** Produce, DeleteRecords, CreatePartitions and config changes other than
   removing ``remote.readreplica`` are refused by the Kafka handlers (:func:`refusal`) with a
   message saying the topic is a read replica. This broker never writes, deletes or lists
@@ -516,7 +517,7 @@ class ReadReplicas:
         manifests = await self._read_manifests(origin, name, source.topic_id,
                                                source.partition_count)
         configs = {**source.configs, CONFIG: url}
-        self.logs.validate_overrides(configs)
+        self.logs.check_new_topic(name, source.partition_count, configs)
         if validate_only:
             return None, source.partition_count
         topic = self.logs.create_topic(

@@ -20,6 +20,11 @@ O(topics + partitions) requests with bounded concurrency, and O(segments) parsin
   no existing object is ever rewritten, even if the old broker still runs.
   A partition without a manifest and without archived objects (nothing archived yet) starts
   empty at 0.
+- Transactions are not restored (neither coordinator state nor open transactions): a restored
+  partition has no producer state, so its last stable offset is its end, and read_committed
+  reads of it list exactly the aborted transactions of the archived transaction indexes. That
+  is exact because the uploader never archives records of a transaction that is open, or
+  aborted with its marker not archived, at upload time (:mod:`streamd.tiering.candidates`).
 - A partition whose segment objects exist *without* a manifest (the manifest was lost) makes
   its topic unrestorable: starting it empty at 0 would hand the archived offsets out again and
   hide the archive. ``allow_missing_manifest`` (``--allow-missing-manifest``) restores it empty

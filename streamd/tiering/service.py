@@ -25,6 +25,13 @@ topic that has archived data this session). Decisions recorded here:
   topic uses it.
 - **Shutdown.** :meth:`archive_tail` rolls every tiered partition's active segment and archives
   it within ``tiering.shutdown_upload_timeout_ms``, so a planned stop loses nothing on restore.
+  What a transaction still open holds back (from the partition's last stable offset on, see
+  :mod:`streamd.tiering.candidates`) is never archived: it stays on local disk, and the
+  shutdown warning names the offset it starts at.
+- **Lag.** ``/v1/health`` and the metrics count what is not archived below the last stable
+  offset as upload lag, and what lies from it on as *waiting* (open transactions: not a fault);
+  ``/v1/topics/{t}/storage`` reports each partition's ``last_stable_offset`` and
+  ``uploads_waiting_for_lso`` (sealed segments held back) next to ``pending_uploads``.
 - **Local deletion veto (invariant 4).** ``LogManager.tiering_veto`` is set to
   :meth:`may_delete_local`: a tiered segment may leave local disk only when the stored manifest
   covers its last offset. Without a loaded manifest nothing is covered.
@@ -63,7 +70,6 @@ from streamd.log.segment import Segment
 from streamd.log.txn_index import AbortedTxn
 from streamd.tiering import keys
 from streamd.tiering.cache import ChunkCache
-from streamd.tiering.candidates import select_candidates
 from streamd.tiering.manifest import (
     ManifestError,
     PartitionManifest,
@@ -82,7 +88,7 @@ from streamd.tiering.remote_reader import RemoteReader
 from streamd.tiering.retention import plan_remote_start
 from streamd.tiering.stats import TieringStats
 from streamd.tiering.store import VERBS, ObjectExists, ObjectNotFound, ObjectStore, StoreError
-from streamd.tiering.uploader import Outcome, Uploader
+from streamd.tiering.uploader import Outcome, Uploader, select
 
 log = logging.getLogger("streamd.tiering")
 
@@ -341,7 +347,10 @@ class TieringService:
             await asyncio.wait_for(asyncio.gather(*jobs), max(0, timeout_ms) / 1000)
         behind = [
             f"{s.topic}-{s.partition} (archived to {s.manifest.last_uploaded_offset}, "
-            f"end {p.high_watermark - 1})"
+            f"end {p.high_watermark - 1}"
+            + (f", open transactions from offset {p.last_stable_offset}"
+               if p.last_stable_offset < p.high_watermark else "")
+            + ")"
             for s, p in tails
             if s.manifest.last_uploaded_offset < p.high_watermark - 1
         ]
@@ -418,6 +427,11 @@ class TieringService:
             manifest = replace(manifest, incarnation=copy.incarnation)
         manifest = with_incarnation(manifest)
         async with state.lock:
+            if state.loaded:
+                # Another load of this partition (the tick's, or the one a topic change
+                # started) got there first, and uploads may have moved the manifest on since:
+                # replacing it now would forget what they archived.
+                return
             state.manifest = manifest
             state.loaded = True
             state.from_copy = False
@@ -786,12 +800,11 @@ class TieringService:
                 mode = "tiered"
             else:
                 mode = "local+archive" if archived else "local"
-            pending = 0
+            pending = waiting = 0
             due = None
             if manifest is not None:
-                pending = len(
-                    select_candidates(plog.segments, manifest, plog.high_watermark).candidates
-                )
+                selection = select(plog, manifest)
+                pending, waiting = len(selection.candidates), selection.waiting
                 due = self._retention_due(topic, manifest, plog)
             parts.append(
                 {
@@ -805,12 +818,14 @@ class TieringService:
                     "earliest_offset": self.earliest_offset(name, index, plog),
                     "local_start_offset": plog.log_start_offset,
                     "high_watermark": plog.high_watermark,
+                    "last_stable_offset": plog.last_stable_offset,
                     "local_bytes": plog.size_bytes,
                     "local_segments": len(plog.segments),
                     "remote_bytes": manifest.size_bytes if manifest else 0,
                     "remote_segments": len(manifest.segments) if manifest else 0,
                     "last_upload_ms": state.last_upload_ms if state else -1,
                     "pending_uploads": pending,
+                    "uploads_waiting_for_lso": waiting,
                     "pending_deletes": len(state.pending_deletes) if state else 0,
                     "retention_due_offset": -1 if due is None else due,
                     "errors": state.errors if state else 0,
@@ -831,21 +846,46 @@ class TieringService:
             self.borrowed.describe(name, report)
         return report
 
+    @staticmethod
+    def _lag(state: PartitionState, plog: PartitionLog) -> tuple[int, int, int, int]:
+        """``(lag offsets, lag bytes, waiting offsets, waiting bytes)`` of one partition: what
+        is not archived yet, split at the last stable offset. Offsets from the LSO on wait for
+        open transactions (:mod:`streamd.tiering.candidates`, rule 1) and are not upload lag,
+        as Kafka's RemoteCopyLag counts only data eligible for upload; so are the bytes of
+        segments holding such offsets."""
+        archived = max(state.manifest.last_uploaded_offset + 1, plog.log_start_offset)
+        hw, lso = plog.high_watermark, plog.last_stable_offset
+        lag_bytes = waiting_bytes = 0
+        for segment in plog.segments:
+            if segment.next_offset <= archived:
+                continue
+            if lso < hw and segment.next_offset > lso:
+                waiting_bytes += segment.size
+            else:
+                lag_bytes += segment.size
+        return (
+            max(0, lso - archived), lag_bytes, max(0, hw - max(lso, archived)), waiting_bytes
+        )
+
     def health(self) -> dict[str, Any]:
         """The tiering component of ``GET /v1/health``: "degraded" while the bucket does not
         answer or any partition's last upload (or manifest load) failed or its uploads are
-        blocked; lag counts offsets and bytes not yet archived over all tiered partitions."""
+        blocked; lag counts offsets and bytes not yet archived over all tiered partitions
+        (below the LSO: ``upload_lag_*``; from it on, held by open transactions, which is not
+        a fault: ``upload_waiting_*``)."""
         failing = []
         notices = []
-        lag_offsets = lag_bytes = 0
+        lag_offsets = lag_bytes = waiting_offsets = waiting_bytes = 0
         for (name, index), state in sorted(self._states.items()):
             topic = self.logs.get(name)
             if topic is None or index >= len(topic.partitions):
                 continue
             plog = topic.partitions[index]
-            last = state.manifest.last_uploaded_offset
-            lag_offsets += max(0, plog.high_watermark - max(last + 1, plog.log_start_offset))
-            lag_bytes += sum(x.size for x in plog.segments if x.base_offset > last)
+            lag = self._lag(state, plog)
+            lag_offsets += lag[0]
+            lag_bytes += lag[1]
+            waiting_offsets += lag[2]
+            waiting_bytes += lag[3]
             if state.last_error is not None or state.blocked:
                 failing.append(f"{name}-{index}: {state.last_error or state.blocked}")
             if state.notice is not None:
@@ -859,6 +899,8 @@ class TieringService:
             "tiered_partitions": len(self._states),
             "upload_lag_offsets": lag_offsets,
             "upload_lag_bytes": lag_bytes,
+            "upload_waiting_offsets": waiting_offsets,
+            "upload_waiting_bytes": waiting_bytes,
             "errors": failing[:10],
             "notices": notices[:10],
         }
@@ -868,6 +910,7 @@ class TieringService:
         cache = self.cache.stats
         lag_offsets: list[tuple[dict[str, str], float]] = []
         lag_bytes: list[tuple[dict[str, str], float]] = []
+        waiting_offsets: list[tuple[dict[str, str], float]] = []
         remote_bytes: list[tuple[dict[str, str], float]] = []
         for (name, index), state in sorted(self._states.items()):
             topic = self.logs.get(name)
@@ -875,10 +918,10 @@ class TieringService:
                 continue
             plog = topic.partitions[index]
             labels = {"topic": name, "partition": str(index)}
-            last = state.manifest.last_uploaded_offset
-            behind = plog.high_watermark - max(last + 1, plog.log_start_offset)
-            lag_offsets.append((labels, max(0, behind)))
-            lag_bytes.append((labels, sum(x.size for x in plog.segments if x.base_offset > last)))
+            lag = self._lag(state, plog)
+            lag_offsets.append((labels, lag[0]))
+            lag_bytes.append((labels, lag[1]))
+            waiting_offsets.append((labels, lag[2]))
             remote_bytes.append((labels, state.manifest.size_bytes))
 
         def counter(name: str, help_text: str, value: float) -> Family:
@@ -924,10 +967,13 @@ class TieringService:
                     s.deleted_objects),
             counter("streamd_tiering_delete_errors_total", "Failed object deletions.",
                     s.delete_errors),
-            ("streamd_tiering_upload_lag_offsets", "Offsets below the high watermark not yet "
-             "archived.", "gauge", lag_offsets),
-            ("streamd_tiering_upload_lag_bytes", "Local bytes not yet archived.", "gauge",
-             lag_bytes),
+            ("streamd_tiering_upload_lag_offsets", "Offsets below the last stable offset not "
+             "yet archived.", "gauge", lag_offsets),
+            ("streamd_tiering_upload_lag_bytes", "Local bytes not yet archived (except segments "
+             "waiting for open transactions).", "gauge", lag_bytes),
+            ("streamd_tiering_upload_waiting_offsets", "Offsets from the last stable offset to "
+             "the high watermark: not archived until open transactions end.", "gauge",
+             waiting_offsets),
             ("streamd_tiering_remote_bytes", "Bytes of archived segments in the manifest.",
              "gauge", remote_bytes),
             counter("streamd_tiering_cache_hits_total", "Remote read cache hits.", cache.hits),

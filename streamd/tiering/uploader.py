@@ -4,8 +4,13 @@ One :meth:`Uploader.sync_partition` call moves one partition forward as far as i
 
 1. roll the active segment if it has been open for ``segment.ms`` (idle or not), or if its
    oldest data is older than ``tiering.segment_max_upload_interval_ms``, so that a quiet
-   partition's tail gets archived too (this bounds what a wipe and restore can lose);
-2. select candidates (:mod:`streamd.tiering.candidates`): sealed, durable, not yet archived;
+   partition's tail gets archived too (this bounds what a wipe and restore can lose). The
+   latter roll (and the shutdown's) is skipped while a transaction is open on the partition:
+   the rolled segment could not be archived before it ends anyway (see 2.), and rolling would
+   only cut the log into more small segments;
+2. select candidates (:mod:`streamd.tiering.candidates`): sealed, durable, below the last
+   stable offset, not yet archived, and ending where no aborted transaction's marker is still
+   to come (so the archive never holds a transaction it does not also decide);
    adjacent candidates smaller than ``merge_target_bytes`` are grouped into one *run* that
    becomes one object (Redpanda's adjacent segment merging: a replay then costs one index GET
    and few data GETs per run instead of per small segment);
@@ -18,6 +23,9 @@ One :meth:`Uploader.sync_partition` call moves one partition forward as far as i
    fails and the partition reports the conflict;
 4. admit the uploaded runs, in offset order, into the manifest and PUT it. Only now does the
    partition's ``manifest`` (what local retention and remote reads trust) change (invariant 3).
+   A manifest is stored only when its end is a stable end (rule 2 of the candidates module):
+   runs admitted past the last such end wait for the next store, or are uploaded again (same
+   keys, same bytes) by the next sync if this one fails first.
 
 Stages return :class:`UploadResult` values instead of raising across task boundaries: ``OK``,
 ``RETRY`` (the store failed; try again next tick) or ``FAILED`` (local data or the manifest is
@@ -44,7 +52,7 @@ from streamd.errors import StreamdError
 from streamd.log.partition import PartitionLog
 from streamd.log.segment import Segment
 from streamd.tiering import keys
-from streamd.tiering.candidates import select_candidates
+from streamd.tiering.candidates import Selection, select_candidates
 from streamd.tiering.checksum import crc32c_hex
 from streamd.tiering.manifest import (
     ManifestConflict,
@@ -103,6 +111,17 @@ def group_runs(segments: Sequence[Segment], target_bytes: int) -> list[list[Segm
     return runs
 
 
+def select(plog: PartitionLog, manifest: PartitionManifest) -> Selection[Segment]:
+    """Stage 1 on the partition's log as it is now (see :mod:`streamd.tiering.candidates`)."""
+    segments = plog.segments
+    end = manifest.next_offset
+    aborted = [e for s in segments if s.next_offset > end for e in s.txn_index.entries]
+    return select_candidates(
+        segments, manifest, plog.high_watermark,
+        last_stable_offset=plog.last_stable_offset, aborted=aborted,
+    )
+
+
 class Uploader:
     def __init__(
         self,
@@ -137,7 +156,7 @@ class Uploader:
         if plog.roll_if_due(now):
             return
         active = plog.active
-        if active.is_empty:
+        if active.is_empty or plog.last_stable_offset < plog.high_watermark:
             return
         interval = self.max_upload_interval_ms
         if seal or (interval >= 0 and now - active.created_ms >= interval):
@@ -147,13 +166,14 @@ class Uploader:
         if not state.loaded:
             return SyncResult(Outcome.RETRY, error="manifest not loaded from the bucket yet")
         self._roll_if_due(plog, seal)
-        selection = select_candidates(list(plog.segments), state.manifest, plog.high_watermark)
+        selection = select(plog, state.manifest)
         state.blocked = selection.blocked
         state.pending_uploads = len(selection.candidates)
         runs = group_runs(selection.candidates, self.merge_target_bytes)
         manifest = state.manifest
         uploaded = 0
-        admitted = 0
+        stable = manifest  # the last admitted manifest that ends at a stable end
+        admitted = unstable = 0  # segments admitted into ``stable``, and after it
         failure: SyncResult | None = None
         for window in range(0, len(runs), self._concurrency):
             batch = runs[window : window + self._concurrency]
@@ -167,9 +187,12 @@ class Uploader:
                 except ManifestConflict as exc:
                     failure = SyncResult(Outcome.FAILED, uploaded, str(exc))
                     break
-                admitted += len(run)
+                unstable += len(run)
+                if not selection.stable_end(manifest.next_offset):
+                    continue
+                stable, admitted, unstable = manifest, admitted + unstable, 0
                 if admitted >= MANIFEST_EVERY:
-                    stored = await self.store_manifest(state, manifest)
+                    stored = await self.store_manifest(state, stable)
                     if stored.outcome is not Outcome.OK:
                         return SyncResult(stored.outcome, uploaded, stored.error)
                     uploaded += admitted
@@ -177,7 +200,7 @@ class Uploader:
             if failure is not None:
                 break
         if admitted:
-            stored = await self.store_manifest(state, manifest)
+            stored = await self.store_manifest(state, stable)
             if stored.outcome is not Outcome.OK:
                 return SyncResult(stored.outcome, uploaded, stored.error)
             uploaded += admitted
@@ -210,8 +233,8 @@ class Uploader:
             try:
                 # Private descriptors: a segment may be closed (topic deleted) meanwhile.
                 for segment in run:
-                    fds.append(os.dup(segment.file.fd))
-            except OSError as exc:
+                    fds.append(segment.file.dup())
+            except (OSError, StreamdError) as exc:
                 for fd in fds:
                     os.close(fd)
                 self._stats.upload_errors += 1

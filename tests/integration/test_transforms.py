@@ -2,15 +2,17 @@
 
 The exactly-once scenario of issue 19: a tiered input topic whose first 20,000 records are only
 in the bucket; an uppercase transform deployed from earliest replays them through the remote
-reader, then follows 5,000 live records; kill -9 of the broker (mid-replay) and of the worker
-(mid-stream) leave every input record's output exactly once, in input order per partition, as a
-``read_committed`` reader sees it. Then ``--on-error`` stop / skip / dead-letter.
+reader, then follows at least 5,000 live records (produced until the worker's kill is over);
+kill -9 of the broker (mid-replay) and of the worker (mid-stream) leave every input record's
+output exactly once, in input order per partition, as a ``read_committed`` reader sees it.
+Then ``--on-error`` stop / skip / dead-letter.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 from typing import Any
 
 import pytest
@@ -105,25 +107,44 @@ def test_replay_from_the_bucket_then_live_exactly_once_across_kill9(
     after = metric(metrics_text(broker.admin_port), "streamd_tiering_remote_reads_total")
     assert after > 0 and remote_reads == 0  # the replay read the bucket (fresh metrics: restart)
 
-    produce_keyless(broker.bootstrap, src, 20_000, 5_000, parts)
+    # Live records keep arriving until the worker has been killed, so the kill is always
+    # mid-stream: at least 5,000 of them, and more while the kill is under way.
+    killed = threading.Event()
+    produced = [20_000]
+
+    def trickle() -> None:
+        n = 20_000
+        while n < 25_000 or not killed.is_set():
+            produce_keyless(broker.bootstrap, src, n, 250, parts)
+            n += 250
+            produced[0] = n
+
+    feeder = threading.Thread(target=trickle, daemon=True)
+    feeder.start()
     doc = wait_for(
         broker, "upper", "commit live records", lambda d: committed_total(d) > 20_000
     )
-    assert committed_total(doc) < 25_000, doc
     os.kill(doc["worker"]["pid"], signal.SIGKILL)  # mid-stream
+    at_kill = produced[0]
+    killed.set()
+    feeder.join(120)
+    assert not feeder.is_alive()
+    live_end = produced[0]
+    assert live_end >= 25_000 and live_end > at_kill, (at_kill, live_end)
     doc = wait_for(
         broker,
         "upper",
-        "catch up with 25,000 records",
-        lambda d: caught_up(d, 25_000) and d["status"] == "running",
+        f"catch up with {live_end} records",
+        lambda d: caught_up(d, live_end) and d["status"] == "running",
     )
     assert doc["worker"]["restarts"] >= 1, doc
-    assert values(read_committed(broker.bootstrap, dst, parts)) == expected(25_000, parts)
+    assert values(read_committed(broker.bootstrap, dst, parts)) == expected(live_end, parts)
 
-    produce_keyless(broker.bootstrap, src, 25_000, 1_000, parts)
-    wait_for(broker, "upper", "catch up with 26,000 records", lambda d: caught_up(d, 26_000))
+    produce_keyless(broker.bootstrap, src, live_end, 1_000, parts)
+    total = live_end + 1_000
+    wait_for(broker, "upper", f"catch up with {total} records", lambda d: caught_up(d, total))
     got = read_committed(broker.bootstrap, dst, parts)
-    assert values(got) == expected(26_000, parts)
+    assert values(got) == expected(total, parts)
 
 
 def test_on_error_stop_skip_and_dead_letter(broker_factory, topic_name: str) -> None:  # noqa: ANN001

@@ -64,8 +64,11 @@ class BrokerProcess:
         *,
         log_path: Path | None = None,
         kind: str | None = None,
+        max_open_files: int | None = None,
     ) -> None:
         self.kind = kind or target()
+        self.max_open_files = max_open_files
+        """When set, the broker runs with this hard and soft RLIMIT_NOFILE."""
         self.data_dir = Path(data_dir)
         self.settings = dict(settings or {})
         self.kafka_port = free_port()
@@ -142,9 +145,16 @@ class BrokerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                preexec_fn=self._limit_files if self.max_open_files else None,
             )
         self._wait_ready(timeout)
         return self
+
+    def _limit_files(self) -> None:
+        import resource
+
+        limit = self.max_open_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.proc is not None

@@ -8,10 +8,19 @@ TOPIC_ALREADY_EXISTS (it always exists), deleting it or adding partitions INVALI
 "internal topic" (KRaft Kafka lets an admin delete it, which only breaks the coordinator; here it
 is derived from the offset store, so there is nothing to gain). CreateTopics v0 has no
 validate_only flag; DeleteTopics v0 is v1 without the throttle time.
+
+Every outcome is per topic: a topic that fails (a limit, a name, the disk) does not change the
+answer for the others, and no message names a server path. Every limit is checked before
+anything is written (``LogManager.check_new_topic``): more partitions than the broker holds
+(``log.max_partitions``) is POLICY_VIOLATION, a bad count for one topic INVALID_PARTITIONS.
+Creation runs off the event loop (``create_topic_async``), one topic after the other, so the
+broker limit also holds across the topics of one request. A name given twice in one request
+is INVALID_REQUEST for both, as in Kafka.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from streamd.errors import ErrorCode, StreamdError
@@ -22,7 +31,6 @@ from streamd.kafka.handlers.configs import describe_topic_configs
 from streamd.kafka.handlers.meta import create_topic
 from streamd.kafka.offsets_topic import is_internal
 from streamd.log.names import validate_topic_name
-from streamd.log.topic_config import TopicConfig
 from streamd.tiering.readreplica import CONFIG as READREPLICA
 from streamd.tiering.readreplica import ReadReplicaTopic, refusal
 
@@ -45,10 +53,16 @@ async def create_topics(req: Request) -> dict[str, Any]:
     ctx = req.ctx
     validate_only = getattr(req.body, "validate_only", False)
     results = []
+    names = Counter(t.name for t in req.body.topics)
     for t in req.body.topics:
         entry: dict[str, Any] = {"name": t.name, "error_code": ErrorCode.NONE}
         try:
             results.append(entry)
+            if names[t.name] > 1:
+                raise StreamdError(
+                    f"topic {t.name!r} is named more than once in the request",
+                    code=ErrorCode.INVALID_REQUEST,
+                )
             if not may_create_topic(req, t.name):
                 entry.update(DENIED)
                 continue
@@ -79,12 +93,8 @@ async def create_topics(req: Request) -> dict[str, Any]:
             for name, value in overrides.items():
                 if value is None:
                     raise StreamdError(f"config {name} has no value", code=ErrorCode.INVALID_CONFIG)
-            if ctx.logs.get(t.name) is not None:
-                raise StreamdError(
-                    f"topic {t.name!r} already exists", code=ErrorCode.TOPIC_ALREADY_EXISTS
-                )
+            ctx.logs.check_new_topic(t.name, count, overrides)
             if validate_only:
-                TopicConfig.from_overrides(dict(ctx.config.topic_defaults), overrides)
                 topic = None
             else:
                 topic = await create_topic(ctx, t.name, count, overrides)
@@ -103,6 +113,8 @@ async def create_topics(req: Request) -> dict[str, Any]:
                 ]
         except StreamdError as exc:
             entry.update(_error(exc))
+        except OSError as exc:
+            entry.update(error_code=ErrorCode.KAFKA_STORAGE_ERROR, error_message=exc.strerror)
     return {"topics": results}
 
 
@@ -205,10 +217,11 @@ async def create_partitions(req: Request) -> dict[str, Any]:
                 error_message=f"topic has {current} partitions; new count must be larger",
             )
             continue
-        if req.body.validate_only:
-            continue
         try:
-            ctx.logs.add_partitions(t.name, t.count)
+            if req.body.validate_only:
+                ctx.logs.check_growth(t.name, t.count)
+                continue
+            await ctx.logs.add_partitions_async(t.name, t.count)
             if ctx.tiering is not None:
                 await ctx.tiering.on_topic_changed(ctx.logs.get(t.name))
         except StreamdError as exc:

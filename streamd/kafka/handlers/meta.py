@@ -137,13 +137,15 @@ async def _lookup(req: Request, name: str | None, allow_create: bool) -> dict[st
                 return {"error_code": ErrorCode.TOPIC_AUTHORIZATION_FAILED, "name": name}
             topic = await create_topic(ctx, name, ctx.config["default_partitions"], {})
         except StreamdError as exc:
+            if exc.code == ErrorCode.TOPIC_ALREADY_EXISTS:  # created by a concurrent request
+                return {"error_code": ErrorCode.LEADER_NOT_AVAILABLE, "name": name}
             return {"error_code": exc.code, "name": name}
     return topic_metadata(ctx, topic)
 
 
 async def create_topic(ctx: Any, name: str, partitions: int, overrides: dict[str, str]) -> Any:
     """The one path to topic creation, so tiering hears about every new topic."""
-    topic = ctx.logs.create_topic(name, partitions, overrides)
+    topic = await ctx.logs.create_topic_async(name, partitions, overrides)
     if ctx.tiering is not None:
         await ctx.tiering.on_topic_changed(topic)
     return topic

@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-import streamd.log.partition as partition_mod
+import streamd.log.flusher as flusher_mod
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.manager import LogManager
 from tests.unit.log.batches import simple_batch
@@ -26,13 +26,13 @@ async def test_concurrent_appends_on_many_partitions_share_flush_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rounds: list[int] = []
-    real = partition_mod.run_flush_jobs
+    real = flusher_mod.run_flush_jobs
 
     def counting(jobs, fs_sync=None):  # noqa: ANN001, ANN202
         rounds.append(len(jobs))
         return real(jobs, fs_sync)
 
-    monkeypatch.setattr(partition_mod, "run_flush_jobs", counting)
+    monkeypatch.setattr(flusher_mod, "run_flush_jobs", counting)
     logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 8, {})
     results = await asyncio.gather(
@@ -51,14 +51,14 @@ async def test_failed_partition_does_not_fail_the_others(
     logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 2, {})
     bad, good = topic.partitions
-    real_fsync_all = partition_mod._fsync_all
+    real_fsync_all = flusher_mod._fsync_all
 
     def failing(files, directory, keep):  # noqa: ANN001, ANN202
         if any(f is bad.active.file for f in files):
             raise OSError(5, "injected EIO")
         return real_fsync_all(files, directory, keep)
 
-    monkeypatch.setattr(partition_mod, "_fsync_all", failing)
+    monkeypatch.setattr(flusher_mod, "_fsync_all", failing)
     outcome = await asyncio.gather(
         bad.append(simple_batch(1), now_ms=1),
         good.append(simple_batch(1), now_ms=1),
@@ -67,7 +67,7 @@ async def test_failed_partition_does_not_fail_the_others(
     assert isinstance(outcome[0], Exception) and "injected EIO" in str(outcome[0])
     assert not isinstance(outcome[1], Exception) and good.high_watermark == 1
     assert bad.high_watermark == 0
-    monkeypatch.setattr(partition_mod, "_fsync_all", real_fsync_all)
+    monkeypatch.setattr(flusher_mod, "_fsync_all", real_fsync_all)
     await good.close()
 
 
@@ -77,7 +77,7 @@ async def test_an_unexpected_flush_error_fails_the_waiters_instead_of_hanging(
     def broken(jobs, fs_sync=None):  # noqa: ANN001, ANN202
         raise RuntimeError("injected bug")
 
-    monkeypatch.setattr(partition_mod, "run_flush_jobs", broken)
+    monkeypatch.setattr(flusher_mod, "run_flush_jobs", broken)
     logs = open_logs(tmp_path)
     topic = logs.create_topic("t", 2, {})
     outcome = await asyncio.wait_for(

@@ -115,21 +115,49 @@ async def test_alter_config_and_defaults(tmp_path: Path) -> None:
     await m.close()
 
 
-async def test_housekeeping_retention_and_tiering_veto(tmp_path: Path) -> None:
-    m = manager(tmp_path)
+async def _plain_and_tiered(m: LogManager) -> None:
     m.create_topic("plain", 1, {"retention.bytes": "2500"})
     m.create_topic("tiered", 1, {"remote.storage.enable": "true", "local.retention.bytes": "2500"})
     for name in ("plain", "tiered"):
         for _ in range(20):
             await m.partition(name, 0).append(simple_batch(3, value_size=100), now_ms=1)
-    m.get("tiered").may_delete = lambda seg: False  # type: ignore[union-attr]
+
+
+async def test_housekeeping_retention_and_tiering_veto(tmp_path: Path) -> None:
+    archived: set[int] = set()
+    asked: list[tuple[str, int]] = []
+
+    def veto(topic: str, partition: int, segment) -> bool:  # noqa: ANN001
+        asked.append((topic, partition))
+        return segment.base_offset in archived
+
+    m = LogManager(
+        tmp_path, defaults=DEFAULTS, fsync=FsyncPolicy.parse("never"), tiering_veto=veto
+    )
+    m.load()
+    await _plain_and_tiered(m)
     removed = await m.run_housekeeping(now=2)
     assert "plain-0" in removed and "tiered-0" not in removed
     assert m.partition("plain", 0).size_bytes < 5000
-    m.get("tiered").may_delete = lambda seg: True  # type: ignore[union-attr]
+    assert set(asked) == {("tiered", 0)}
+    archived.update(s.base_offset for s in m.partition("tiered", 0).segments)
     removed = await m.run_housekeeping(now=3)
     assert "tiered-0" in removed
     assert m.partition("tiered", 0).log_start_offset > 0
+    await m.close()
+
+
+async def test_without_a_tiering_veto_no_tiered_segment_is_deleted(tmp_path: Path) -> None:
+    """Fail closed (invariant 4 must not depend on start-up order): a tiered topic's segments
+    stay until something can say they are archived; plain topics are not affected."""
+    m = manager(tmp_path)
+    await _plain_and_tiered(m)
+    tiered = m.partition("tiered", 0)
+    segments = len(tiered.segments)
+    assert segments > 2
+    removed = await m.run_housekeeping(now=2)
+    assert "plain-0" in removed and "tiered-0" not in removed
+    assert len(tiered.segments) == segments and tiered.log_start_offset == 0
     await m.close()
 
 
@@ -141,3 +169,45 @@ def test_fsync_policy_parse() -> None:
     for bad in ("sometimes", "0", "-5", ""):
         with pytest.raises(ConfigError):
             FsyncPolicy.parse(bad)
+
+
+def test_a_failed_creation_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import streamd.log.manager as manager_mod
+    from streamd.errors import StorageError
+
+    m = manager(tmp_path)
+    real = manager_mod.PartitionLog.open
+    opened: list[int] = []
+
+    def failing(directory: Path, *args: object, **kwargs: object) -> object:
+        opened.append(1)
+        if len(opened) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(directory))
+        return real(directory, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(manager_mod.PartitionLog, "open", failing)
+    with pytest.raises(StorageError) as info:
+        m.create_topic("orders", 5)
+    assert str(tmp_path) not in str(info.value) and "No space left" in str(info.value)
+    assert m.get("orders") is None and not (tmp_path / "topics" / "orders").exists()
+    monkeypatch.undo()
+    assert len(m.create_topic("orders", 5).partitions) == 5
+
+
+def test_loading_removes_unfinished_creations_of_earlier_versions_only(tmp_path: Path) -> None:
+    m = manager(tmp_path)
+    m.create_topic("kept.tmp", 1)
+    m.create_topic("a", 1)
+    leftover = tmp_path / "topics" / "b.0123456789abcdef0123456789abcdef.tmp"
+    leftover.mkdir()
+    (leftover / "topic.json").write_text(
+        json.dumps({"format": 1, "topic_id": "00" * 16, "name": "b", "partitions": 1,
+                    "overrides": {}})
+    )
+    m2 = manager(tmp_path)
+    assert set(m2.topics()) == {"kept.tmp", "a"}
+    assert not leftover.exists()

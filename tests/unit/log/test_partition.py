@@ -108,6 +108,24 @@ async def test_retention_by_bytes_and_veto(tmp_path: Path) -> None:
     await plog.close()
 
 
+async def test_retention_bytes_inside_a_segment_keeps_at_least_the_limit(tmp_path: Path) -> None:
+    """The limit falls inside the second segment: that segment must stay (deleting it would
+    keep less than retention.bytes); only the first one goes."""
+    plog = open_log(tmp_path)
+    await fill(plog, 20)
+    sizes = [s.size for s in plog.segments]
+    assert len(sizes) >= 4
+    limit = sum(sizes[2:]) + sizes[1] // 2
+    second = plog.segments[1]
+    removed = plog.apply_retention(0, retention_ms=-1, retention_bytes=limit)
+    assert [s.base_offset for s in removed] == [0]
+    assert plog.segments[0] is second and plog.log_start_offset == second.base_offset
+    assert plog.size_bytes >= limit
+    assert plog.size_bytes - second.size < limit
+    assert plog.apply_retention(0, retention_ms=-1, retention_bytes=limit) == []
+    await plog.close()
+
+
 async def test_delete_records(tmp_path: Path) -> None:
     plog = open_log(tmp_path)
     await fill(plog, 12)

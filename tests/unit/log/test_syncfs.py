@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-import streamd.log.partition as partition_mod
+import streamd.log.flusher as flusher_mod
 from streamd.log.fsync import FsyncPolicy
 from streamd.log.manager import LogManager
 from streamd.log.syncfs import FilesystemSync
@@ -30,7 +30,7 @@ def count_fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr(partition_mod.os, "fsync", counting)
+    monkeypatch.setattr(flusher_mod.os, "fsync", counting)
     return calls
 
 

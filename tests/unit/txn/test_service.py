@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 from pathlib import Path
+
+import pytest
 
 from streamd.errors import ErrorCode as E
 from streamd.errors import StorageError
@@ -160,3 +163,61 @@ async def test_durable_waits_for_an_fsync_of_unsynced_transitions(tmp_path: Path
     await svc.durable()
     assert svc._synced == svc._dirty
     await svc.close()
+
+
+class Partitions(Markers):
+    """Markers plus the open transactions they end, as partition logs keep them: data of a
+    producer opens its transaction on a partition, the next marker of that producer ends it."""
+
+    def produce(self, topic: str, partition: int, producer_id: int, epoch: int) -> None:
+        if not any(o[:3] == (topic, partition, producer_id) for o in self.open):
+            self.open.append((topic, partition, producer_id, epoch))
+
+    async def write_marker(
+        self, topic: str, partition: int, producer_id: int, epoch: int, commit: bool
+    ) -> bool:
+        await super().write_marker(topic, partition, producer_id, epoch, commit)
+        self.open = [o for o in self.open if o[:3] != (topic, partition, producer_id)]
+        return True
+
+
+def fsynced_prefix(svc: TransactionService, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the size of the state log each fsync covers: a power failure keeps that much."""
+    sizes = [0]
+    fsync = os.fsync
+
+    def tracked(fd: int) -> None:
+        fsync(fd)
+        if fd == svc.log._fd:
+            sizes.append(os.fstat(fd).st_size)
+
+    monkeypatch.setattr(os, "fsync", tracked)
+    return sizes
+
+
+async def test_power_loss_after_the_next_transactions_data_never_commits_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A committed transaction, then the next one's AddPartitionsToTxn and its data on the same
+    partition; the power fails before the transaction log is fsynced again. The restart must
+    not end the second transaction's data with the first one's COMMIT marker (same producer id
+    and epoch): the records of a transaction nobody committed would become visible."""
+    partitions, groups = Partitions(), Groups()
+    svc = service(tmp_path, partitions, groups)
+    sizes = fsynced_prefix(svc, monkeypatch)
+    await svc.open()
+    _, pid, epoch = await svc.init_producer_id("t", 60_000, None)
+    assert await svc.add_partitions("t", pid, epoch, [("a", 0)]) is E.NONE
+    partitions.produce("a", 0, pid, epoch)
+    await svc.durable()  # that Produce is acknowledged
+    assert await svc.end_txn("t", pid, epoch, True) is E.NONE
+    assert await svc.add_partitions("t", pid, epoch, [("a", 0)]) is E.NONE
+    partitions.produce("a", 0, pid, epoch)  # durable in the partition, not yet acknowledged
+    await svc.close()
+    with open(svc.log.path, "r+b") as f:
+        f.truncate(sizes[-1])
+    partitions.written.clear()
+    again = service(tmp_path, partitions, groups)
+    await again.open()
+    assert ("a", 0, pid, epoch, True) not in partitions.written
+    await again.close()
