@@ -35,8 +35,11 @@ Fetch still needs for ``min_bytes`` (whole batches; at least the one holding the
 answers with whatever else of its range has arrived by then, never more than ``max_bytes`` and
 never past the chunk it starts in unless it must: the next fetch follows the download instead
 of waiting for a 16 MiB chunk to be complete, and an answer inside one chunk is a view of it,
-not a copy. An answer that ends with its object short of that minimum continues into the next
-object. All I/O is asynchronous or on the cache's worker threads (cache files, CRC checks of
+not a copy. An answer that ends with its object short of what the Fetch still needs for
+``min_bytes`` continues into the next object; one that already satisfies the Fetch does not (a
+``min_bytes=1`` Fetch is answered from one object, as Kafka answers from one segment: a client
+that commits between Fetch responses, like a transform worker, gets them at the object pace).
+All I/O is asynchronous or on the cache's worker threads (cache files, CRC checks of
 large reads, record decoding for timestamp lookups), which run at a lower CPU priority than the
 event loop; the event loop copies arriving pieces and checks their blocks, and slices bytes.
 """
@@ -104,9 +107,9 @@ class RemoteReader:
         The answer may hold less than ``max_bytes`` while the object is still arriving from
         the bucket: it is given as soon as at least ``max(ready_bytes, READY_MIN_BYTES)`` of
         it (capped by ``max_bytes``) are here and checked (``ready_bytes``: what the Fetch
-        still needs for its ``min_bytes``). An answer that ends with its object short of that
-        continues into the next archived object (else the Fetch would wait out its max_wait
-        for a few bytes)."""
+        still needs for its ``min_bytes``). An answer that ends with its object short of
+        ``ready_bytes`` continues into the next archived object (else the Fetch would wait out
+        its max_wait for a few bytes); one that is not short of it ends with its object."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -121,7 +124,7 @@ class RemoteReader:
             )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
-        enough = min(max_bytes, max(ready_bytes, READY_MIN_BYTES))
+        enough = min(max_bytes, ready_bytes)
         if not 0 < len(data) < enough or _next_offset(data) != segment.last_offset + 1:
             return data
         following = segment.last_offset + 1
