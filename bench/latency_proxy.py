@@ -31,6 +31,7 @@ import signal
 from collections import Counter
 
 BUFFER = 256 * 1024
+METHODS = frozenset({"GET", "PUT", "POST", "HEAD", "DELETE"})
 
 
 class LatencyProxy:
@@ -53,7 +54,9 @@ class LatencyProxy:
             while data := await client_r.read(BUFFER):
                 if request_at[0] is None:
                     request_at[0] = loop.time()
-                    self.requests[data[:8].split(b" ", 1)[0].decode("latin-1")] += 1
+                    method = data[:8].split(b" ", 1)[0].decode("latin-1")
+                    if method in METHODS:  # not the body of an upload after 100 Continue
+                        self.requests[method] += 1
                 up_w.write(data)
                 await up_w.drain()
             if up_w.can_write_eof():

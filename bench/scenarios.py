@@ -671,6 +671,7 @@ class ReplayLatency(Replay):
         ("get_per_gb_replayed", "GET/GB read", ",.0f"),
         ("put_per_gb_archived", "PUT/GB fill", ",.0f"),
         ("store_cpu_s_per_gb", "moto CPU s/GB", ".2f"),
+        ("proxy_cpu_s_per_gb", "proxy CPU s/GB", ".2f"),
         ("live_p99_during_ms", "live p99 replay ms", ".1f"),
         ("live_p99_quiet_ms", "live p99 quiet ms", ".1f"),
     ]
@@ -802,6 +803,8 @@ class ReplayLatency(Replay):
 
     def jobs(self, ctx: Ctx) -> list[dict]:
         self._moto_cpu0 = procstat.cpu_seconds(self._moto_pid)
+        self._proxy_pid = self._proxies[ctx.broker.name].proc.pid
+        self._proxy_cpu0 = procstat.cpu_seconds(self._proxy_pid)
         jobs = [
             ctx.job(
                 "consume",
@@ -831,7 +834,10 @@ class ReplayLatency(Replay):
     def summarize(self, ctx: Ctx, results: list[dict]) -> dict:
         replay = [r for r in results if r["kind"] == "consume"]
         live = next((r for r in results if r["kind"] == "latency_consume"), None)
+        proxy_cpu = procstat.cpu_seconds(self._proxy_pid) - self._proxy_cpu0
         s = super().summarize(ctx, replay)
+        s["extra"]["proxy_cpu_s"] = proxy_cpu
+        s["extra"]["proxy_cpu_s_per_gb"] = proxy_cpu / (s["bytes"] / GiB) if s["bytes"] else None
         after = self._proxies[ctx.broker.name].request_counts()
         per_gb = _per_gb(self._requests_before, after, s["bytes"])
         s["extra"]["requests_per_gb_replayed"] = per_gb

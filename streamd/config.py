@@ -402,7 +402,7 @@ KEYS: tuple[Key, ...] = (
     ),
     Key("tiering.delete_on_topic_delete", _bool, True, "DeleteTopics removes bucket objects."),
     Key("tiering.cache_chunk_bytes", _int, 16777216, "Size of one ranged GET / cached chunk."),
-    Key("tiering.cache_memory_bytes", _int, 67108864, "Recently used chunks kept in memory."),
+    Key("tiering.cache_memory_bytes", _int, 268435456, "Recently used chunks kept in memory."),
     Key("tiering.read_ahead_chunks", _int, 2, "Chunks prefetched ahead of a remote reader."),
     Key(
         "tiering.segment_max_upload_interval_ms",

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Protocol
 
 from streamd.tiering.store import ObjectExists, ObjectInfo, ObjectNotFound, ObjectStore
+
+RangeReader = Callable[[str, tuple[int, int], Callable[[bytes], None]], Awaitable[int]]
 
 
 class StoreMeter(Protocol):
@@ -119,6 +121,26 @@ class MeteredStore:
             raise
         finally:
             self._done("get" if byte_range is None else "get_range", started, exc)
+
+    @property
+    def read_range(self) -> RangeReader:
+        """The inner store's streamed ranged read (timed as ``get_range``); AttributeError
+        when it has none, as for the inner store (the remote reader then reads ranges whole)."""
+        inner = self.inner.read_range  # type: ignore[attr-defined]
+
+        async def read_range(
+            key: str, byte_range: tuple[int, int], consume: Callable[[bytes], None]
+        ) -> int:
+            started, exc = time.perf_counter(), None
+            try:
+                return int(await inner(key, byte_range, consume))
+            except Exception as e:
+                exc = e
+                raise
+            finally:
+                self._done("get_range", started, exc)
+
+        return read_range
 
     async def head(self, key: str) -> ObjectInfo | None:
         started, exc = time.perf_counter(), None

@@ -133,7 +133,14 @@ class Tiering(Protocol):
     def latest_tiered_offset(self, topic: str, partition: int) -> int: ...
 
     async def read(
-        self, topic: str, partition: int, offset: int, max_bytes: int, min_one: bool
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+        *,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview: ...
 
     def prefetch(self, topic: str, partition: int, offset: int) -> None: ...

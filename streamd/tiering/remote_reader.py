@@ -1,11 +1,10 @@
 """Reads archived offsets back: manifest -> index object -> ranged GETs through the chunk cache.
 
 A read for offset ``o`` finds the segment holding ``o`` in the manifest, the index entry whose
-byte range holds it, and pulls ``[entry start, entry end + max_bytes)`` through
-:class:`streamd.tiering.cache.ChunkCache` (1 MiB chunks on local disk, LRU, bounded). It then
-answers whole batches from the one holding ``o`` (in a compacted topic, the first one after it
-if ``o`` was cleaned away), at most ``max_bytes`` of them unless the first
-alone is larger (KIP-74 ``min_one``), never past the end of the segment: the same bytes, batch
+byte range holds it, and pulls bytes from there through :class:`streamd.tiering.cache.ChunkCache`
+(chunks in memory and on local disk, LRU, bounded). It then answers whole batches from the one
+holding ``o`` (in a compacted topic, the first one after it if ``o`` was cleaned away), at most
+``max_bytes`` of them unless the first alone is larger (KIP-74 ``min_one``): the same bytes, batch
 for batch, that the local log served before the segment left the disk (invariant 7).
 
 Integrity (invariants 6 and 10): index objects are read whole and checked against the store's
@@ -27,8 +26,23 @@ the manifest) at once; a chunk's checksum check waits for the index, not its GET
 read the next ``read_ahead`` chunks are fetched in background tasks, continuing into the next
 objects (their index objects too), so a consumer replaying history mostly hits the cache, and
 :meth:`RemoteReader.prefetch` lets a Fetch start every partition's loads before it reads the
-first one. All I/O is asynchronous or in worker threads (cache files, CRC checks of large
-reads, record decoding for timestamp lookups); the event loop only slices bytes.
+first one.
+
+Streaming: a chunk is one GET whose bytes are checked block by block as they arrive (each 64 KiB
+checksum block is published to the cache only once it matches the index) when the store can
+stream (``read_range``; the S3 store can, the local-directory store reads whole ranges). A read
+then waits only for the bytes it must answer with: its first ``READY_MIN_BYTES`` or what the
+Fetch still needs for ``min_bytes`` (whole batches; at least the one holding the offset), and
+answers with whatever else of its range has arrived by then, never more than ``max_bytes`` and
+never past the chunk it starts in unless it must: the next fetch follows the download instead
+of waiting for a 16 MiB chunk to be complete, and an answer inside one chunk is a view of it,
+not a copy. An answer that ends with its object short of what the Fetch still needs for
+``min_bytes`` continues into the next object; one that already satisfies the Fetch does not (a
+``min_bytes=1`` Fetch is answered from one object, as Kafka answers from one segment: a client
+that commits between Fetch responses, like a transform worker, gets them at the object pace).
+All I/O is asynchronous or on the cache's worker threads (cache files, CRC checks of
+large reads, record decoding for timestamp lookups), which run at a lower CPU priority than the
+event loop; the event loop copies arriving pieces and checks their blocks, and slices bytes.
 """
 
 from __future__ import annotations
@@ -42,7 +56,7 @@ from collections.abc import Awaitable, Callable
 from streamd.errors import OffsetOutOfRange, RemoteStorageError, StreamdError
 from streamd.log.batch import HEADER_SIZE, LOG_OVERHEAD, PREFIX, check_batch, iter_record_timestamps
 from streamd.log.txn_index import AbortedTxn, collect, decode_entries
-from streamd.tiering.cache import ChunkCache
+from streamd.tiering.cache import Chunk, ChunkCache, ChunkSink, StreamingFetch
 from streamd.tiering.checksum import verify
 from streamd.tiering.manifest import PartitionManifest, SegmentMeta, segment_for_offset
 from streamd.tiering.segment_index import BLOCK_SIZE, RemoteIndex, decode_index
@@ -53,6 +67,7 @@ log = logging.getLogger("streamd.tiering")
 
 INDEX_CACHE_ENTRIES = 256
 VERIFY_IN_THREAD_BYTES = 256 * 1024
+READY_MIN_BYTES = 1 << 20
 MAX_READ_AHEAD_TASKS = 32
 
 
@@ -85,9 +100,17 @@ class RemoteReader:
         min_one: bool,
         *,
         below: int | None = None,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
         """Whole batches from the one holding ``offset``. Read-ahead stops before ``below``
-        (the local log start: what lies above is read from local disk, never fetched)."""
+        (the local log start: what lies above is read from local disk, never fetched).
+
+        The answer may hold less than ``max_bytes`` while the object is still arriving from
+        the bucket: it is given as soon as at least ``max(ready_bytes, READY_MIN_BYTES)`` of
+        it (capped by ``max_bytes``) are here and checked (``ready_bytes``: what the Fetch
+        still needs for its ``min_bytes``). An answer that ends with its object short of
+        ``ready_bytes`` continues into the next archived object (else the Fetch would wait out
+        its max_wait for a few bytes); one that is not short of it ends with its object."""
         segment = segment_for_offset(manifest, offset)
         if segment is None:
             raise OffsetOutOfRange(
@@ -95,12 +118,31 @@ class RemoteReader:
                 f"(remote [{manifest.remote_start_offset}, {manifest.last_uploaded_offset}])"
             )
         self._stats.remote_reads += 1
+        max_bytes = max(0, max_bytes)
         try:
-            return await self._read_batches(
-                manifest, segment, offset, max(0, max_bytes), min_one, below
+            data = await self._read_batches(
+                manifest, segment, offset, max_bytes, min_one, below, ready_bytes
             )
         except StreamdError as exc:
             raise self._failed(segment, exc) from exc
+        enough = min(max_bytes, ready_bytes)
+        if not 0 < len(data) < enough or _next_offset(data) != segment.last_offset + 1:
+            return data
+        following = segment.last_offset + 1
+        if below is not None and following >= below:
+            return data
+        try:
+            more = await self.read(
+                manifest,
+                following,
+                max_bytes - len(data),
+                False,
+                below=below,
+                ready_bytes=enough - len(data),
+            )
+        except StreamdError:
+            return data  # what was read stands; the next fetch meets the error
+        return b"".join((data, more)) if more else data
 
     def prefetch(self, manifest: PartitionManifest, offset: int) -> None:
         """Start loading what a read of ``offset`` will need (index object and the chunk the
@@ -125,6 +167,7 @@ class RemoteReader:
         max_bytes: int,
         min_one: bool,
         below: int | None = None,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
         if seg.index_key not in self._indexes:
             # Cold: the chunk GET runs alongside the index GET instead of after it.
@@ -136,16 +179,29 @@ class RemoteReader:
         # than that (KIP-74 min_one) needs a second round trip.
         want = min(seg.size_bytes, entry_end + max_bytes)
         # Chunks for this read and the read-ahead after it (into the next segments) all start
-        # loading now, concurrently; the read below then waits only for its own.
+        # loading now, concurrently; the read below then waits only for its own, and only for
+        # its first ``at_least`` bytes (READY_MIN_BYTES, or the Fetch's min_bytes still
+        # missing, and the entry holding ``offset``): what else has arrived by then is
+        # answered too, the rest is the next fetch's.
         self._read_ahead_from(manifest, seg, start, want - start, below)
-        data = await self._range(seg, start, want)
+        at_least = min(max_bytes, max(ready_bytes, READY_MIN_BYTES))
+        need = min(want, max(entry_end, start + at_least))
+        # An answer stays inside the chunk it starts in (unless its first batch crosses into
+        # the next): it is then a view of the cached chunk, not a copy of two joined, and the
+        # next fetch starts in the next chunk.
+        chunk_end = (start // self._cache.chunk_size + 1) * self._cache.chunk_size
+        reach = min(want, max(chunk_end, need))
+        data = await self._ready(seg, start, reach, need)
+        partial = start + len(data) < want
         if len(data) >= HEADER_SIZE and PREFIX.unpack_from(data, 0)[0] != entry_base:
             raise RemoteStorageError(
                 f"the batch at byte {start} of {seg.key} has base offset "
                 f"{PREFIX.unpack_from(data, 0)[0]}, its index object says {entry_base}"
             )
         while True:
-            found = _locate(data, start, seg, offset, max_bytes, min_one)
+            found = _locate(
+                data, start, seg, offset, max_bytes, min_one, partial=partial, at_least=at_least
+            )
             if isinstance(found, tuple):
                 break
             data = bytes(data) + await self._range(seg, start + len(data), found)
@@ -155,7 +211,7 @@ class RemoteReader:
         if (first, end) != (start, start + len(data)):
             data = memoryview(data)[first - start : end - start]  # a view: no copy
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(_verify_batches, data, seg, first)
+            await self._cache.run(_verify_batches, data, seg, first)
         else:
             _verify_batches(data, seg, first)
         return data
@@ -176,7 +232,7 @@ class RemoteReader:
                 index = await self._index(seg)
                 for start, end in index.ranges_from_timestamp(timestamp):
                     data = await self._range(seg, start, end)
-                    found = await asyncio.to_thread(
+                    found = await self._cache.run(
                         _find_timestamp,
                         data,
                         seg,
@@ -256,6 +312,20 @@ class RemoteReader:
             self._indexes.popitem(last=False)
         return index
 
+    async def _ready(
+        self, seg: SegmentMeta, start: int, end: int, need: int
+    ) -> bytes | memoryview:
+        """``[start, x)`` of ``seg`` for the largest ``x <= end`` that is here now, at least
+        ``need`` (see :meth:`ChunkCache.get_ready`)."""
+        end = min(end, seg.size_bytes)
+        need = min(need, end)
+        if start >= end:
+            return b""
+        data = await self._cache.get_ready(seg.key, start, end, need, self._chunk_fetcher(seg))
+        if len(data) < need - start:
+            raise RemoteStorageError(f"short read of {seg.key} [{start}, {need})")
+        return data
+
     async def _range(self, seg: SegmentMeta, start: int, end: int) -> bytes | memoryview:
         end = min(end, seg.size_bytes)
         if start >= end:
@@ -265,17 +335,107 @@ class RemoteReader:
             raise RemoteStorageError(f"short read of {seg.key} [{start}, {end})")
         return data
 
-    def _chunk_fetcher(self, seg: SegmentMeta) -> Callable[[int], Awaitable[bytes]]:
+    def _chunk_fetcher(self, seg: SegmentMeta) -> StreamingFetch:
         chunk_size = self._cache.chunk_size
 
-        async def fetch_chunk(i: int) -> bytes:
+        async def fetch_chunk(i: int, sink: ChunkSink) -> Chunk:
             lo = i * chunk_size
             hi = min(lo + chunk_size, seg.size_bytes)
             if lo >= hi:
                 return b""
-            return await self._fetch_verified(seg, lo, hi)
+            stream = getattr(self._store, "read_range", None)
+            index = self._indexes.get(seg.index_key)
+            if stream is None or not _streamable(index, lo, hi, seg.size_bytes):
+                return await self._fetch_verified(seg, lo, hi)
+            return await self._stream_verified(seg, lo, hi, sink, stream)
 
-        return fetch_chunk
+        return StreamingFetch(fetch_chunk)
+
+    async def _stream_verified(
+        self,
+        seg: SegmentMeta,
+        lo: int,
+        hi: int,
+        sink: ChunkSink,
+        stream: Callable[[str, tuple[int, int], Callable[[bytes], None]], Awaitable[int]],
+    ) -> Chunk:
+        """Bytes ``[lo, hi)`` of ``seg`` in one streamed GET, published to ``sink`` block by
+        block as each checksum block arrives and matches the index (a reader waiting for the
+        start of the chunk is served before its end arrives; no byte is published unchecked).
+        ``lo`` is block-aligned and ``hi`` too unless it is the end of the object. When the
+        index arrives after the first bytes, what has arrived is checked then, not when the next
+        piece comes (a stalled transfer must not hold back bytes that are here)."""
+        index = self._indexes.get(seg.index_key)
+        index_load = None if index is not None else asyncio.ensure_future(self._index(seg))
+        buf = sink.allocate(hi - lo)
+        view = memoryview(buf)
+        size = len(buf)
+        received = verified = 0
+        failure: StreamdError | None = None
+        what = f"object {seg.key}"
+
+        def check() -> None:
+            nonlocal verified
+            assert index is not None
+            bs = index.block_size
+            upto = received if received == size else received // bs * bs
+            if upto > verified:
+                index.verify(view[verified:upto], lo + verified, what=what)
+                verified = upto
+                sink.publish(verified)
+
+        def index_arrived(task: asyncio.Future[RemoteIndex]) -> None:
+            nonlocal index, failure
+            if index is None and failure is None and _loaded(task):
+                loaded = task.result()
+                if _streamable(loaded, lo, hi, seg.size_bytes):
+                    index = loaded
+                    try:
+                        check()
+                    except StreamdError as exc:
+                        failure = exc  # raised by the transfer's next step
+
+        def consume(piece: bytes) -> None:
+            nonlocal received
+            if failure is not None:
+                raise failure
+            n = len(piece)
+            if received + n > size:
+                raise RemoteStorageError(f"{what} sent more than the {size} bytes asked for")
+            view[received : received + n] = piece
+            received += n
+            if index is not None:
+                check()
+
+        if index_load is not None:
+            index_load.add_done_callback(index_arrived)
+        try:
+            received_total = await stream(seg.key, (lo, hi), consume)
+            if index_load is not None:
+                loaded = await index_load
+                index_load = None
+                if failure is not None:
+                    raise failure
+                if index is None:
+                    if not _streamable(loaded, lo, hi, seg.size_bytes):
+                        # Checksums of another shape (a version 1 index): nothing was published.
+                        return await self._fetch_verified(seg, lo, hi)
+                    index = loaded
+        finally:
+            if index_load is not None:
+                index_load.cancel()
+            self._stats.downloaded_bytes += received
+        if received_total != size or received != size:
+            raise RemoteStorageError(
+                f"object {seg.key} is shorter than the {seg.size_bytes} bytes in its manifest"
+            )
+        assert index is not None
+        if size - verified >= VERIFY_IN_THREAD_BYTES:
+            await self._cache.run(index.verify, view[verified:], lo + verified, what=what)
+            verified = size
+            sink.publish(size)
+        check()
+        return buf
 
     async def _fetch_verified(self, seg: SegmentMeta, lo: int, hi: int) -> bytes:
         """Bytes ``[lo, hi)`` of ``seg``, checked against the index's block checksums (the
@@ -300,7 +460,7 @@ class RemoteReader:
             data = await self._get_range(seg, glo, ghi)
         what = f"object {seg.key}"
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(index.verify, data, glo, what=what)
+            await self._cache.run(index.verify, data, glo, what=what)
         else:
             index.verify(data, glo, what=what)
         if (glo, ghi) == (lo, hi):
@@ -328,7 +488,7 @@ class RemoteReader:
         data = await self._store.get(seg.key)
         self._stats.downloaded_bytes += len(data)
         if len(data) >= VERIFY_IN_THREAD_BYTES:
-            await asyncio.to_thread(verify, data, seg.checksum, what=f"object {seg.key}")
+            await self._cache.run(verify, data, seg.checksum, what=f"object {seg.key}")
         else:
             verify(data, seg.checksum, what=f"object {seg.key}")
         if len(data) != seg.size_bytes:
@@ -418,12 +578,18 @@ def _locate(
     offset: int,
     max_bytes: int,
     min_one: bool,
+    *,
+    partial: bool = False,
+    at_least: int = 0,
 ) -> tuple[int, int] | int:
     """Where the answer for ``offset`` lies in ``data`` (bytes ``[start, ...)`` of ``seg``).
 
     Returns ``(first, end)``: the batch holding ``offset`` and the whole batches after it that
     fit in ``max_bytes`` (the first one regardless when ``min_one``), as segment positions; or,
-    when ``data`` ends too early to decide, the segment position it must reach.
+    when ``data`` ends too early to decide, the segment position it must reach. ``partial``:
+    ``data`` is only what has arrived so far (or what lies in one chunk), so the answer may
+    stop at the last whole batch in it once it holds ``at_least`` bytes (a shorter one asks
+    for the rest of the batch that gets it there).
     """
     limit = start + len(data)
     size = seg.size_bytes
@@ -444,15 +610,29 @@ def _locate(
     first = end = pos
     while end < size:
         if end + LOG_OVERHEAD > limit:
+            if partial and end - first < at_least:
+                return end + LOG_OVERHEAD
             break  # ``data`` reaches first + max_bytes (or the end): no batch here can fit
         _, length = _prefix(data, end - start, end, size, seg)
         total = length + LOG_OVERHEAD
         if end - first + total > max_bytes and not (end == first and min_one):
             break
         if end + total > limit:
+            if partial and end > first and end - first >= at_least:
+                break
             return end + total
         end += total
     return first, end
+
+
+def _next_offset(data: bytes | memoryview) -> int:
+    """The offset after the last of the (checked) batches in ``data``."""
+    pos = following = 0
+    while pos + HEADER_SIZE <= len(data):
+        base, length = PREFIX.unpack_from(data, pos)
+        following = base + int.from_bytes(data[pos + 23 : pos + 27], "big") + 1
+        pos += LOG_OVERHEAD + length
+    return following
 
 
 def _prefix(
@@ -490,6 +670,22 @@ def _verify_batches(data: bytes | memoryview, seg: SegmentMeta, position: int) -
         raise RemoteStorageError(
             f"{seg.key} at byte {position + pos} does not verify: {exc}"
         ) from exc
+
+
+def _loaded(task: asyncio.Future[RemoteIndex] | None) -> bool:
+    return (
+        task is not None and task.done() and not task.cancelled() and task.exception() is None
+    )
+
+
+def _streamable(index: RemoteIndex | None, lo: int, hi: int, size: int) -> bool:
+    """Whether ``[lo, hi)`` can be checked block by block as it streams in: whole blocks of
+    the index (``BLOCK_SIZE`` while the index is not known yet) from ``lo`` to ``hi`` or to the
+    object's end."""
+    if index is not None and index.block_crcs is None:
+        return False
+    bs = BLOCK_SIZE if index is None else index.block_size
+    return lo % bs == 0 and (hi % bs == 0 or hi == size)
 
 
 def _estimate_position(seg: SegmentMeta, offset: int) -> int:

@@ -64,6 +64,8 @@ from streamd.tiering.store import (
 
 log = logging.getLogger(__name__)
 
+STREAM_PIECE = 256 * 1024
+
 T = TypeVar("T")
 
 _FATAL_CODES = frozenset(
@@ -320,6 +322,43 @@ class S3Store:
         elif not ranged:
             data = data[byte_range[0] : byte_range[1]]
         return data
+
+    async def read_range(
+        self, key: str, byte_range: tuple[int, int], consume: Callable[[bytes], None]
+    ) -> int:
+        """Stream bytes ``[start, end)`` of ``key`` to ``consume`` in order, piece by piece as
+        they arrive, and return how many were delivered (fewer when the object ends first).
+
+        One GET (this is what lets a reader serve the first bytes of a large range before the
+        last ones arrived). A transfer that breaks is retried like any request, resuming where
+        it stopped; an exception raised by ``consume`` (a failed checksum) ends it at once.
+        Nothing here is verified: the caller checks what it consumes."""
+        full = self._full_key(key)
+        start, end = validate_range(byte_range)
+        got = 0
+
+        async def attempt(client: Any) -> None:
+            nonlocal got
+            lo = start + got
+            if lo >= end:
+                return
+            resp = await client.get_object(
+                Bucket=self._bucket, Key=full, Range=f"bytes={lo}-{end - 1}"
+            )
+            skip = 0 if "ContentRange" in resp else lo  # a server that ignored Range
+            async with resp["Body"] as body:
+                while piece := await body.read(STREAM_PIECE):  # to EOF: the connection is reused
+                    if skip:
+                        dropped = min(skip, len(piece))
+                        piece, skip = piece[dropped:], skip - dropped
+                    piece = piece[: end - start - got]
+                    if piece:
+                        consume(piece)
+                        got += len(piece)
+
+        if start < end:
+            await self._call(f"get {key!r}", attempt, "GET")
+        return got
 
     async def head(self, key: str) -> ObjectInfo | None:
         full = self._full_key(key)

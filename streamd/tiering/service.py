@@ -712,8 +712,17 @@ class TieringService:
         return max(own, -1 if borrowed is None else borrowed.last_uploaded_offset)
 
     async def read(
-        self, topic: str, partition: int, offset: int, max_bytes: int, min_one: bool
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        max_bytes: int,
+        min_one: bool,
+        *,
+        ready_bytes: int = 0,
     ) -> bytes | memoryview:
+        """Archived batches from ``offset`` (see :meth:`RemoteReader.read`; ``ready_bytes``:
+        what the Fetch still needs for its ``min_bytes``)."""
         borrowed = self._borrowed(topic, partition)
         if borrowed is not None and offset <= borrowed.last_uploaded_offset:
             assert self.borrowed is not None
@@ -728,7 +737,9 @@ class TieringService:
         below = None
         if local is not None and partition < len(local.partitions):
             below = local.partitions[partition].log_start_offset
-        return await self._reader.read(state.manifest, offset, max_bytes, min_one, below=below)
+        return await self._reader.read(
+            state.manifest, offset, max_bytes, min_one, below=below, ready_bytes=ready_bytes
+        )
 
     def _local_start(self, topic: str, partition: int) -> int | None:
         local = self.logs.get(topic)

@@ -66,6 +66,7 @@ async def _read_partition(
     max_bytes: int,
     min_one: bool,
     committed: bool = False,
+    ready: int = 0,
 ) -> tuple[dict[str, Any], int]:
     entry: dict[str, Any] = {"partition_index": index}
     if plog is None:
@@ -87,7 +88,9 @@ async def _read_partition(
         return entry, 0
     try:
         if offset < plog.log_start_offset:
-            data = await tiering.read(name, index, offset, max_bytes, min_one)
+            # ``ready``: an archived range still arriving is answered once the bytes the
+            # fetch still needs for min_bytes are here, not all of max_bytes.
+            data = await tiering.read(name, index, offset, max_bytes, min_one, ready_bytes=ready)
             if committed:
                 data, end = cut_at(data, limit)
                 entry["aborted_transactions"] = await aborted_transactions(
@@ -207,7 +210,8 @@ async def fetch(req: Request) -> dict[str, Any]:
                 entry, size = cached[1], cached[2]
             else:
                 entry, size = await _read_partition(
-                    ctx, name, index, plog, offset, limit, (total == 0), committed
+                    ctx, name, index, plog, offset, limit, (total == 0), committed,
+                    ready=max(0, min_bytes - total),
                 )
                 previous[i] = (stamp, entry, size)
             entries.append((name, entry))
