@@ -355,6 +355,11 @@ class Worker:
                         self.commit(wait=True)
                         raise
                 positions[p] = next_offset
+                if batch is not None and self.commit_due():
+                    # One Fetch answer can hold a whole archived object (thousands of
+                    # records): commit at batch boundaries inside it too, so the commit
+                    # interval holds however large the answers are.
+                    self.commit()
         if self.txn_started == 0.0 and self.dirty():
             self.txn_started = time.monotonic()
 
