@@ -238,7 +238,9 @@ class Broker:
             authorizer.super_users = authorizer.super_users | {transforms.PRINCIPAL}
         # --- end data transforms ---
         # The admin API starts before the Kafka listeners, so a client that sees the Kafka port
-        # open can rely on the admin API too.
+        # open can rely on the admin API too (and finds every stored transform deployment).
+        if self.transforms is not None:
+            await self.transforms.load()
         if cfg["admin.listen"]:
             admin = self._admin_server()
             ahost, aport = split_hostport(cfg["admin.listen"])

@@ -543,15 +543,24 @@ class Supervisor:
         self.settings = settings
         self.broker = broker
         self.runners: dict[str, Runner] = {}
+        self._loaded = False
         self.lock = asyncio.Lock()
         self.on_change: list[Callable[[], Awaitable[None] | None]] = []
 
-    async def open(self) -> None:
-        """Load the stored deployments and, when transforms are enabled, start their workers
-        (paused and failed ones stay as they are)."""
+    async def load(self) -> None:
+        """Load the stored deployments without starting anything: the broker does this before
+        its admin API and listeners open, so a client never finds a stored deployment missing."""
+        if self._loaded:
+            return
         stored = await asyncio.to_thread(self.store.load)
         for name, s in stored.items():
-            self.runners[name] = Runner(self, s)
+            self.runners.setdefault(name, Runner(self, s))
+        self._loaded = True
+
+    async def open(self) -> None:
+        """Load the stored deployments (unless :meth:`load` did) and, when transforms are
+        enabled, start their workers (paused and failed ones stay as they are)."""
+        await self.load()
         if self.settings.enabled:
             for runner in self.runners.values():
                 if not runner.stored.paused and runner.stored.failed is None:
