@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.broker import REPO_ROOT, BrokerProcess, free_port
+from tests.support.broker import REPO_ROOT, BrokerProcess, default_sigint, free_port
 
 
 class Cli:
@@ -253,6 +253,7 @@ def test_consume_from_an_old_timestamp(cli: Cli, topic_name: str) -> None:
     assert cli.ok("topic", "consume", topic_name, "-o", f"@{boundary + 3_600_000}", "-e") == ""
 
 
+
 def test_ctrl_c_stops_consume_cleanly(cli: Cli, topic_name: str) -> None:
     cli.ok("topic", "create", topic_name)
     cli.ok("topic", "produce", topic_name, stdin="one\n")
@@ -263,6 +264,7 @@ def test_ctrl_c_stops_consume_cleanly(cli: Cli, topic_name: str) -> None:
         text=True,
         cwd=REPO_ROOT,
         env=cli.env,
+        preexec_fn=default_sigint,
     )
     try:
         assert proc.stdout is not None

@@ -18,7 +18,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from tests.integration.test_cli import Cli, json_lines
 from tests.support import admin_http, ops
-from tests.support.broker import REPO_ROOT, BrokerProcess
+from tests.support.broker import REPO_ROOT, BrokerProcess, default_sigint
 
 pytestmark = [pytest.mark.streamd_only]
 
@@ -139,10 +139,12 @@ def test_topic_id_is_the_same_in_cli_admin_api_and_console(cli: Cli, topic_name:
     assert f'<dd id="topic-id">{cli_id}</dd>' in page
 
 
+
 def _watch(cli: Cli, *args: str, renders: int = 2) -> tuple[int, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamd", *args],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT, env=cli.env,
+        preexec_fn=default_sigint,
     )
     assert proc.stdout is not None
     lines: list[str] = []

@@ -35,6 +35,14 @@ def target() -> str:
     return value
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a CLI child that a test stops with SIGINT: restore Ctrl-C's default
+    disposition. A runner started in the background by a non-interactive shell (``cmd &``)
+    ignores SIGINT, children inherit that, and Python then installs no KeyboardInterrupt
+    handler, so the test's SIGINT would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
