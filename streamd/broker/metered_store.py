@@ -35,6 +35,24 @@ def _outcome(exc: BaseException | None) -> str:
     return "error"
 
 
+class _Timed:
+    """``with``: one store call, timed and reported with its outcome (exceptions pass on; a
+    cancellation or a listing closed early is not an error of the store)."""
+
+    __slots__ = ("_meter", "_verb", "_started")
+
+    def __init__(self, meter: StoreMeter, verb: str) -> None:
+        self._meter = meter
+        self._verb = verb
+
+    def __enter__(self) -> None:
+        self._started = time.perf_counter()
+
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> None:
+        failure = exc if isinstance(exc, Exception) else None
+        self._meter.store_call(self._verb, _outcome(failure), time.perf_counter() - self._started)
+
+
 class MeteredStore:
     def __init__(self, inner: ObjectStore, meter: StoreMeter) -> None:
         self.inner = inner
@@ -48,8 +66,8 @@ class MeteredStore:
     def requests(self) -> Counter[str]:
         return self.inner.requests
 
-    def _done(self, verb: str, started: float, exc: BaseException | None) -> None:
-        self._meter.store_call(verb, _outcome(exc), time.perf_counter() - started)
+    def _timed(self, verb: str) -> _Timed:
+        return _Timed(self._meter, verb)
 
     async def check(self) -> None:
         await self.inner.check()
@@ -62,14 +80,8 @@ class MeteredStore:
         if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("put"):
             await self.inner.put(key, data, if_absent=if_absent, metadata=metadata)
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("put", started, exc)
 
     async def put_file(
         self,
@@ -81,16 +93,10 @@ class MeteredStore:
         if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("put_file"):
             await self.inner.put_file(
                 key, fd, size, checksum=checksum, if_absent=if_absent, metadata=metadata
             )
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("put_file", started, exc)
 
     async def put_files(
         self,
@@ -101,26 +107,14 @@ class MeteredStore:
         if_absent: bool = False,
         metadata: Mapping[str, str] | None = None,
     ) -> None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("put_file"):
             await self.inner.put_files(
                 key, files, checksum=checksum, if_absent=if_absent, metadata=metadata
             )
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("put_file", started, exc)
 
     async def get(self, key: str, *, byte_range: tuple[int, int] | None = None) -> bytes:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("get" if byte_range is None else "get_range"):
             return await self.inner.get(key, byte_range=byte_range)
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("get" if byte_range is None else "get_range", started, exc)
 
     @property
     def read_range(self) -> RangeReader:
@@ -131,58 +125,28 @@ class MeteredStore:
         async def read_range(
             key: str, byte_range: tuple[int, int], consume: Callable[[bytes], None]
         ) -> int:
-            started, exc = time.perf_counter(), None
-            try:
+            with self._timed("get_range"):
                 return int(await inner(key, byte_range, consume))
-            except Exception as e:
-                exc = e
-                raise
-            finally:
-                self._done("get_range", started, exc)
 
         return read_range
 
     async def head(self, key: str) -> ObjectInfo | None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("head"):
             info = await self.inner.head(key)
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("head", started, exc)
         return info
 
     async def list(self, prefix: str = "") -> AsyncIterator[ObjectInfo]:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("list"):
             async for info in self.inner.list(prefix):
                 yield info
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("list", started, exc)
 
     async def delete(self, key: str) -> None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("delete"):
             await self.inner.delete(key)
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("delete", started, exc)
 
     async def delete_many(self, keys: Iterable[str]) -> None:
-        started, exc = time.perf_counter(), None
-        try:
+        with self._timed("delete_many"):
             await self.inner.delete_many(keys)
-        except Exception as e:
-            exc = e
-            raise
-        finally:
-            self._done("delete_many", started, exc)
 
     async def close(self) -> None:
         await self.inner.close()
