@@ -13,11 +13,11 @@ import asyncio
 import logging
 import sys
 import time
-from typing import Any
 
 import click
 
 from streamd.cli.common import (
+    PhaseBars,
     config_options,
     echo_structured,
     format_option,
@@ -28,48 +28,6 @@ from streamd.cli.common import (
 )
 
 ORPHANS_SHOWN = 50
-
-
-class _Bar:
-    """The scrub's progress protocol drawn as one rich bar per phase on stderr."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TimeElapsedColumn,
-            TransferSpeedColumn,
-        )
-
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
-            transient=False,
-        )
-        self._task: Any = None
-
-    def __enter__(self) -> _Bar:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def phase(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
-        self._task = self._progress.add_task(description, total=total or None)
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
 
 
 @click.group()
@@ -117,7 +75,7 @@ def verify(
 
     started = time.monotonic()
     try:
-        with _Bar(enabled=not no_progress and sys.stderr.isatty()) as bar:
+        with PhaseBars(not no_progress and sys.stderr.isatty(), in_bytes=True) as bar:
             report = asyncio.run(run_verify(cfg, bar))
     except StreamdError as exc:
         raise click.ClickException(f"cannot verify {cfg['tiering.store']}: {exc}") from None

@@ -502,6 +502,56 @@ def human_bytes(n: int | float) -> str:
         value /= 1024
     return f"{value:.1f} PiB"
 
+class PhaseBars:
+    """The progress protocol of long offline jobs (``phase(description, total)``, ``advance(n)``:
+    restore, archive verify) drawn as one rich bar per phase on stderr. ``in_bytes``: totals
+    are bytes (size and speed columns), and a total of 0 means "not known yet" (the bucket
+    listing); otherwise totals count items and 0 means nothing to do."""
+
+    def __init__(self, enabled: bool, *, in_bytes: bool = False) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TimeElapsedColumn,
+            TransferSpeedColumn,
+        )
+
+        size_columns = (DownloadColumn(), TransferSpeedColumn()) if in_bytes else (
+            MofNCompleteColumn(),
+        )
+        self._in_bytes = in_bytes
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            *size_columns,
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            disable=not enabled,
+            transient=False,
+        )
+        self._task: Any = None
+
+    def __enter__(self) -> PhaseBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def phase(self, description: str, total: int) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
+        size = (total or None) if self._in_bytes else max(total, 0)
+        self._task = self._progress.add_task(description, total=size)
+
+    def advance(self, n: int = 1) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+
 
 def render_fields(pairs: Iterable[tuple[str, Any]]) -> str:
     """``key  value`` lines with the values aligned."""

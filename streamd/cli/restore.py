@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from streamd.cli.common import (
+    PhaseBars,
     config_options,
     configure_logging,
     echo_structured,
@@ -31,41 +32,6 @@ from streamd.cli.common import (
 
 PARTIAL_EXIT = 3
 RANGES_SHOWN = 8
-
-
-class _RichProgress:
-    """Adapter from the restore's progress protocol to one rich bar per phase (on stderr)."""
-
-    def __init__(self, enabled: bool) -> None:
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            disable=not enabled,
-            transient=False,
-        )
-        self._task: Any = None
-
-    def __enter__(self) -> _RichProgress:
-        self._progress.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
-
-    def phase(self, description: str, total: int) -> None:
-        if self._task is not None:
-            self._progress.update(self._task, completed=self._progress.tasks[-1].total)
-        self._task = self._progress.add_task(description, total=max(total, 0))
-
-    def advance(self, n: int = 1) -> None:
-        if self._task is not None:
-            self._progress.advance(self._task, n)
 
 
 @click.command()
@@ -131,7 +97,7 @@ def restore(
 
     started = time.monotonic()
     try:
-        with _RichProgress(enabled=not no_progress and sys.stderr.isatty()) as progress:
+        with PhaseBars(not no_progress and sys.stderr.isatty()) as progress:
             result = asyncio.run(
                 run_restore(
                     cfg,
