@@ -28,6 +28,7 @@ from pathlib import Path
 import crc32c
 
 from streamd.groups.model import OffsetInfo, OffsetRecord, TopicPartition
+from streamd.log.files import atomic_write, fsync_dir, write_fully
 
 _HEADER = struct.Struct(">II")
 Snapshot = dict[str, dict[TopicPartition, OffsetInfo]]
@@ -111,7 +112,7 @@ class OffsetLog:
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if created:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         if valid < len(data):
             os.ftruncate(self._fd, valid)
             os.fsync(self._fd)
@@ -123,8 +124,7 @@ class OffsetLog:
         if self._fd is None:
             raise RuntimeError("offset log is not open")
         data = memoryview(b"".join(encode(r) for r in records))
-        while data:
-            data = data[os.write(self._fd, data) :]
+        write_fully(self._fd, data)
         os.fsync(self._fd)
         self.records += len(records)
 
@@ -132,22 +132,12 @@ class OffsetLog:
         return self.records > max(1000, 2 * live)
 
     def rewrite(self, snapshot: Snapshot) -> None:
-        tmp = self.directory / (self.FILE + ".tmp")
         records = [
             OffsetRecord(g, t, p, info)
             for g, committed in snapshot.items()
             for (t, p), info in committed.items()
         ]
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            data = memoryview(b"".join(encode(r) for r in records))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.directory)
+        atomic_write(self.path, b"".join(encode(r) for r in records))
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -158,10 +148,3 @@ class OffsetLog:
             os.close(self._fd)
             self._fd = None
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -32,13 +32,18 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_fully(fd: int, data: bytes | memoryview) -> None:
+    """All of ``data`` at ``fd``'s position (``os.write`` may write less than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_fully(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

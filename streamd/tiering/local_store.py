@@ -29,6 +29,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from streamd.log.files import fsync_dir
 from streamd.tiering.checksum import crc32c, crc32c_hex, verify
 from streamd.tiering.store import (
     CHECKSUM_METADATA_KEY,
@@ -239,7 +240,7 @@ class LocalStore:
                 if attempt == 2:
                     raise  # a concurrent delete kept pruning the parent directory
         if self._fsync:
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def _get(self, key: str, path: Path, byte_range: tuple[int, int] | None) -> bytes:
         try:
@@ -334,10 +335,3 @@ class LocalStore:
                 break
             parent = parent.parent
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -32,6 +32,7 @@ from typing import Any
 
 import crc32c
 
+from streamd.log.files import atomic_write, fsync_dir, write_fully
 from streamd.txn.model import PendingOffset, TxnMetadata, TxnState
 
 _HEADER = struct.Struct(">II")
@@ -189,7 +190,7 @@ class TxnStateLog:
         created = not self.path.exists()
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         if created:
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         if valid < len(data):
             os.ftruncate(self._fd, valid)
             os.fsync(self._fd)
@@ -202,8 +203,7 @@ class TxnStateLog:
             raise OSError("transaction state log is not open")
         batch = [encode(r) for r in records]
         data = memoryview(b"".join(batch))
-        while data:
-            data = data[os.write(self._fd, data) :]
+        write_fully(self._fd, data)
         if sync:
             os.fsync(self._fd)
         self.records += len(batch)
@@ -212,18 +212,8 @@ class TxnStateLog:
         return self.records > max(1000, 4 * live)
 
     def rewrite(self, snapshot: Snapshot) -> None:
-        tmp = self.directory / (FILE + ".tmp")
         records = snapshot.records()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            data = memoryview(b"".join(encode(r) for r in records))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        _fsync_dir(self.directory)
+        atomic_write(self.path, b"".join(encode(r) for r in records))
         if self._fd is not None:
             os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
@@ -234,10 +224,3 @@ class TxnStateLog:
             os.close(self._fd)
             self._fd = None
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
