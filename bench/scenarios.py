@@ -539,7 +539,17 @@ class Replay(Scenario):
             if bname == "streamd":
                 raise TieringUnavailable(f"streamd tiering not available: {e}") from e
             raise
-        res = ctx.run_jobs([ctx.job("produce", topic=self.topic, partition=0, records=n)], "fill")
+        self._fill(ctx, bname, ctx.job("produce", topic=self.topic, partition=0, records=n), n)
+        moto, bucket = self._moto[bname]
+        objs, size = moto.bucket_stats(bucket)
+        self.extra["bucket_objects"] = objs
+        self.extra["bucket_mb"] = size / MiB
+        self._moto_pid = moto.pid
+
+    def _fill(self, ctx: Ctx, bname: str, job: dict, n: int) -> None:
+        """Run the (unmeasured) fill job, check every record was acknowledged, and on streamd
+        wait until the data has left the local disk (``remote_fraction``)."""
+        res = ctx.run_jobs([job], "fill")
         got = sum(r["records"] for r in res)
         if got != n:
             raise RuntimeError(f"fill of {self.topic}: {got}/{n} records acknowledged")
@@ -551,11 +561,6 @@ class Replay(Scenario):
             self.extra["evict_wait_s"] = time.monotonic() - t0
         else:
             self.extra["remote_fraction"] = 1.0  # the s3:// engine keeps nothing locally
-        moto, bucket = self._moto[bname]
-        objs, size = moto.bucket_stats(bucket)
-        self.extra["bucket_objects"] = objs
-        self.extra["bucket_mb"] = size / MiB
-        self._moto_pid = moto.pid
 
     def _storage(self, ctx: Ctx) -> dict:
         url = f"{ctx.broker.admin_url}/v1/topics/{self.topic}/storage"
@@ -751,21 +756,10 @@ class ReplayLatency(Replay):
             ctx.create_topic(self.live_topic, 1)
         proxy = self._proxies[bname]
         before = proxy.request_counts()
-        res = ctx.run_jobs(
-            [ctx.job("produce", topic=self.topic, partitions=list(range(parts)), records=n)],
-            "fill",
+        self._fill(
+            ctx, bname,
+            ctx.job("produce", topic=self.topic, partitions=list(range(parts)), records=n), n,
         )
-        got = sum(r["records"] for r in res)
-        if got != n:
-            raise RuntimeError(f"fill of {self.topic}: {got}/{n} records acknowledged")
-        r = res[0]
-        self.extra["fill_mb_s"] = r["bytes"] / MiB / max(r["t_end"] - r["t_start"], 1e-9)
-        if bname == "streamd":
-            t0 = time.monotonic()
-            self.extra["remote_fraction"] = self._wait_evicted(ctx, n)
-            self.extra["evict_wait_s"] = time.monotonic() - t0
-        else:
-            self.extra["remote_fraction"] = 1.0
         archived = proxy.request_counts()
         fill_bytes = n * ctx.record_size
         self.extra["requests_per_gb_archived"] = _per_gb(before, archived, fill_bytes)
