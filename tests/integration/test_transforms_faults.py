@@ -317,3 +317,45 @@ def test_restore_brings_deployments_back(
         wait_for(restored, "up", "continue after the restore", lambda d: caught_up(d, 3))
     finally:
         restored.close()
+
+
+def test_stored_deployments_answer_from_the_first_moment_after_a_restart(
+    broker_factory, topic_name: str  # noqa: ANN001
+) -> None:
+    """The admin API opens before the Kafka listeners; a stored deployment must already be
+    there when it does (it was loaded only after the listeners, so a describe right after a
+    restart could answer 404)."""
+    import threading
+    import urllib.error
+    import urllib.request
+
+    broker = broker_factory(ENABLED)
+    src, dst = f"{topic_name}-in", f"{topic_name}-out"
+    for t in (src, dst):
+        ops.create_topic(broker.bootstrap, t, 1)
+    deploy(broker, "early", UPPER, src, [dst])
+    broker.stop()
+
+    url = f"http://127.0.0.1:{broker.admin_port}/v1/transforms/early"
+    answers: list[int] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        while not done.is_set() and len(answers) < 50:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as resp:
+                    answers.append(resp.status)
+            except urllib.error.HTTPError as exc:
+                answers.append(exc.code)
+            except OSError:
+                continue  # not listening yet
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        broker.start()
+        wait_until("answers from the admin API", lambda: len(answers) >= 50, timeout=30)
+    finally:
+        done.set()
+        poller.join(10)
+    assert answers and set(answers) == {200}, answers
